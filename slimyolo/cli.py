@@ -1,0 +1,45 @@
+"""The ``slimyolo`` command: one argparse tree, one sub-command module per area.
+
+Each area (darknet, data, train, prune, convert, infer, rpc, pipeline) owns a ``cli.py`` with
+a ``register(subparsers)`` function; handlers import their heavy dependencies (torch,
+tensorflow, openvino) only when run, so ``slimyolo --help`` is instant and each service
+image only needs the packages of its own commands. A ``SlimYoloError`` becomes a one-line
+message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from slimyolo import __version__
+from slimyolo.darknet import cli as darknet_cli
+from slimyolo.errors import SlimYoloError
+
+REGISTRARS = (darknet_cli.register,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slimyolo", description="Train, slim and serve darknet YOLO detectors on OpenVINO.")
+    parser.add_argument("--version", action="version", version=f"slimyolo {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in REGISTRARS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SlimYoloError as exc:
+        print(f"slimyolo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("slimyolo: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,107 @@
+"""``slimyolo zoo``, ``slimyolo info``, ``slimyolo init``: the darknet core on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from slimyolo.darknet.cfg import parse_cfg
+from slimyolo.darknet.flops import layer_flops, model_stats
+from slimyolo.darknet.graph import Conv, MaxPool, Route, Shortcut, Upsample, build_graph
+from slimyolo.darknet.zoo import ZOO, make_cfg, parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("zoo", help="write the cfg of a zoo model for C classes")
+    p.add_argument("name", choices=list(ZOO))
+    p.add_argument("--classes", type=int, default=80, help="number of classes (default 80)")
+    p.add_argument("--size", help="input size N or WxH (default: the official cfg's)")
+    p.add_argument("--out", type=Path, help="cfg file to write (default: standard output)")
+    p.set_defaults(func=_zoo)
+
+    p = sub.add_parser("info", help="layers, params, BFLOPs and .weights size of a cfg")
+    p.add_argument("cfg", type=Path)
+    p.add_argument("--weights", type=Path, help="also check that these weights fit the cfg")
+    p.add_argument("--size", help="input size N or WxH (default: the cfg's [net] size)")
+    p.add_argument("--layers", action="store_true", help="print the per-layer table")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("init", help="write random weights with realistic BN statistics")
+    p.add_argument("cfg", type=Path)
+    p.add_argument("--out", type=Path, required=True, help=".weights (or .pt) file to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_init)
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    cfg = make_cfg(args.name, args.classes, args.size)
+    if args.out:
+        cfg.write(args.out)
+        stats = model_stats(cfg)
+        print(f"wrote {args.out}: {args.name}, {args.classes} classes, {stats.layers} layers, "
+              f"{stats.input_size[1]}x{stats.input_size[0]}", file=sys.stderr)
+    else:
+        sys.stdout.write(cfg.to_text())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    cfg = parse_cfg(args.cfg)
+    h, w = parse_size(args.size) if args.size else (cfg.height, cfg.width)
+    stats = model_stats(cfg, h, w)
+    graph = build_graph(cfg, h, w)
+    if args.weights:
+        from slimyolo.darknet.model import load_model
+
+        load_model(cfg, args.weights, (h, w))  # raises with expected/actual sizes on a mismatch
+    if args.json:
+        out = stats.as_dict()
+        out["heads"] = [{"layer": i, "stride": graph.stride_of(i), "shape": list(graph.shapes[i])}
+                        for i in graph.yolo_layers()]
+        print(json.dumps(out))
+        return 0
+    if args.layers:
+        print(f"{'layer':>5} {'kind':<14} {'filters':>7} {'size/str':>9} {'input':>14} -> "
+              f"{'output':<14} {'BFLOPs':>7}")
+        for i, spec in enumerate(graph.specs):
+            print(_layer_row(graph, i, spec))
+    print(f"{args.cfg}: {stats.layers} layers, {stats.params:,} params, {stats.bflops:.3f} BFLOPs, "
+          f"{stats.weights_bytes:,} bytes of .weights, input {w}x{h}"
+          + (f"; {args.weights} fits" if args.weights else ""))
+    return 0
+
+
+def _layer_row(graph, i: int, spec) -> str:
+    c, h, w = graph.in_shape(i)
+    oc, oh, ow = graph.shapes[i]
+    filters, size = "", ""
+    if isinstance(spec, Conv):
+        filters, size = str(spec.filters), f"{spec.size}x{spec.size}/{spec.stride}"
+    elif isinstance(spec, MaxPool):
+        size = f"{spec.size}x{spec.size}/{spec.stride}"
+    elif isinstance(spec, Upsample):
+        size = f"x{spec.stride}"
+    kind = type(spec).__name__.lower()
+    if isinstance(spec, Route):
+        kind = "route " + ",".join(map(str, spec.sources))
+    elif isinstance(spec, Shortcut):
+        kind = f"shortcut {spec.source}"
+    return (f"{i:>5} {kind:<14} {filters:>7} {size:>9} {f'{w}x{h}x{c}':>14} -> {f'{ow}x{oh}x{oc}':<14} "
+            f"{layer_flops(graph, i) / 1e9:>7.3f}")
+
+
+def _init(args: argparse.Namespace) -> int:
+    from slimyolo.darknet.init import init_random_weights
+    from slimyolo.darknet.model import load_model
+    from slimyolo.darknet.weights import save_checkpoint
+
+    model = init_random_weights(load_model(args.cfg), args.seed)
+    if args.out.suffix == ".pt":
+        save_checkpoint(model, args.out)
+    else:
+        model.save_darknet_weights(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes, seed {args.seed})", file=sys.stderr)
+    return 0

@@ -1,0 +1,48 @@
+"""``slimyolo zoo``, ``info`` and ``init`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+from slimyolo.darknet import make_cfg, parse_cfg
+
+
+def test_zoo_info_init(run_cli, tmp_path):
+    cfg_path = tmp_path / "y4t.cfg"
+    code, _, err = run_cli("zoo", "yolov4-tiny", "--classes", "3", "--size", "320x256", "--out", cfg_path)
+    assert code == 0 and "38 layers" in err
+    assert parse_cfg(cfg_path) == make_cfg("yolov4-tiny", 3, "320x256")
+
+    code, out, _ = run_cli("info", cfg_path, "--json")
+    info = json.loads(out)
+    assert code == 0
+    # 6,056,606 params at 80 classes; each head has 255 - 24 = 231 fewer filters here.
+    assert info["layers"] == 38 and info["params"] == 6_056_606 - 231 * (513 + 257)
+    assert info["input_size"] == [256, 320]
+    assert [h["stride"] for h in info["heads"]] == [32, 16]
+    assert info["heads"][0]["shape"] == [24, 8, 10]
+
+    weights = tmp_path / "y4t.weights"
+    code, _, err = run_cli("init", cfg_path, "--out", weights, "--seed", "3")
+    assert code == 0 and weights.stat().st_size == info["weights_bytes"]
+    code, out, _ = run_cli("info", cfg_path, "--weights", weights, "--layers", "--size", "416")
+    assert code == 0 and out.splitlines()[-1].endswith("6.790 BFLOPs, 23,539,796 bytes of .weights, input 416x416; "
+                                                      f"{weights} fits")
+    assert "route 2" in out and "416x416x3" in out
+
+
+def test_zoo_to_stdout_and_errors(run_cli, tmp_path):
+    code, out, _ = run_cli("zoo", "yolov3-tiny", "--classes", "1")
+    assert code == 0 and out.startswith("[net]") and "filters=18" in out
+
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[net]\nwidth=64\nheight=64\n[convolutional]\nfilters=two\n")
+    code, _, err = run_cli("info", bad)
+    assert code == 2
+    assert err.strip() == f"slimyolo: error: {bad}:5: layer 0 [convolutional]: bad number 'two' for 'filters'"
+
+    cfg_path = tmp_path / "m.cfg"
+    make_cfg("yolov3-tiny", 2, 64).write(cfg_path)
+    (tmp_path / "short.weights").write_bytes(b"\0" * 100)
+    code, _, err = run_cli("info", cfg_path, "--weights", tmp_path / "short.weights")
+    assert code == 2 and "got 100 bytes" in err
