@@ -69,6 +69,18 @@ class Yolo:
         return 5 + self.classes
 
 
+@dataclass(frozen=True)
+class Head:
+    """What decoding one raw head needs: the same for PyTorch, Keras and OpenVINO outputs."""
+
+    layer: int  # index of the [yolo] layer
+    stride: int
+    anchors: tuple[tuple[float, float], ...]  # this head's (masked) anchors, input pixels (w, h)
+    classes: int
+    scale_x_y: float = 1.0
+    new_coords: bool = False
+
+
 LayerSpec = Union[Conv, Shortcut, Route, Upsample, MaxPool, Yolo]  # noqa: UP007
 
 
@@ -94,6 +106,11 @@ class Graph:
     def stride_of(self, i: int) -> int:
         """Downsampling factor of layer ``i``'s output relative to the input image."""
         return self.input_shape[1] // self.shapes[i][1]
+
+    def heads(self) -> list[Head]:
+        """The detection heads in cfg order (the order of the model's outputs)."""
+        return [Head(i, self.stride_of(i), s.masked_anchors, s.classes, s.scale_x_y, s.new_coords)
+                for i, s in enumerate(self.specs) if isinstance(s, Yolo)]
 
     def consumers(self) -> list[list[int]]:
         """For each layer, the layers that read its output."""

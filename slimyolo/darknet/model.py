@@ -9,7 +9,6 @@ conversion parity checks compare exactly what every runtime computes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimyolo.darknet.cfg import Cfg, as_cfg
-from slimyolo.darknet.graph import Conv, Graph, MaxPool, Route, Shortcut, Upsample, Yolo, build_graph
+from slimyolo.darknet.graph import Conv, Graph, Head, MaxPool, Route, Shortcut, Upsample, Yolo, build_graph
 from slimyolo.errors import SlimYoloError
 
 BN_EPS = 1e-5  # darknet's epsilon; every runtime (Keras, OpenVINO) must use the same
@@ -76,18 +75,6 @@ def _maxpool_pads(spec: MaxPool, in_hw: tuple[int, int]) -> tuple[int, int, int,
     return pads[0], pads[1], pads[2], pads[3]
 
 
-@dataclass(frozen=True)
-class Head:
-    """What decoding needs to know about one yolo head."""
-
-    layer: int
-    stride: int
-    anchors: tuple[tuple[float, float], ...]  # this head's anchors (masked), pixels
-    classes: int
-    scale_x_y: float
-    new_coords: bool
-
-
 class Darknet(nn.Module):
     """A darknet cfg as a torch module (see the module docstring for the outputs)."""
 
@@ -116,9 +103,7 @@ class Darknet(nn.Module):
             elif isinstance(spec, Route):
                 keep.update(j for j in spec.sources if j != i - 1)
         self._keep = frozenset(keep)
-        self.heads = [Head(i, self.graph.stride_of(i), spec.masked_anchors, spec.classes, spec.scale_x_y,
-                           spec.new_coords)
-                      for i, spec in enumerate(self.graph.specs) if isinstance(spec, Yolo)]
+        self.heads: list[Head] = self.graph.heads()
         self.header = (0, 2, 5, 0, 8)  # darknet header: major, minor, revision, seen, seen bytes
 
     @property

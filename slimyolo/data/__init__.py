@@ -1,0 +1,1 @@
+"""Data: darknet-layout data sets, the synthetic data set, augmentation, letterbox."""

@@ -1,0 +1,134 @@
+"""YOLO decode and NMS in NumPy: one implementation for evaluation, inference and serving.
+
+The raw heads of every runtime (PyTorch, Keras, OpenVINO, ONNX Runtime) are decoded here, so
+the same detections come out whatever ran the network. Everything is vectorised over the
+grid and the anchors; class scores are computed only for cells whose objectness passes the
+threshold, which keeps the per-frame cost small when the network itself is fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from slimyolo.darknet.graph import Head
+
+MAX_WH = 8192.0  # box offset per class for class-aware NMS in one pass (larger than any image)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    gy, gx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    return gx, gy
+
+
+def decode_head(raw: np.ndarray, head: Head) -> np.ndarray:
+    """Raw head (N, A·(5+C), H, W) → (N, A·H·W, 5+C): cx, cy, w, h in input pixels, obj, class probs.
+
+    Darknet's formulas: ``xy = (σ(t)·s − (s−1)/2 + grid)·stride``, ``wh = exp(t)·anchor``; with
+    ``new_coords`` the head is already logistic and ``wh = (2t)²·anchor``.
+    """
+    n, ch, h, w = raw.shape
+    a = len(head.anchors)
+    no = 5 + head.classes
+    if ch != a * no:
+        raise ValueError(f"head of layer {head.layer} has {ch} channels, expected {a}*(5+{head.classes})={a * no}")
+    p = raw.reshape(n, a, no, h, w).astype(np.float32, copy=False)
+    anchors = np.asarray(head.anchors, dtype=np.float32).reshape(1, a, 2, 1, 1)
+    gx, gy = _grid(h, w)
+    s = head.scale_x_y
+    if head.new_coords:
+        xy, wh, rest = p[:, :, 0:2], (2.0 * p[:, :, 2:4]) ** 2 * anchors, p[:, :, 4:]
+    else:
+        xy, rest = sigmoid(p[:, :, 0:2]), sigmoid(p[:, :, 4:])
+        with np.errstate(over="ignore"):
+            wh = np.exp(p[:, :, 2:4]) * anchors
+    xy = xy * s - 0.5 * (s - 1.0)
+    cx = (xy[:, :, 0] + gx) * head.stride
+    cy = (xy[:, :, 1] + gy) * head.stride
+    out = np.concatenate([cx[:, :, None], cy[:, :, None], wh, rest], axis=2)  # (N, A, no, H, W)
+    return out.transpose(0, 1, 3, 4, 2).reshape(n, a * h * w, no)
+
+
+def decode(raws: Sequence[np.ndarray], heads: Sequence[Head]) -> np.ndarray:
+    """All heads of a batch → (N, boxes, 5+C)."""
+    if len(raws) != len(heads):
+        raise ValueError(f"got {len(raws)} head outputs for {len(heads)} yolo heads")
+    return np.concatenate([decode_head(r, h) for r, h in zip(raws, heads, strict=True)], axis=1)
+
+
+def xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
+    out = np.empty_like(b)
+    out[..., 0] = b[..., 0] - b[..., 2] / 2
+    out[..., 1] = b[..., 1] - b[..., 3] / 2
+    out[..., 2] = b[..., 0] + b[..., 2] / 2
+    out[..., 3] = b[..., 1] + b[..., 3] / 2
+    return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of xyxy boxes a (M, 4) and b (K, 4)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:4], b[None, :, 2:4])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_det: int = 300) -> np.ndarray:
+    """Greedy NMS; returns the indices kept, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_det:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        if not rest.size:
+            break
+        order = rest[box_iou(boxes[i:i + 1], boxes[rest])[0] <= iou_thres]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def postprocess(decoded: np.ndarray, conf_thres: float = 0.25, iou_thres: float = 0.45,
+                multi_label: bool = False, max_det: int = 300, agnostic: bool = False) -> list[np.ndarray]:
+    """Decoded boxes (N, K, 5+C) → per image (M, 6) float32: x1, y1, x2, y2, score, class.
+
+    score = objectness × class probability. ``multi_label`` keeps every class above the
+    threshold for a box (what mAP evaluation at conf 0.001 uses); otherwise the best class.
+    NMS is per class unless ``agnostic``.
+    """
+    results = []
+    for pred in decoded:
+        pred = pred[pred[:, 4] > conf_thres]
+        if not pred.shape[0]:
+            results.append(np.zeros((0, 6), np.float32))
+            continue
+        scores = pred[:, 5:] * pred[:, 4:5]
+        boxes = xywh_to_xyxy(pred[:, :4])
+        if multi_label:
+            i, j = np.nonzero(scores > conf_thres)
+            det = np.concatenate([boxes[i], scores[i, j, None], j[:, None].astype(np.float32)], axis=1)
+        else:
+            j = scores.argmax(axis=1)
+            best = scores[np.arange(len(j)), j]
+            ok = best > conf_thres
+            det = np.concatenate([boxes[ok], best[ok, None], j[ok, None].astype(np.float32)], axis=1)
+        if not det.shape[0]:
+            results.append(np.zeros((0, 6), np.float32))
+            continue
+        offset = 0.0 if agnostic else det[:, 5:6] * MAX_WH
+        keep = nms(det[:, :4] + offset, det[:, 4], iou_thres, max_det)
+        results.append(det[keep].astype(np.float32))
+    return results
+
+
+def detect(raws: Sequence[np.ndarray], heads: Sequence[Head], conf_thres: float = 0.25, iou_thres: float = 0.45,
+           multi_label: bool = False, max_det: int = 300) -> list[np.ndarray]:
+    """Raw heads → detections per image in network-input pixels (see :func:`postprocess`)."""
+    return postprocess(decode(raws, heads), conf_thres, iou_thres, multi_label, max_det)
