@@ -40,3 +40,7 @@ class NotFoundError(SlimYoloError):
 
 class UnavailableError(SlimYoloError):
     """A dependency (object storage, a service) is down; retrying later may succeed."""
+
+
+class Cancelled(SlimYoloError):
+    """Raised by a progress callback to stop a long job (training, sweep, conversion) cleanly."""
