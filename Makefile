@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= train,convert,serve,dev
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean protos
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The gRPC stubs in slimyolo/rpc/gen, from protos/ (committed; tests/test_rpc_protos.py fails when stale).
+protos: $(STAMP)
+	$(BIN)/python -m slimyolo.rpc.protogen
 
 lint: $(STAMP)
 	$(BIN)/ruff check slimyolo tests
