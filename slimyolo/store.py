@@ -1,0 +1,494 @@
+"""The artifact store: how stages hand files to each other, on a local folder or on S3/MinIO.
+
+One interface, two backends. Every stage reads its inputs and writes its outputs through a
+:class:`Store`, so the same code runs in one process on a laptop (a local folder, the default)
+and as services in a cluster (an S3 bucket, MinIO in deployments).
+
+- **Blobs** (:meth:`Store.put_file`) are content-addressed: stored at ``blobs/sha256/<hex>`` and
+  described by an :class:`Artifact` ``{uri, sha256, size_bytes}`` (the proto ``ArtifactRef``).
+  Uploading the same content twice stores it once.
+- **Named keys** (:meth:`Store.put`) hold files at a key of the caller's choosing; **trees**
+  (:meth:`Store.put_tree`) hold a folder, such as a model version ``models/<name>/<version>/``,
+  with a ``SHA256SUMS`` file (``sha256sum`` format) written *last*: a tree without it is
+  incomplete and is neither listed nor downloaded, so a reader never sees a half-uploaded tree.
+- Every download (:meth:`Store.fetch`, :meth:`Store.get_tree`) is hashed while it is written
+  and compared with the expected digest; on a mismatch nothing is left at the destination.
+- Uploads are never visible half-written: the local backend writes a temporary file and
+  renames it; the S3 backend issues a single PUT or a multipart upload, which S3 makes
+  visible only when it completes.
+- Keys are validated (no ``..``, no absolute paths, no empty or hidden segments) because they
+  come from requests.
+- The S3 backend retries transient failures (connection refused or reset, timeouts, 5xx) with
+  exponential backoff, then raises :class:`~slimyolo.errors.UnavailableError`, which the
+  services turn into gRPC UNAVAILABLE so that a client can retry later.
+
+Configuration (:func:`open_store`) comes from the environment: ``SLIMYOLO_STORE`` is a local
+path, ``file:///path`` or ``s3://bucket/prefix``; an S3 store also needs
+``SLIMYOLO_S3_ENDPOINT``, ``SLIMYOLO_S3_ACCESS_KEY`` and ``SLIMYOLO_S3_SECRET_KEY``.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from slimyolo.errors import NotFoundError, SlimYoloError, UnavailableError
+from slimyolo.fsutil import atomic_dir, atomic_path
+
+ENV_STORE = "SLIMYOLO_STORE"
+ENV_S3_ENDPOINT = "SLIMYOLO_S3_ENDPOINT"
+ENV_S3_ACCESS_KEY = "SLIMYOLO_S3_ACCESS_KEY"
+ENV_S3_SECRET_KEY = "SLIMYOLO_S3_SECRET_KEY"
+ENV_S3_SECURE = "SLIMYOLO_S3_SECURE"
+ENV_S3_REGION = "SLIMYOLO_S3_REGION"
+ENV_RETRIES = "SLIMYOLO_STORE_RETRIES"
+ENV_TIMEOUT = "SLIMYOLO_STORE_TIMEOUT_SECONDS"
+
+DEFAULT_LOCAL_STORE = ".slimyolo/store"
+BLOBS = "blobs/sha256"
+MANIFEST = "SHA256SUMS"
+MAX_KEY_BYTES = 1024  # S3's limit on an object name, prefix included
+CHUNK = 1 << 20
+MAX_BACKOFF_SECONDS = 5.0  # waits 0.25, 0.5, 1, 2, 4, 5, 5, ... seconds between attempts
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9._+=@,-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A stored file: where it is and what it must hash to (the proto ``ArtifactRef``)."""
+
+    uri: str
+    sha256: str
+    size_bytes: int
+
+
+def validate_key(key: str, field: str = "key") -> str:
+    """Return ``key`` if it is a safe relative key, else raise a SlimYoloError naming ``field``.
+
+    Keys become file paths in the local backend and object names in S3, so anything that could
+    escape the store's root or alias another key is refused: absolute paths, ``.``/``..``
+    segments, empty segments (``a//b``, a trailing ``/``), backslashes, hidden segments (the
+    local backend's temporary files are hidden) and characters outside ``A-Za-z0-9._+=@,-``.
+    """
+    if not isinstance(key, str) or not key:
+        raise SlimYoloError(f"{field}: an object key must be a non-empty string")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise SlimYoloError(f"{field}: key is longer than {MAX_KEY_BYTES} bytes")
+    if key.startswith("/"):
+        raise SlimYoloError(f"{field}: {key!r} is absolute; keys are relative to the store")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise SlimYoloError(f"{field}: {key!r} has an empty, '.' or '..' segment")
+        if not _SEGMENT.fullmatch(segment):
+            raise SlimYoloError(f"{field}: segment {segment!r} of {key!r} must match {_SEGMENT.pattern} "
+                                "(no hidden names, spaces, backslashes or other special characters)")
+    return key
+
+
+def _validate_sha256(value: str, field: str) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise SlimYoloError(f"{field}: sha256 must be 64 lower-case hex digits, got {value!r}")
+    return value
+
+
+def hash_file(path: str | Path) -> tuple[str, int]:
+    """(sha256 hex, size in bytes) of a file."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+class _HashingWriter:
+    """A write-only file that hashes what goes through it, so downloads are read once."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh, self.digest, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self._fh.write(data)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}/{key}" if prefix else key
+
+
+class Store(abc.ABC):
+    """Blobs, named keys and trees on one backend. Thread-safe; share one per process."""
+
+    uri: str  # the store's root, e.g. file:///data/store or s3://bucket/prefix (no trailing slash)
+
+    # -- what a backend provides ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _upload(self, key: str, src: Path) -> None:
+        """Store the file ``src`` at ``key`` so that it appears whole or not at all."""
+
+    @abc.abstractmethod
+    def _download(self, key: str, dest: Path) -> tuple[str, int]:
+        """Write the object at ``key`` into ``dest`` (overwriting it); return its (sha256, size).
+
+        Raises NotFoundError when there is no such object.
+        """
+
+    @abc.abstractmethod
+    def _size(self, key: str) -> int | None:
+        """Size of the object at ``key``, or None when there is none."""
+
+    @abc.abstractmethod
+    def _list(self, prefix: str) -> dict[str, int]:
+        """Size of every object whose key starts with ``prefix`` (a key followed by ``/``, or "" for all)."""
+
+    # -- the interface ------------------------------------------------------------------------
+
+    def uri_of(self, key: str) -> str:
+        return f"{self.uri}/{validate_key(key)}"
+
+    def key_of(self, uri: str, field: str = "uri") -> str:
+        """The key of ``uri`` in this store; a SlimYoloError naming ``field`` if it is elsewhere."""
+        if not isinstance(uri, str) or not uri.startswith(self.uri + "/"):
+            raise SlimYoloError(f"{field}: {uri!r} is not in the artifact store {self.uri}")
+        return validate_key(uri[len(self.uri) + 1:], field)
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        """Size in bytes of the object at ``key``, None when there is none."""
+        return self._size(validate_key(key))
+
+    def put_file(self, path: str | Path) -> Artifact:
+        """Store a file as a content-addressed blob (once, however often it is put)."""
+        path = Path(path)
+        sha, size = hash_file(path)
+        key = f"{BLOBS}/{sha}"
+        if self._size(key) != size:
+            self._upload(key, path)
+        return Artifact(self.uri_of(key), sha, size)
+
+    def put(self, key: str, path: str | Path) -> Artifact:
+        """Store a file at a named key, replacing what was there."""
+        validate_key(key)
+        path = Path(path)
+        sha, size = hash_file(path)
+        self._upload(key, path)
+        return Artifact(self.uri_of(key), sha, size)
+
+    def fetch(self, ref: Artifact, dest: str | Path, field: str = "artifact") -> Path:
+        """Download ``ref`` to ``dest``, verified against its sha256 and size.
+
+        A mismatch raises SlimYoloError naming ``field`` and leaves ``dest`` untouched (or
+        absent): the bytes go to a temporary file that only a verified download replaces it with.
+        """
+        key = self.key_of(ref.uri, f"{field}.uri")
+        expected = _validate_sha256(ref.sha256, f"{field}.sha256")
+        dest = Path(dest)
+        with atomic_path(dest) as tmp:
+            sha, size = self._download(key, tmp)
+            if sha != expected or size != ref.size_bytes:
+                raise SlimYoloError(f"{field}: {ref.uri} has sha256 {sha} ({size} bytes), expected {expected} "
+                                    f"({ref.size_bytes} bytes); the download was discarded")
+        return dest
+
+    def put_tree(self, prefix: str, folder: str | Path) -> dict[str, Artifact]:
+        """Upload every file under ``folder`` to ``prefix/<relative path>``, then ``prefix/SHA256SUMS``.
+
+        Trees are immutable once complete (a model version never changes under a running
+        server): putting a complete tree again is an error. An incomplete one (an interrupted
+        upload) is overwritten.
+        """
+        validate_key(prefix, "prefix")
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise NotFoundError(f"{folder}: not a folder")
+        if self._size(_join(prefix, MANIFEST)) is not None:
+            raise SlimYoloError(f"prefix: {self.uri_of(prefix)} already holds a complete tree; "
+                                "trees are immutable, upload under a new prefix (a new version)")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        rels = [validate_key(p.relative_to(folder).as_posix(), f"{folder}: file") for p in files]
+        if MANIFEST in rels:
+            raise SlimYoloError(f"{folder}: a file named {MANIFEST} is reserved for the tree's manifest")
+        out = {rel: self.put(_join(prefix, rel), p) for rel, p in zip(rels, files, strict=True)}
+        lines = "".join(f"{a.sha256}  {rel}\n" for rel, a in out.items())
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = Path(tmp) / MANIFEST
+            manifest.write_text(lines)
+            self._upload(_join(prefix, MANIFEST), manifest)
+        return out
+
+    def get_tree(self, prefix: str, dest: str | Path) -> dict[str, Artifact]:
+        """Download the complete tree at ``prefix`` into the new folder ``dest``, every file verified.
+
+        ``dest`` appears whole or not at all.
+        """
+        validate_key(prefix, "prefix")
+        entries = self._manifest(prefix)
+        out: dict[str, Artifact] = {}
+        with atomic_dir(dest) as tmp:
+            for rel, (sha, size) in entries.items():
+                ref = Artifact(self.uri_of(_join(prefix, rel)), sha, size)
+                self.fetch(ref, tmp / rel, f"{self.uri_of(prefix)}: {rel}")
+                out[rel] = ref
+        return out
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Keys under ``prefix`` (every key when empty), sorted."""
+        return sorted(self._list(validate_key(prefix, "prefix") + "/" if prefix else ""))
+
+    def list_trees(self, prefix: str = "") -> list[str]:
+        """Prefixes of the complete trees under ``prefix``, sorted (e.g. ``models/yolo/1``)."""
+        suffix = "/" + MANIFEST
+        return [k[: -len(suffix)] for k in self.list_keys(prefix) if k.endswith(suffix)]
+
+    def _manifest(self, prefix: str) -> dict[str, tuple[str, int]]:
+        """The (sha256, size) of each file of the tree at ``prefix``, from its SHA256SUMS."""
+        key = _join(prefix, MANIFEST)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                self._download(key, Path(tmp) / MANIFEST)
+            except NotFoundError:
+                raise NotFoundError(f"{self.uri_of(prefix)}: no complete tree there ({MANIFEST} is missing)") from None
+            text = (Path(tmp) / MANIFEST).read_text()
+        sizes = self._list(prefix + "/")
+        entries: dict[str, tuple[str, int]] = {}
+        for n, line in enumerate(text.splitlines(), 1):
+            sha, sep, rel = line.partition("  ")
+            if not sep:
+                raise SlimYoloError(f"{self.uri_of(key)}:{n}: expected '<sha256>  <path>'")
+            _validate_sha256(sha, f"{self.uri_of(key)}:{n}")
+            validate_key(rel, f"{self.uri_of(key)}:{n}")
+            size = sizes.get(_join(prefix, rel))
+            if size is None:
+                raise NotFoundError(f"{self.uri_of(key)}:{n}: {rel} is listed but missing")
+            entries[rel] = (sha, size)
+        return entries
+
+
+class LocalStore(Store):
+    """A folder on a local or mounted file system: keys are relative paths under ``root``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.uri = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _upload(self, key: str, src: Path) -> None:
+        with atomic_path(self._path(key)) as tmp:
+            shutil.copyfile(src, tmp)
+
+    def _download(self, key: str, dest: Path) -> tuple[str, int]:
+        try:
+            src = open(self._path(key), "rb")  # noqa: SIM115 - closed below, after the copy
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFoundError(f"{self.uri_of(key)} does not exist") from None
+        with src, open(dest, "wb") as out:
+            writer = _HashingWriter(out)
+            shutil.copyfileobj(src, writer, CHUNK)
+        return writer.digest.hexdigest(), writer.size
+
+    def _size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def _list(self, prefix: str) -> dict[str, int]:
+        base = self._path(prefix) if prefix else self.root
+        sizes: dict[str, int] = {}
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # atomic_dir's temporary folders
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if not name.startswith("."):  # atomic_path's temporary files
+                    sizes[_join("" if rel == "." else rel, name)] = (Path(dirpath) / name).stat().st_size
+        return sizes
+
+
+class S3Store(Store):
+    """A bucket (and optional key prefix) on S3, MinIO or any S3-compatible server."""
+
+    # S3 error codes worth retrying; anything else is the request's or the configuration's fault.
+    TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                                 "OperationAborted", "XMinioServerNotInitialized"})
+    AUTH_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                            "InvalidToken", "ExpiredToken"})
+
+    def __init__(self, endpoint: str, bucket: str, prefix: str = "", *, access_key: str, secret_key: str,
+                 secure: bool, region: str | None = None, retries: int = 5, backoff_seconds: float = 0.25,
+                 timeout_seconds: float = 30.0) -> None:
+        import urllib3
+        from minio import Minio
+
+        if not _BUCKET.fullmatch(bucket):
+            raise SlimYoloError(f"{ENV_STORE}: {bucket!r} is not a valid bucket name (3-63 of a-z 0-9 . -)")
+        if prefix:
+            validate_key(prefix, f"{ENV_STORE} prefix")
+        if retries < 1:
+            raise SlimYoloError(f"{ENV_RETRIES}: must be at least 1, got {retries}")
+        self.endpoint, self.bucket, self.prefix = endpoint, bucket, prefix
+        self.retries, self.backoff_seconds = retries, backoff_seconds
+        self.uri = f"s3://{bucket}" + (f"/{prefix}" if prefix else "")
+        # Retries are ours (with backoff, and mapped to UnavailableError), not urllib3's.
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
+                                   retries=False, maxsize=16)
+        self._client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure,
+                             region=region, http_client=http)
+
+    def _name(self, key: str) -> str:
+        return _join(self.prefix, key)
+
+    def _call(self, what: str, target: str, op: Callable[[], T]) -> T:
+        """Run one S3 operation with retries; map its failures to SlimYOLO's errors."""
+        import urllib3
+        from minio.error import InvalidResponseError, S3Error, ServerError
+
+        delay, last = self.backoff_seconds, None
+        for attempt in range(1, self.retries + 1):
+            try:
+                return op()
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject"):
+                    raise NotFoundError(f"{target} does not exist") from None
+                if exc.code == "NoSuchBucket":
+                    raise NotFoundError(f"{ENV_STORE}: bucket {self.bucket!r} does not exist at "
+                                        f"{self.endpoint}") from None
+                if exc.code in self.AUTH_CODES:
+                    raise SlimYoloError(f"object store {self.endpoint} refused the credentials ({exc.code}) "
+                                        f"to {what} {target}: check {ENV_S3_ACCESS_KEY} and "
+                                        f"{ENV_S3_SECRET_KEY}") from None
+                status = exc.response.status if exc.response is not None else 0
+                if exc.code not in self.TRANSIENT_CODES and status < 500:
+                    raise SlimYoloError(f"object store {self.endpoint}: cannot {what} {target}: "
+                                        f"{exc.code}: {exc.message}") from None
+                last = exc
+            except (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError) as exc:
+                last = exc
+            if attempt < self.retries:
+                time.sleep(delay)
+                delay = min(2 * delay, MAX_BACKOFF_SECONDS)
+        raise UnavailableError(f"object store {self.endpoint} is unavailable: could not {what} {target} "
+                               f"in {self.retries} attempts ({type(last).__name__}: {last})")
+
+    def _upload(self, key: str, src: Path) -> None:
+        # fput_object sends one PUT, or a multipart upload for large files; either way the object
+        # becomes visible only once complete.
+        self._call("upload", self.uri_of(key), lambda: self._client.fput_object(self.bucket, self._name(key), str(src)))
+
+    def _download(self, key: str, dest: Path) -> tuple[str, int]:
+        def attempt() -> tuple[str, int]:
+            response = self._client.get_object(self.bucket, self._name(key))
+            try:
+                with open(dest, "wb") as out:  # a retry starts the file over
+                    writer = _HashingWriter(out)
+                    for chunk in response.stream(CHUNK):
+                        writer.write(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+            return writer.digest.hexdigest(), writer.size
+
+        return self._call("download", self.uri_of(key), attempt)
+
+    def _size(self, key: str) -> int | None:
+        def attempt() -> int | None:
+            try:
+                return self._client.stat_object(self.bucket, self._name(key)).size
+            except Exception as exc:
+                if getattr(exc, "code", None) in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return None
+                raise
+
+        return self._call("stat", self.uri_of(key), attempt)
+
+    def _list(self, prefix: str) -> dict[str, int]:
+        def attempt() -> dict[str, int]:
+            name = self._name(prefix) if prefix else (self.prefix + "/" if self.prefix else None)
+            skip = len(self.prefix) + 1 if self.prefix else 0
+            objects = self._client.list_objects(self.bucket, prefix=name, recursive=True)
+            return {o.object_name[skip:]: o.size for o in objects if not o.is_dir}
+
+        return self._call("list", f"{self.uri}/{prefix}", attempt)
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool:
+    value = env[name].strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SlimYoloError(f"{name}={env[name]!r}: expected true or false")
+
+
+def _env_number(env: Mapping[str, str], name: str, default: T, kind: Callable[[str], T]) -> T:
+    if not env.get(name):
+        return default
+    try:
+        return kind(env[name])
+    except ValueError:
+        raise SlimYoloError(f"{name}={env[name]!r}: expected a number") from None
+
+
+def _s3_from_env(uri: str, env: Mapping[str, str]) -> S3Store:
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    missing = [n for n in (ENV_S3_ENDPOINT, ENV_S3_ACCESS_KEY, ENV_S3_SECRET_KEY) if not env.get(n)]
+    if missing:
+        raise SlimYoloError(f"the artifact store {uri} needs {', '.join(missing)} in the environment")
+    endpoint = env[ENV_S3_ENDPOINT].strip().rstrip("/")
+    scheme, sep, host = endpoint.partition("://")
+    if sep:
+        if scheme not in ("http", "https") or not host or "/" in host:
+            raise SlimYoloError(f"{ENV_S3_ENDPOINT}={endpoint!r}: expected http://HOST:PORT or https://HOST:PORT")
+        secure = scheme == "https"
+        if env.get(ENV_S3_SECURE) and _env_bool(env, ENV_S3_SECURE) != secure:
+            raise SlimYoloError(f"{ENV_S3_SECURE}={env[ENV_S3_SECURE]} contradicts {ENV_S3_ENDPOINT}={endpoint}")
+    else:
+        if not env.get(ENV_S3_SECURE):
+            raise SlimYoloError(f"{ENV_S3_ENDPOINT}={endpoint!r} has no scheme: write http:// or https://, "
+                                f"or set {ENV_S3_SECURE}=true|false")
+        host, secure = endpoint, _env_bool(env, ENV_S3_SECURE)
+    return S3Store(host, bucket, prefix.strip("/"), access_key=env[ENV_S3_ACCESS_KEY],
+                   secret_key=env[ENV_S3_SECRET_KEY], secure=secure, region=env.get(ENV_S3_REGION) or None,
+                   retries=_env_number(env, ENV_RETRIES, 5, int),
+                   timeout_seconds=_env_number(env, ENV_TIMEOUT, 30.0, float))
+
+
+def open_store(uri: str | None = None, env: Mapping[str, str] | None = None) -> Store:
+    """The store at ``uri``, or at ``$SLIMYOLO_STORE``, or the local folder ``.slimyolo/store``.
+
+    ``uri`` is a local path, ``file:///path`` or ``s3://bucket[/prefix]``. Configuration errors
+    (a missing variable, a malformed endpoint) raise at once, before any request is made.
+    """
+    env = os.environ if env is None else env
+    uri = uri or env.get(ENV_STORE) or DEFAULT_LOCAL_STORE
+    if uri.startswith("s3://"):
+        return _s3_from_env(uri, env)
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise SlimYoloError(f"{ENV_STORE}={uri!r}: file URIs must be local (file:///path)")
+        return LocalStore(unquote(parsed.path))
+    if "://" in uri:
+        raise SlimYoloError(f"{ENV_STORE}={uri!r}: expected a local path, file:///path or s3://bucket/prefix")
+    return LocalStore(uri)
+
