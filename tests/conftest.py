@@ -20,3 +20,17 @@ def run_cli(capsys):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A real S3 server (``weed server -s3``, tests/seaweed.py) shared by the session.
+
+    Tests take a fresh bucket each (``seaweed.new_bucket()``) and point stores or services at it
+    with ``seaweed.env(bucket)``. Tests that stop the server start their own SeaweedServer.
+    """
+    from seaweed import SeaweedServer
+
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed")).start()
+    yield server
+    server.stop()
