@@ -142,6 +142,8 @@ class Darknet(nn.Module):
         return heads
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # export traces fixed shapes; the check would only add warnings
+            return
         channels = self.graph.input_shape[0]
         if x.dim() != 4 or x.shape[1] != channels:
             raise SlimYoloError(f"model input must be (N, {channels}, H, W), got {tuple(x.shape)}")

@@ -1,0 +1,135 @@
+"""``slimyolo bench``: FPS and latency percentiles of an IR, end to end and inference only.
+
+End to end is what a user sees per frame: letterbox + inference + decode + NMS, frames
+pipelined through the engine's request pool. Inference only feeds a prepared tensor to the
+same pool. With ``compare`` the same model runs in PyTorch (given its cfg and weights) and
+ONNX Runtime (given an ONNX file and the package), in the same process and run, so the
+ratios are measured under the same machine load.
+"""
+
+from __future__ import annotations
+
+import collections
+import platform
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimyolo.errors import SlimYoloError
+from slimyolo.infer.engine import Engine
+
+
+def percentiles(latencies_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1000.0
+    if not len(ms):
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+    return {f"p{q}": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)}
+
+
+def _timed_loop(seconds: float, in_flight: int, start: Callable[[], Any], finish: Callable[[Any], None],
+                warmup: int = 3) -> dict[str, Any]:
+    """Keep ``in_flight`` frames going for ``seconds``; ``start`` submits one, ``finish`` completes it."""
+    for _ in range(warmup):
+        finish(start())
+    latencies: list[float] = []
+    pending: collections.deque = collections.deque()
+    t0 = time.perf_counter()
+    frames = 0
+    while True:
+        now = time.perf_counter()
+        if now - t0 < seconds:
+            pending.append((now, start()))
+        if not pending:
+            break
+        if len(pending) >= in_flight or now - t0 >= seconds:
+            began, handle = pending.popleft()
+            finish(handle)
+            latencies.append(time.perf_counter() - began)
+            frames += 1
+    elapsed = time.perf_counter() - t0
+    return {"frames": frames, "seconds": round(elapsed, 3), "fps": round(frames / elapsed, 2),
+            "latency_ms": percentiles(latencies)}
+
+
+def bench_engine(engine: Engine, image: np.ndarray, seconds: float) -> dict[str, Any]:
+    """End-to-end and inference-only figures of one compiled engine."""
+
+    def e2e_start() -> tuple[Future, Any]:
+        tensor, lb = engine.prepare(image)
+        return engine.submit(tensor), lb
+
+    def e2e_finish(handle: tuple[Future, Any]) -> None:
+        engine.postprocess(handle[0].result(), handle[1])
+
+    tensor, _ = engine.prepare(image)
+    e2e = _timed_loop(seconds, engine.num_requests, e2e_start, e2e_finish)
+    infer = _timed_loop(seconds, engine.num_requests, lambda: engine.submit(tensor), lambda f: f.result())
+    return {**e2e, "infer": infer}
+
+
+def _bench_sync(predict: Callable[[np.ndarray], list[np.ndarray]], engine: Engine, image: np.ndarray,
+                seconds: float) -> dict[str, Any]:
+    """Another runtime, one frame at a time, with the engine's own pre- and post-processing."""
+
+    def run() -> None:
+        tensor, lb = engine.prepare(image)
+        engine.postprocess(predict(tensor), lb)
+
+    return _timed_loop(seconds, 1, run, lambda _: None)
+
+
+def _torch_predictor(cfg: Path, weights: Path, size: tuple[int, int]) -> Callable[[np.ndarray], list[np.ndarray]]:
+    import torch
+
+    from slimyolo.darknet.model import load_model
+
+    model = load_model(cfg, weights, size)
+
+    def predict(x: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [h.numpy() for h in model(torch.from_numpy(x))]
+
+    return predict
+
+
+def _onnx_predictor(onnx_path: Path) -> Callable[[np.ndarray], list[np.ndarray]]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})
+
+
+def run_bench(model: str | Path, device: str = "CPU", hint: str = "throughput", precision: str | None = None,
+              seconds: float = 10.0, image: np.ndarray | None = None, compare: bool = False,
+              cfg: Path | None = None, weights: Path | None = None, onnx: Path | None = None) -> dict[str, Any]:
+    """Benchmark ``model``; the result's keys include ``fps`` and ``latency_ms`` {p50, p90, p99}."""
+    engine = Engine(model, device=device, hint=hint, precision=precision)
+    if image is None:  # a camera-sized frame: the letterbox resize is part of the real cost
+        image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    result: dict[str, Any] = {
+        "model": str(engine.path), "device": device, "hint": hint, "precision": precision or "default",
+        "execution_precision": str(engine.compiled.get_property("INFERENCE_PRECISION_HINT")),
+        "input_size": list(engine.input_size), "requests": engine.num_requests,
+        "cpu": platform.processor() or platform.machine(), **bench_engine(engine, image, seconds)}
+    if compare:
+        others: dict[str, Any] = {}
+        onnx = onnx or engine.path.with_name("model.onnx")
+        if cfg and weights:
+            others["pytorch"] = _bench_sync(_torch_predictor(cfg, weights, engine.input_size), engine, image, seconds)
+        else:
+            others["pytorch"] = {"skipped": "give --cfg and --weights to compare with PyTorch"}
+        try:
+            if not onnx.is_file():
+                raise SlimYoloError(f"no ONNX file at {onnx} (convert with --onnx, or give --onnx)")
+            others["onnxruntime"] = _bench_sync(_onnx_predictor(onnx), engine, image, seconds)
+        except ImportError:
+            others["onnxruntime"] = {"skipped": "onnxruntime is not installed"}
+        except SlimYoloError as exc:
+            others["onnxruntime"] = {"skipped": str(exc)}
+        result["compare"] = others
+    return result

@@ -1,0 +1,86 @@
+"""``slimyolo detect`` and ``slimyolo bench``: the OpenVINO inference side on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model.xml (or its model version folder)")
+    p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, AUTO (default CPU)")
+    p.add_argument("--precision", choices=["f32", "bf16", "f16"],
+                   help="INFERENCE_PRECISION_HINT (default: the device's own choice)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="detect objects in images, folders, videos, cameras or streams")
+    _engine_args(p)
+    p.add_argument("--source", action="append", required=True,
+                   help="image, folder, video, camera index or rtsp/http URL; repeat for several")
+    p.add_argument("--mosaic", help="KxK: multiplex up to K*K sources through one inference (e.g. 2x2)")
+    p.add_argument("--out", type=Path, help="folder for annotated output and detections.jsonl")
+    p.add_argument("--show", action="store_true", help="show annotated frames in a window")
+    p.add_argument("--hint", choices=["latency", "throughput"], default="throughput")
+    p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.set_defaults(func=_detect)
+
+    p = sub.add_parser("bench", help="FPS and latency of an IR, end to end and inference only")
+    _engine_args(p)
+    p.add_argument("--hint", choices=["latency", "throughput"], default="throughput")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement (default 10)")
+    p.add_argument("--image", type=Path, help="benchmark on this image (default: a random 640x480 frame)")
+    p.add_argument("--compare", action="store_true", help="also run PyTorch and ONNX Runtime in the same run")
+    p.add_argument("--cfg", type=Path, help="with --compare: the cfg for PyTorch")
+    p.add_argument("--weights", type=Path, help="with --compare: the weights for PyTorch")
+    p.add_argument("--onnx", type=Path, help="with --compare: the ONNX file (default: model.onnx beside the IR)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_bench)
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from slimyolo.infer.detect import run_detect
+    from slimyolo.infer.mosaic import parse_grid
+
+    def show_fps(event: dict) -> None:
+        print(f"\r{event['frames']} frames, {event['fps']:.1f} FPS", end="", file=sys.stderr, flush=True)
+
+    summary = run_detect(args.model, args.source, args.out, parse_grid(args.mosaic) if args.mosaic else 0,
+                         args.show, progress=show_fps, device=args.device, hint=args.hint,
+                         precision=args.precision, conf_thres=args.conf, iou_thres=args.iou)
+    print(f"\r{summary.frames} frames, {summary.detections} detections, {summary.fps:.1f} FPS"
+          + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import cv2
+
+    from slimyolo.errors import SlimYoloError
+    from slimyolo.infer.bench import run_bench
+
+    image = None
+    if args.image:
+        image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
+        if image is None:
+            raise SlimYoloError(f"{args.image}: not a readable image")
+    result = run_bench(args.model, args.device, args.hint, args.precision, args.seconds, image, args.compare,
+                       args.cfg, args.weights, args.onnx)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['model']} on {result['device']} ({result['hint']}, {result['execution_precision']}, "
+          f"{result['requests']} requests, input {result['input_size'][1]}x{result['input_size'][0]})")
+    rows = [("openvino end-to-end", result), ("openvino inference", result["infer"])]
+    rows += [(f"{name} end-to-end", r) for name, r in result.get("compare", {}).items()]
+    for name, r in rows:
+        if "skipped" in r:
+            print(f"  {name:<24} skipped: {r['skipped']}")
+        else:
+            lat = r["latency_ms"]
+            print(f"  {name:<24} {r['fps']:8.1f} FPS   p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  "
+                  f"p99 {lat['p99']:.2f} ms")
+    return 0

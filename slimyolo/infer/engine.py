@@ -1,0 +1,211 @@
+"""The OpenVINO engine: compile an IR, feed it frames, return boxes in original-image pixels.
+
+Everything the engine needs comes from the IR's metadata (:mod:`slimyolo.infer.meta`): input
+layout and type, letterbox convention, heads, class names. Frames are pipelined through an
+``AsyncInferQueue``: the calling thread letterboxes frame *k+1* and decodes frame *k−1* while
+OpenVINO runs frame *k*, and the OpenVINO callback only copies the output tensors, so the
+Python work never sits inside the inference path's critical section. ``submit`` is safe to
+call from many threads (the gRPC service does), each caller decoding its own result.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from slimyolo.data.letterbox import Letterbox, letterbox, unletterbox_boxes
+from slimyolo.errors import NotFoundError, SlimYoloError
+from slimyolo.infer.decode import decode, postprocess
+from slimyolo.infer.meta import ModelMeta, read_meta
+
+HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
+PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes of one image: xyxy in that image's pixels, score, class index."""
+
+    boxes: np.ndarray  # (M, 4) float32
+    scores: np.ndarray  # (M,) float32
+    classes: np.ndarray  # (M,) int64
+
+    @classmethod
+    def from_array(cls, det: np.ndarray) -> Detections:
+        return cls(det[:, :4].astype(np.float32), det[:, 4].astype(np.float32), det[:, 5].astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_list(self, names: Sequence[str]) -> list[dict[str, Any]]:
+        """JSON-ready boxes (the ``detect`` JSON-lines and the detection API)."""
+        return [{"box": [round(float(v), 2) for v in box], "score": round(float(s), 4), "class": int(c),
+                 "name": names[int(c)] if int(c) < len(names) else str(int(c))}
+                for box, s, c in zip(self.boxes, self.scores, self.classes, strict=True)]
+
+
+def resolve_ir(model: str | Path) -> Path:
+    """A model.xml path, or a model version folder holding one."""
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.xml"
+    if not path.is_file():
+        raise NotFoundError(f"{path}: no such IR (expected a model.xml or a model version folder)")
+    return path
+
+
+def _read_model(core: Any, path: Path) -> Any:
+    try:
+        return core.read_model(path)
+    except RuntimeError as exc:
+        raise SlimYoloError(f"{path}: not a readable OpenVINO IR: {str(exc).splitlines()[0]}") from None
+
+
+def read_ir_meta(model: str | Path, core: Any = None) -> ModelMeta:
+    """The metadata of an IR without compiling it."""
+    import openvino as ov
+
+    path = resolve_ir(model)
+    return read_meta(_read_model(core or ov.Core(), path), str(path))
+
+
+class Engine:
+    """An IR compiled for one device, with its metadata, pre- and post-processing.
+
+    ``input_size`` (height, width) reshapes a plain NCHW IR to another input size before
+    compiling (the 2x2 mosaic runs a 416 model at 832); the convolutional network does not
+    care and the decode reads grid sizes from the outputs.
+    """
+
+    def __init__(self, model: str | Path, device: str = "CPU", hint: str = "latency",
+                 precision: str | None = None, input_size: tuple[int, int] | None = None,
+                 conf_thres: float = 0.25, iou_thres: float = 0.45, max_det: int = 300,
+                 num_requests: int = 0, core: Any = None) -> None:
+        import openvino as ov
+
+        path = resolve_ir(model)
+        if hint not in HINTS:
+            raise SlimYoloError(f"unknown performance hint {hint!r} (choose from {', '.join(HINTS)})")
+        if precision is not None and precision not in PRECISIONS:
+            raise SlimYoloError(f"unknown inference precision {precision!r} (choose from f32, bf16, f16)")
+        self.path = path
+        self.core = core or ov.Core()
+        ov_model = _read_model(self.core, path)
+        self.meta: ModelMeta = read_meta(ov_model, str(path))
+        self.input_size = self._check_and_reshape(ov_model, input_size)
+        config: dict[str, str] = {"PERFORMANCE_HINT": HINTS[hint]}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = PRECISIONS[precision]
+        self.compiled = self.core.compile_model(ov_model, device, config)
+        names = [o.get_any_name() for o in self.compiled.outputs]
+        missing = [n for n in self.meta.outputs if n not in names]
+        if missing:
+            raise SlimYoloError(f"{path}: the metadata names outputs {missing} the IR does not have ({names})")
+        self._out_index = [names.index(n) for n in self.meta.outputs]
+        self.device, self.hint, self.precision = device, hint, precision
+        self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
+        self.num_requests = num_requests or int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._queue = ov.AsyncInferQueue(self.compiled, self.num_requests)
+        self._queue.set_callback(self._on_done)
+        self._submit_lock = threading.Lock()
+        self._sync_request = self.compiled.create_infer_request()
+        self._sync_lock = threading.Lock()
+
+    # -- shapes ---------------------------------------------------------------------------
+    def _check_and_reshape(self, ov_model: Any, input_size: tuple[int, int] | None) -> tuple[int, int]:
+        """Check the IR's input agrees with its metadata; reshape to ``input_size`` if asked."""
+        spec = self.meta.input
+        if len(ov_model.inputs) != 1:
+            raise SlimYoloError(f"{self.path}: a YOLO IR has one input, this one has {len(ov_model.inputs)}")
+        shape = ov_model.inputs[0].get_partial_shape()
+        channel_axis = 1 if spec.layout == "NCHW" else 3
+        if shape.rank.get_length() != 4 or (shape[channel_axis].is_static
+                                            and shape[channel_axis].get_length() != 3):
+            raise SlimYoloError(f"{self.path}: input shape {shape} does not fit a 3-channel "
+                                f"{spec.layout} image input")
+        if input_size is None or input_size == (spec.height, spec.width):
+            return spec.height, spec.width
+        if spec.resize_inside or spec.layout != "NCHW":
+            raise SlimYoloError(f"{self.path}: the IR resizes its input inside; convert without "
+                                "--ppp to run it at another input size (e.g. for the mosaic)")
+        stride = max(h.stride for h in self.meta.heads)
+        if input_size[0] % stride or input_size[1] % stride:
+            raise SlimYoloError(f"input size {input_size[1]}x{input_size[0]} must be a multiple of {stride}")
+        ov_model.reshape({ov_model.inputs[0].get_any_name(): [1, 3, input_size[0], input_size[1]]})
+        return input_size
+
+    # -- pre/post-processing ----------------------------------------------------------------
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        """A BGR uint8 frame → the IR's input tensor and the letterbox placement."""
+        if image is None or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            got = "None" if image is None else f"{image.shape} {image.dtype}"
+            raise SlimYoloError(f"expected a BGR uint8 image (H, W, 3), got {got}")
+        spec = self.meta.input
+        h, w = self.input_size
+        if spec.resize_inside:
+            ih, iw = image.shape[:2]
+            r = min(h / ih, w / iw)
+            lb = Letterbox(r, (w - round(iw * r)) / 2, (h - round(ih * r)) / 2, ih, iw)
+            return image[None], lb
+        canvas, lb = letterbox(image, h, w, spec.pad_value)
+        if spec.layout == "NHWC":
+            return (canvas if spec.color == "BGR" else canvas[:, :, ::-1])[None], lb
+        rgb = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB) if spec.color == "RGB" else canvas
+        tensor = rgb.transpose(2, 0, 1)[None].astype(np.float32)
+        if spec.normalized:
+            tensor *= 1.0 / 255.0
+        return np.ascontiguousarray(tensor), lb
+
+    def postprocess(self, raws: Sequence[np.ndarray], lb: Letterbox) -> Detections:
+        (det,) = postprocess(decode(raws, self.meta.heads), self.conf_thres, self.iou_thres, max_det=self.max_det)
+        det[:, :4] = unletterbox_boxes(det[:, :4], lb)
+        return Detections.from_array(det)
+
+    # -- inference ----------------------------------------------------------------------------
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Synchronous inference on one prepared tensor → raw heads in metadata order."""
+        with self._sync_lock:
+            self._sync_request.infer({0: tensor})
+            return [self._sync_request.get_output_tensor(i).data.copy() for i in self._out_index]
+
+    def _on_done(self, request: Any, future: Future) -> None:
+        try:
+            future.set_result([request.get_output_tensor(i).data.copy() for i in self._out_index])
+        except Exception as exc:  # surfaced to the waiting caller, never lost in OpenVINO's thread
+            future.set_exception(exc)
+
+    def submit(self, tensor: np.ndarray) -> Future:
+        """Start asynchronous inference; the future resolves to the raw heads."""
+        future: Future = Future()
+        with self._submit_lock:
+            self._queue.start_async({0: tensor}, future)
+        return future
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """One frame end to end (thread-safe; concurrent callers share the request pool)."""
+        tensor, lb = self.prepare(image)
+        return self.postprocess(self.submit(tensor).result(), lb)
+
+    def detect_stream(self, images: Iterable[np.ndarray]) -> Iterator[Detections]:
+        """Pipelined detection over a frame sequence, results in input order."""
+        pending: collections.deque[tuple[Future, Letterbox]] = collections.deque()
+        for image in images:
+            tensor, lb = self.prepare(image)
+            pending.append((self.submit(tensor), lb))
+            if len(pending) >= self.num_requests:
+                future, old_lb = pending.popleft()
+                yield self.postprocess(future.result(), old_lb)
+        while pending:
+            future, old_lb = pending.popleft()
+            yield self.postprocess(future.result(), old_lb)
+
+    def wait(self) -> None:
+        self._queue.wait_all()
