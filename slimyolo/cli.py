@@ -16,11 +16,13 @@ import sys
 from slimyolo import __version__
 from slimyolo.convert import cli as convert_cli
 from slimyolo.darknet import cli as darknet_cli
+from slimyolo.data import cli as data_cli
+from slimyolo.errors import SlimYoloError
 from slimyolo.infer import cli as infer_cli
 from slimyolo.prune import cli as prune_cli
-from slimyolo.errors import SlimYoloError
 
-REGISTRARS = (darknet_cli.register, infer_cli.register, convert_cli.register, prune_cli.register)
+REGISTRARS = (darknet_cli.register, infer_cli.register, convert_cli.register, prune_cli.register,
+              data_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:
