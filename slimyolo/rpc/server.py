@@ -1,0 +1,385 @@
+"""The one server bootstrap of the four services (trainer, pruner, converter, inference).
+
+Every service gets the same surroundings from :class:`Server`, so a servicer is only the
+translation between its protobuf messages and the core library:
+
+- ``grpc.health.v1.Health``: each service reports NOT_SERVING until its servicer calls
+  :meth:`Server.set_serving` (a model is loaded, a cache is warm); the overall status ``""`` is
+  SERVING when all of them are, and the service name ``liveness`` is SERVING as long as the
+  process answers. Kubernetes' native gRPC probes check ``""`` for readiness and ``liveness``
+  for liveness.
+- server reflection (``grpc.reflection.v1alpha``), so grpcurl and friends need no proto files;
+- Prometheus ``/metrics`` on its own HTTP port, from a registry of the server's own (several
+  servers can share a test process): ``grpc_server_started_total``, ``grpc_server_handled_total``
+  (by ``grpc_code``), ``grpc_server_msg_received_total``, ``grpc_server_msg_sent_total`` and the
+  ``grpc_server_handling_seconds`` histogram, labelled by ``grpc_type``, ``grpc_service`` and
+  ``grpc_method`` as go-grpc-prometheus names them, plus ``process_*`` and the servicer's own;
+- an interceptor that turns exceptions into status codes (:func:`slimyolo.rpc.status.status_of`):
+  SlimYoloError → INVALID_ARGUMENT, NotFoundError → NOT_FOUND, UnavailableError → UNAVAILABLE,
+  Cancelled → CANCELLED, anything else → INTERNAL with the traceback in the log;
+- limits on message sizes, both ways;
+- SIGTERM (and SIGINT) → graceful drain: health turns NOT_SERVING, new calls are refused, calls
+  in flight (and running jobs) get the grace period to finish, then the process exits.
+
+Configuration comes from environment variables, and command-line flags override them
+(:func:`add_arguments`, :meth:`ServerConfig.from_env`)::
+
+    SLIMYOLO_BIND_ADDRESS            0.0.0.0   address both ports listen on
+    SLIMYOLO_GRPC_PORT               50051     gRPC port (0: any free port)
+    SLIMYOLO_METRICS_PORT            8000      Prometheus /metrics port (0: any free port)
+    SLIMYOLO_GRPC_MAX_MESSAGE_BYTES  67108864  largest message received or sent
+    SLIMYOLO_GRPC_WORKERS            32        threads serving calls (each stream holds one)
+    SLIMYOLO_JOB_WORKERS             1         jobs running at once (more wait, QUEUED)
+    SLIMYOLO_SHUTDOWN_GRACE_SECONDS  20        drain time after SIGTERM
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+
+from slimyolo.errors import SlimYoloError
+from slimyolo.rpc.status import status_of
+
+log = logging.getLogger(__name__)
+
+LIVENESS = "liveness"
+
+_ENV = {
+    "bind": "SLIMYOLO_BIND_ADDRESS",
+    "port": "SLIMYOLO_GRPC_PORT",
+    "metrics_port": "SLIMYOLO_METRICS_PORT",
+    "max_message_bytes": "SLIMYOLO_GRPC_MAX_MESSAGE_BYTES",
+    "workers": "SLIMYOLO_GRPC_WORKERS",
+    "job_workers": "SLIMYOLO_JOB_WORKERS",
+    "grace_seconds": "SLIMYOLO_SHUTDOWN_GRACE_SECONDS",
+}
+_FLAGS = {"bind": "--bind", "port": "--port", "metrics_port": "--metrics-port",
+          "max_message_bytes": "--max-message-bytes", "workers": "--workers", "job_workers": "--job-workers",
+          "grace_seconds": "--grace-seconds"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = "0.0.0.0"
+    port: int = 50051
+    metrics_port: int = 8000
+    max_message_bytes: int = 64 * 1024 * 1024
+    workers: int = 32
+    job_workers: int = 1
+    grace_seconds: float = 20.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServerConfig:
+        """Defaults, then the SLIMYOLO_* variables of ``env``, then ``overrides`` that are not None."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_ENV[f.name])
+            if raw:
+                kind = type(getattr(cls, f.name))
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise SlimYoloError(f"{_ENV[f.name]}={raw!r}: expected {kind.__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = replace(cls(), **values)
+        config._check()
+        return config
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> ServerConfig:
+        """The configuration for ``slimyolo serve <stage>``: flags from :func:`add_arguments` win."""
+        return cls.from_env(env, **{name: getattr(args, name, None) for name in _ENV})
+
+    def _check(self) -> None:
+        def where(name: str) -> str:
+            return f"{_FLAGS[name]} / {_ENV[name]}"
+
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise SlimYoloError(f"{where(name)}: {getattr(self, name)} is not a port number")
+        if self.port and self.port == self.metrics_port:
+            raise SlimYoloError(f"{where('metrics_port')}: the metrics port must differ from the gRPC port")
+        for name in ("max_message_bytes", "workers", "job_workers"):
+            if getattr(self, name) < 1:
+                raise SlimYoloError(f"{where(name)}: must be at least 1, got {getattr(self, name)}")
+        if self.grace_seconds < 0:
+            raise SlimYoloError(f"{where('grace_seconds')}: must not be negative")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every ``slimyolo serve <stage>`` takes; each overrides its environment variable."""
+    helps = {"bind": "address to listen on", "port": "gRPC port", "metrics_port": "Prometheus /metrics port",
+             "max_message_bytes": "largest gRPC message", "workers": "threads serving calls",
+             "job_workers": "jobs running at once", "grace_seconds": "drain time after SIGTERM"}
+    for f in fields(ServerConfig):
+        parser.add_argument(_FLAGS[f.name], dest=f.name, type=type(f.default), default=None,
+                            help=f"{helps[f.name]} (env {_ENV[f.name]}, default {f.default})")
+
+
+# -- metrics and status codes: the interceptor ---------------------------------------------------
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+class _GrpcMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server.", labels, registry=registry)
+        self.handled = Counter("grpc_server_handled_total", "RPCs completed on the server, by status code.",
+                               [*labels, "grpc_code"], registry=registry)
+        self.received = Counter("grpc_server_msg_received_total", "Messages received from clients.", labels,
+                                registry=registry)
+        self.sent = Counter("grpc_server_msg_sent_total", "Messages sent to clients.", labels, registry=registry)
+        self.seconds = Histogram("grpc_server_handling_seconds", "Time from the start of an RPC to its status.",
+                                 labels, buckets=_BUCKETS, registry=registry)
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    return {(False, False): "unary", (True, False): "client_stream", (False, True): "server_stream",
+            (True, True): "bidi_stream"}[(handler.request_streaming, handler.response_streaming)]
+
+
+class _StatusInterceptor(grpc.ServerInterceptor):
+    """Maps exceptions to status codes and records the grpc_server_* metrics of every call."""
+
+    def __init__(self, metrics: _GrpcMetrics) -> None:
+        self.m = metrics
+
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None  # unknown method: grpc answers UNIMPLEMENTED
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        kind = _rpc_type(handler)
+        labels = (kind, service, method)
+        behavior = (handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream)
+        call = self._streaming(behavior, labels) if handler.response_streaming else self._unary(behavior, labels)
+        make = {"unary": grpc.unary_unary_rpc_method_handler, "client_stream": grpc.stream_unary_rpc_method_handler,
+                "server_stream": grpc.unary_stream_rpc_method_handler,
+                "bidi_stream": grpc.stream_stream_rpc_method_handler}[kind]
+        return make(call, request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer)
+
+    def _count_requests(self, request: Any, labels: tuple[str, ...], streaming: bool) -> Any:
+        if not streaming:
+            self.m.received.labels(*labels).inc()
+            return request
+
+        def counted() -> Iterator[Any]:
+            for item in request:
+                self.m.received.labels(*labels).inc()
+                yield item
+
+        return counted()
+
+    @staticmethod
+    def _status(exc: Exception, context: grpc.ServicerContext, labels: tuple[str, ...]) -> tuple[grpc.StatusCode,
+                                                                                                   str | None]:
+        """The status for ``exc``; no message when the servicer already set one (``context.abort``)."""
+        set_code = context.code()
+        if set_code not in (None, grpc.StatusCode.OK):
+            return set_code, None
+        code, message = status_of(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("%s/%s failed", labels[1], labels[2], exc_info=exc)
+        return code, message
+
+    def _unary(self, behavior: Callable, labels: tuple[str, ...]) -> Callable:
+        streaming_in = labels[0] == "client_stream"
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            self.m.started.labels(*labels).inc()
+            start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+            try:
+                response = behavior(self._count_requests(request, labels, streaming_in), context)
+                code = context.code() or grpc.StatusCode.OK
+                if code == grpc.StatusCode.OK:
+                    self.m.sent.labels(*labels).inc()
+                return response
+            except Exception as exc:
+                code, message = self._status(exc, context, labels)
+                if message is None:
+                    raise
+                context.abort(code, message)  # raises; grpc sends the status without logging a traceback
+            finally:
+                self.m.handled.labels(*labels, code.name).inc()
+                self.m.seconds.labels(*labels).observe(time.perf_counter() - start)
+
+        return call
+
+    def _streaming(self, behavior: Callable, labels: tuple[str, ...]) -> Callable:
+        streaming_in = labels[0] == "bidi_stream"
+
+        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            self.m.started.labels(*labels).inc()
+            start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+            try:
+                for response in behavior(self._count_requests(request, labels, streaming_in), context):
+                    self.m.sent.labels(*labels).inc()
+                    yield response
+                code = context.code() or (grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
+            except GeneratorExit:  # the client went away, or the drain's grace period ended
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                code, message = self._status(exc, context, labels)
+                if message is None:
+                    raise
+                context.abort(code, message)  # raises; grpc sends the status without logging a traceback
+            finally:
+                self.m.handled.labels(*labels, code.name).inc()
+                self.m.seconds.labels(*labels).observe(time.perf_counter() - start)
+
+        return call
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+class Server:
+    """A gRPC server with health, reflection, metrics, status mapping and a graceful drain.
+
+    Usage in a stage's ``server.py``::
+
+        server = Server("trainer", ServerConfig.from_args(args, os.environ))
+        jobs = server.enable_jobs()
+        server.add_service("slimyolo.v1.Trainer", trainer_pb2_grpc.add_TrainerServicer_to_server,
+                           TrainerServicer(store, jobs))
+        server.start()
+        server.set_serving("slimyolo.v1.Trainer")
+        server.serve_forever()  # until SIGTERM
+    """
+
+    def __init__(self, name: str, config: ServerConfig) -> None:
+        self.name, self.config = name, config
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]  # a second server on a busy port must fail, not share it
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix=f"{name}-rpc"),
+                                interceptors=[_StatusInterceptor(_GrpcMetrics(self.registry))], options=options)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        self.port = self.metrics_port = 0
+        self._serving: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self._shutdown_hooks: list[Callable[[float], None]] = []
+        self._http: Any = None
+        self._started = False
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+
+    def add_service(self, name: str, add_to_server: Callable[[Any, grpc.Server], None], servicer: Any) -> None:
+        """Register a servicer (``add_XServicer_to_server``) under its full name, NOT_SERVING for now."""
+        if self._started:
+            raise RuntimeError("add services before start()")
+        add_to_server(servicer, self.grpc)
+        self._serving[name] = False
+
+    def enable_jobs(self):
+        """Serve ``slimyolo.v1.Jobs`` here and return the JobManager for the stage's Start... calls."""
+        from slimyolo.rpc.gen.v1 import jobs_pb2_grpc
+        from slimyolo.rpc.jobs import JobManager, JobsServicer
+
+        manager = JobManager(self.config.job_workers, registry=self.registry)
+        self.add_service("slimyolo.v1.Jobs", jobs_pb2_grpc.add_JobsServicer_to_server, JobsServicer(manager))
+        self._serving["slimyolo.v1.Jobs"] = True
+        self._shutdown_hooks.append(manager.shutdown)
+        return manager
+
+    def set_serving(self, name: str, serving: bool = True) -> None:
+        """Report a service ready (or not) to health checks; ``""`` follows all of them."""
+        with self._lock:
+            if name not in self._serving:
+                raise KeyError(f"{name} is not a service of this server ({sorted(self._serving)})")
+            self._serving[name] = serving
+            self._publish_health()
+
+    def _publish_health(self) -> None:
+        status = health_pb2.HealthCheckResponse
+        for name, serving in self._serving.items():
+            self.health.set(name, status.SERVING if serving else status.NOT_SERVING)
+        self.health.set("", status.SERVING if all(self._serving.values()) else status.NOT_SERVING)
+
+    def start(self) -> None:
+        """Bind the gRPC and metrics ports (``self.port``, ``self.metrics_port`` say which) and serve."""
+        from prometheus_client import start_http_server
+
+        names = [*self._serving, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self.grpc)
+        address = f"{self.config.bind}:{self.config.port}"
+        try:
+            self.port = self.grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise SlimYoloError(f"--port / SLIMYOLO_GRPC_PORT: cannot listen on {address} ({exc})") from None
+        try:
+            self._http, _ = start_http_server(self.config.metrics_port, addr=self.config.bind, registry=self.registry)
+        except OSError as exc:
+            raise SlimYoloError(f"--metrics-port / SLIMYOLO_METRICS_PORT: cannot listen on "
+                                f"{self.config.bind}:{self.config.metrics_port} ({exc})") from None
+        self.metrics_port = self._http.server_port
+        with self._lock:
+            self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+            self._publish_health()
+        self.grpc.start()
+        self._started = True
+        log.info("%s serving gRPC on %s:%d, metrics on %s:%d", self.name, self.config.bind, self.port,
+                 self.config.bind, self.metrics_port)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, give calls and jobs ``grace`` seconds, then stop.
+
+        Safe to call more than once and from any thread; later calls wait for the first.
+        """
+        if self._stopping.is_set():
+            self._stopped.wait()
+            return
+        self._stopping.set()
+        grace = self.config.grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
+        log.info("%s draining (grace %.1fs)", self.name, grace)
+        self.health.enter_graceful_shutdown()
+        done = self.grpc.stop(grace)
+        for hook in self._shutdown_hooks:
+            hook(deadline)
+        done.wait()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        self._stopped.set()
+        log.info("%s stopped", self.name)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped; False if ``timeout`` passed first."""
+        return self._stopped.wait(timeout)
+
+    def serve_forever(self) -> None:
+        """Start if needed, drain on SIGTERM or SIGINT, return once stopped (call from the main thread)."""
+        if not self._started:
+            self.start()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("%s got %s", self.name, signal.Signals(signum).name)
+            threading.Thread(target=self.stop, name="drain", daemon=True).start()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not self.wait(0.5):  # wake up regularly so the signal handler runs promptly
+                pass
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
