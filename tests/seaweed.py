@@ -78,10 +78,11 @@ class SeaweedServer:
         return Minio(self.endpoint.removeprefix("http://"), access_key=self.access_key,
                      secret_key=self.secret_key, secure=False)
 
-    def new_bucket(self) -> str:
+    def new_bucket(self, name: str | None = None) -> str:
         """A fresh, empty bucket, so that tests sharing one server do not see each other's keys."""
-        self._buckets += 1
-        name = f"t{os.getpid()}-{self._buckets}-{secrets.token_hex(3)}"
+        if name is None:
+            self._buckets += 1
+            name = f"t{os.getpid()}-{self._buckets}-{secrets.token_hex(3)}"
         self.client().make_bucket(name)
         return name
 
