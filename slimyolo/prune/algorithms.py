@@ -1,0 +1,124 @@
+"""The pruning algorithms: channel pruning, layer pruning, and both in one step.
+
+Each one builds a :class:`~slimyolo.prune.functional.Plan` from BN γ importance and applies it
+in a single pass to the original model, so channel and layer pruning together fold their
+constants once, on the original weights. The public functions take a loaded
+:class:`~slimyolo.darknet.model.Darknet` (see :func:`open_model`) and return a
+:class:`~slimyolo.prune.result.PruneResult`; nothing is written until ``PruneResult.save``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from slimyolo.darknet.cfg import Cfg, as_cfg
+from slimyolo.darknet.graph import build_graph
+from slimyolo.darknet.model import Darknet, load_model
+from slimyolo.errors import SlimYoloError
+from slimyolo.prune.functional import Plan, apply_plan, pruned_cfg, surviving
+from slimyolo.prune.groups import build_groups, residual_units
+from slimyolo.prune.importance import (
+    bn_gammas,
+    class_importance,
+    global_threshold,
+    prunable_gammas,
+    unit_importance,
+)
+from slimyolo.prune.masks import check_keep_args, conv_masks, keep_classes
+from slimyolo.prune.result import PruneResult
+
+
+def open_model(cfg: Cfg | str | Path | None, weights: str | Path | None) -> Darknet:
+    """Load the model to prune; a ``.pt`` checkpoint carries its own cfg, so ``cfg`` may be None."""
+    if cfg is None:
+        if weights is None:
+            raise SlimYoloError("give a cfg, or a .pt checkpoint that holds one")
+        from slimyolo.darknet.weights import checkpoint_cfg
+
+        cfg = checkpoint_cfg(weights)
+    return load_model(as_cfg(cfg), weights)
+
+
+def check_args(global_percent: float | None = None, shortcuts: int | None = None,
+               layer_keep: float = 0.0, round_to: int = 1) -> None:
+    """Validate pruning arguments before anything expensive (loading weights) happens."""
+    if global_percent is not None and not 0.0 < global_percent < 1.0:
+        raise SlimYoloError(f"global percent must be between 0 and 1 (exclusive), got {global_percent}")
+    if shortcuts is not None and shortcuts < 0:
+        raise SlimYoloError(f"the number of shortcuts to remove must not be negative, got {shortcuts}")
+    check_keep_args(layer_keep, round_to)
+
+
+def choose_units(model: Darknet, shortcuts: int) -> list[int]:
+    """The ``shortcuts`` residual units of lowest importance (their shortcut indices, sorted)."""
+    check_args(shortcuts=shortcuts)
+    units = residual_units(model.graph)
+    if shortcuts > len(units):
+        raise SlimYoloError(f"cannot remove {shortcuts} residual units: the model has {len(units)} that "
+                            f"can be removed (shortcut layers {', '.join(map(str, units)) or 'none'})")
+    scores = unit_importance(bn_gammas(model), units)
+    ranked = sorted(units, key=lambda s: (scores[s], s))
+    return sorted(ranked[:shortcuts])
+
+
+def channel_threshold(model: Darknet, global_percent: float) -> float:
+    """The |γ| threshold at the ``global_percent`` quantile of the model's prunable channels."""
+    groups = build_groups(model.graph)
+    return global_threshold(prunable_gammas(groups, bn_gammas(model)), global_percent)
+
+
+def channel_masks(model: Darknet, threshold: float, layer_keep: float = 0.0, round_to: int = 1,
+                  units: frozenset[int] = frozenset()) -> dict[int, np.ndarray]:
+    """Keep masks of every convolution (original indices) once ``units`` are gone.
+
+    The channel groups are those of the network *without* the removed units: removing a unit
+    joins the shortcut chains on either side of it.
+    """
+    layer_plan = Plan(units=units)
+    old_of = {new: old for old, new in surviving(model.graph, layer_plan).items()}
+    graph = build_graph(pruned_cfg(model.cfg, model.graph, layer_plan)) if units else model.graph
+    groups = build_groups(graph)
+    gammas = bn_gammas(model)
+    importance = class_importance(groups, {new: gammas[old] for new, old in old_of.items() if old in gammas})
+    keep = keep_classes(groups, importance, threshold, layer_keep, round_to)
+    return {old_of[i]: mask for i, mask in conv_masks(groups, keep).items()}
+
+
+def prune_channels(model: Darknet, global_percent: float, layer_keep: float = 0.01,
+                   round_to: int = 1) -> PruneResult:
+    """Channel pruning at one global |γ| threshold (see the package docstring)."""
+    return prune_both(model, global_percent, 0, layer_keep, round_to)
+
+
+def prune_layers(model: Darknet, shortcuts: int) -> PruneResult:
+    """Remove the ``shortcuts`` least important residual units (shortcut + its two convolutions)."""
+    units = frozenset(choose_units(model, shortcuts))
+    plan = Plan(units=units)
+    return PruneResult.build("layer", model, apply_plan(model, plan), plan,
+                             settings={"shortcuts": shortcuts}, unit_importance=_unit_scores(model, units))
+
+
+def prune_both(model: Darknet, global_percent: float, shortcuts: int, layer_keep: float = 0.01,
+               round_to: int = 1) -> PruneResult:
+    """Layer and channel pruning in one step.
+
+    The |γ| threshold is the ``global_percent`` quantile over the prunable channels of the
+    *original* model, as the original projects compute it, and is then applied to the
+    channels of the network that remains after the units are removed.
+    """
+    check_args(global_percent, shortcuts, layer_keep, round_to)
+    threshold = channel_threshold(model, global_percent)
+    units = frozenset(choose_units(model, shortcuts))
+    plan = Plan(channel_masks(model, threshold, layer_keep, round_to, units), units)
+    settings = {"global_percent": global_percent, "threshold": threshold, "layer_keep": layer_keep,
+                "round_to": round_to}
+    if shortcuts:
+        settings["shortcuts"] = shortcuts
+    return PruneResult.build("both" if shortcuts else "channel", model, apply_plan(model, plan), plan,
+                             settings=settings, unit_importance=_unit_scores(model, units))
+
+
+def _unit_scores(model: Darknet, units: frozenset[int]) -> dict[int, float]:
+    return unit_importance(bn_gammas(model), sorted(units))

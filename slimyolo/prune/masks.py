@@ -1,0 +1,72 @@
+"""Channel masks: from a global |γ| threshold to a keep decision per channel class.
+
+A class stays when its importance (max |γ| of its members, i.e. the OR of their masks) reaches
+the threshold. Then three kinds of constraints top it up, each by keeping the most important
+classes not yet kept, until all hold at once:
+
+- the floor: every prunable convolution keeps at least ``max(⌈layer_keep·channels⌉, 1)``;
+- ``round_to``: every convolution keeps a multiple of R channels (or all of them), so pruned
+  widths stay friendly to SIMD kernels;
+- route groups: each chunk a ``[route] groups=G`` layer slices keeps the same count.
+
+Each step only adds kept classes, so the loop ends (at worst with everything kept, which
+satisfies every constraint).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from slimyolo.errors import SlimYoloError
+from slimyolo.prune.groups import ChannelGroups
+
+
+def check_keep_args(layer_keep: float, round_to: int) -> None:
+    if not 0.0 <= layer_keep <= 1.0:
+        raise SlimYoloError(f"layer keep must be between 0 and 1, got {layer_keep}")
+    if round_to < 1:
+        raise SlimYoloError(f"round-to must be a positive number of channels, got {round_to}")
+
+
+def keep_classes(groups: ChannelGroups, importance: np.ndarray, threshold: float,
+                 layer_keep: float = 0.0, round_to: int = 1) -> np.ndarray:
+    """Bool per class: kept. ``importance`` is per class (see importance.class_importance)."""
+    check_keep_args(layer_keep, round_to)
+    keep = groups.fixed | (importance >= threshold)
+    convs = [groups.conv_classes[i] for i in groups.prunable_convs()]
+    changed = True
+    while changed:
+        changed = False
+        for cls in convs:
+            have = int(keep[cls].sum())
+            want = max(have, math.ceil(layer_keep * len(cls) - 1e-9), 1)
+            if want % round_to:
+                want = min(-(-want // round_to) * round_to, len(cls))
+            changed |= _top_up(keep, importance, cls, want)
+        for pieces in groups.chunks:
+            want = max(int(keep[p].sum()) for p in pieces)
+            for p in pieces:
+                changed |= _top_up(keep, importance, p, want)
+    return keep
+
+
+def _top_up(keep: np.ndarray, importance: np.ndarray, cls: np.ndarray, want: int) -> bool:
+    """Keep the most important classes of ``cls`` until ``want`` of its positions are kept."""
+    have = int(keep[cls].sum())
+    if have >= want:
+        return False
+    candidates = np.unique(cls[~keep[cls]])
+    for c in candidates[np.argsort(-importance[candidates], kind="stable")]:
+        keep[c] = True
+        have += int((cls == c).sum())
+        if have >= want:
+            break
+    return True
+
+
+def conv_masks(groups: ChannelGroups, keep: np.ndarray) -> dict[int, np.ndarray]:
+    """The keep mask of every convolution's output channels."""
+    return {i: keep[cls] for i, cls in groups.conv_classes.items()}
+
