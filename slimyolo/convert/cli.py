@@ -1,0 +1,73 @@
+"""``slimyolo convert``: cfg + weights → OpenVINO IR (FP32, FP16, INT8) with a parity report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert cfg + weights to an OpenVINO IR (via TensorFlow or PyTorch)",
+                       description="Writes OUT/NAME/VERSION/model.xml|bin and conversion.json; fails, writing "
+                                   "nothing, if the FP32 IR differs from PyTorch beyond the tolerance.")
+    p.add_argument("--cfg", type=Path, help="darknet cfg (optional when --weights is a SlimYOLO .pt)")
+    p.add_argument("--weights", type=Path, required=True, help="darknet .weights or SlimYOLO .pt")
+    p.add_argument("--out", type=Path, required=True, help="model repository folder")
+    p.add_argument("--name", help="model name (default: the cfg's file name)")
+    p.add_argument("--version", help="model version (default: one more than the highest existing)")
+    p.add_argument("--via", choices=["tf", "torch"], default="tf",
+                   help="tf: cfg → Keras/TensorFlow → IR (default); torch: the PyTorch module → IR")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
+    p.add_argument("--calib-data", type=Path,
+                   help="image folder, .data file or data set folder for INT8 calibration and parity "
+                        "(default: a small synthetic data set)")
+    p.add_argument("--calib-images", type=int, default=300, help="calibration images to use (default 300)")
+    p.add_argument("--accuracy-control", action="store_true",
+                   help="INT8: keep mAP@0.5 within --max-drop of FP32 (needs a labelled --calib-data)")
+    p.add_argument("--max-drop", type=float, default=0.01, help="largest absolute mAP@0.5 drop (default 0.01)")
+    p.add_argument("--img-size", help="input size N or WxH (default: the cfg's [net] size)")
+    p.add_argument("--names", type=Path, help=".names file (default: the data set's names, else class<i>)")
+    p.add_argument("--ppp", nargs="?", const="resize", choices=["fixed", "resize"],
+                   help="u8 NHWC BGR input with conversion and normalisation inside the IR; 'resize' (the "
+                        "default of --ppp) also letterboxes frames of any size inside, 'fixed' takes frames "
+                        "already letterboxed to the model size")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (same input and outputs)")
+    p.add_argument("--parity-images", type=int, default=2, help="images for the parity checks (default 2)")
+    p.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest FP32 IR vs PyTorch difference, relative to max(1, |head|) (default 1e-3)")
+    p.add_argument("--json", action="store_true", help="print conversion.json instead of the summary")
+    p.set_defaults(func=_convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from slimyolo.convert.conversion import convert
+    from slimyolo.darknet.zoo import parse_size
+
+    start = time.perf_counter()
+
+    def show(event: dict) -> None:
+        extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("stage", "step"))
+        print(f"[{time.perf_counter() - start:6.1f}s] {event['step']} {extra}".rstrip(), file=sys.stderr)
+
+    result = convert(args.cfg, args.weights, args.out, name=args.name, version=args.version, via=args.via,
+                     precision=args.precision, calib_data=args.calib_data,
+                     img_size=parse_size(args.img_size) if args.img_size else None, names=args.names,
+                     ppp=args.ppp, onnx=args.onnx, accuracy_control=args.accuracy_control, max_drop=args.max_drop,
+                     calib_images=args.calib_images, parity_images=args.parity_images, tolerance=args.tolerance,
+                     progress=show)
+    if args.json:
+        print(json.dumps(result.summary, indent=2))
+        return 0
+    print(f"wrote {result.path} ({result.precision}, via {result.via}, "
+          f"{result.summary['seconds']['total']:.1f} s)")
+    print(f"parity on {result.parity.images} images of {result.parity.image_source} "
+          f"(tolerance {result.parity.tolerance:g}):")
+    for line in result.parity.lines():
+        print("  " + line)
+    int8 = result.summary.get("int8")
+    if int8 and "map50_fp32" in int8:
+        print(f"mAP@0.5: fp32 {int8['map50_fp32']:.4f}, int8 {int8['map50_int8']:.4f}")
+    return 0
