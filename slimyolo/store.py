@@ -380,7 +380,9 @@ class S3Store(Store):
                     raise SlimYoloError(f"object store {self.endpoint}: cannot {what} {target}: "
                                         f"{exc.code}: {exc.message}") from None
                 last = exc
-            except (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, OSError) as exc:
+            # Network trouble only: a local file that cannot be read or written is not the store's fault.
+            except (ServerError, InvalidResponseError, urllib3.exceptions.HTTPError, ConnectionError,
+                    TimeoutError) as exc:
                 last = exc
             if attempt < self.retries:
                 time.sleep(delay)
