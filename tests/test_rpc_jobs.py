@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -275,3 +276,24 @@ def test_job_ids_are_checked(served):
         manager.get("")
     with pytest.raises(NotFoundError, match=r"^id: no job 'x'"):
         manager.cancel("x")
+
+
+def test_a_watcher_that_goes_away_releases_its_stream(served):
+    server, manager, channel = served
+    gate = threading.Event()
+    job_id = manager.submit("flops", flops_until(gate)).id
+    call = jobs_pb2_grpc.JobsStub(channel).WatchJob(jobs_pb2.WatchJobRequest(id=job_id), timeout=120)
+    assert next(call).event.state == S.JOB_STATE_QUEUED
+    call.cancel()
+
+    def handled() -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30).read().decode()
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "grpc_server_handled_total" and s.labels["grpc_method"] == "WatchJob"
+                   and s.labels["grpc_code"] == "CANCELLED")
+
+    wait_for(lambda: handled() == 1, what="the server to end the abandoned stream")
+    assert manager.get(job_id).state == JobState.RUNNING  # the job itself goes on
+    gate.set()
