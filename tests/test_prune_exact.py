@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimyolo.darknet import load_model, make_cfg, parse_cfg_text
+from slimyolo.darknet import Cfg, Section, load_model, make_cfg, parse_cfg_text
 from slimyolo.darknet.graph import Conv, Route, Shortcut, build_graph
 from slimyolo.darknet.init import init_random_weights
 from slimyolo.errors import SlimYoloError
@@ -148,6 +148,44 @@ anchors=10,13,16,30,33,23
 classes=2
 num=3
 """
+
+
+def mini_res_cfg(size: int = 64) -> Cfg:
+    """A small two-head detector with five residual units: fast enough for CLI and sweep tests."""
+    layers: list[Section] = []
+
+    def conv(filters: int, size_: int, stride: int = 1, bn: bool = True, act: str = "leaky") -> None:
+        opts = {"batch_normalize": 1} if bn else {}
+        layers.append(Section.make("convolutional", **opts, filters=filters, size=size_, stride=stride, pad=1,
+                                   activation=act))
+
+    def unit(hidden: int, out: int) -> None:
+        conv(hidden, 1)
+        conv(out, 3)
+        layers.append(Section.make("shortcut", from_=-3, activation="linear"))
+
+    def head(mask: str) -> None:
+        conv(21, 1, bn=False, act="linear")
+        layers.append(Section.make("yolo", mask=mask, anchors="10,13,16,30,33,23,30,61,62,45,59,119",
+                                   classes=2, num=6))
+
+    conv(16, 3)
+    conv(32, 3, 2)
+    for _ in range(3):
+        unit(16, 32)  # layers 2..10
+    conv(64, 3, 2)  # 11
+    for _ in range(2):
+        unit(32, 64)  # 12..17
+    conv(32, 1)  # 18
+    conv(64, 3)  # 19
+    head("3,4,5")  # 20, 21
+    layers.append(Section.make("route", layers=-4))  # 22
+    conv(16, 1)  # 23
+    layers.append(Section.make("upsample", stride=2))  # 24
+    layers.append(Section.make("route", layers=[-1, 10]))  # 25
+    conv(32, 3)  # 26
+    head("0,1,2")  # 27, 28
+    return Cfg(Section.make("net", width=size, height=size, channels=3), layers)
 
 
 @functools.cache

@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--img-size", type=int, help="evaluation size (default: the cfg's)")
     q.add_argument("--batch-size", type=int, default=8)
     q.add_argument("--max-images", type=int, help="evaluate at most this many validation images")
+    q.add_argument("--latency-runs", type=int, default=3,
+                   help="timed PyTorch CPU forward passes per point for the latency column (0: skip)")
     q.add_argument("--out", type=Path, required=True,
                    help="new (or empty) folder for sweep.json, sweep.csv, sweep.png and best/")
     q.set_defaults(func=_sweep)

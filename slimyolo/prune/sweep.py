@@ -223,6 +223,8 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
     check_args(p_hi, None)
     if p_step <= 0 or fine_percent <= 0 or p_hi < p_lo:
         raise SlimYoloError(f"bad percent range {percents}: need lo <= hi and positive steps")
+    if latency_runs < 0:
+        raise SlimYoloError(f"latency runs must not be negative, got {latency_runs}")
     if max_map_drop < 0:
         raise SlimYoloError(f"max mAP drop must not be negative, got {max_map_drop}")
     if shortcuts is not None:
@@ -319,7 +321,7 @@ def run_sweep_command(args) -> int:
                   f"params {row['params']:,}", file=sys.stderr, flush=True)
 
     result, best = sweep(model, evaluate_model, percents, units, args.max_map_drop, args.layer_keep, args.round_to,
-                         progress=show)
+                         latency_runs=args.latency_runs, progress=show)
     paths = result.save(args.out, best)
     print(result.table())
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
