@@ -27,22 +27,32 @@ class Letterbox:
     orig_w: int
 
 
+def placement(orig_h: int, orig_w: int, height: int, width: int, scaleup: bool = True) -> Letterbox:
+    """Where an ``orig_h``×``orig_w`` image lands in a ``height``×``width`` letterbox.
+
+    The offsets are whole pixels, ``floor`` of half the slack on the top/left (what the IR's
+    built-in letterbox computes too), so boxes map back exactly whichever side letterboxed.
+    """
+    r = min(height / orig_h, width / orig_w)
+    if not scaleup:
+        r = min(r, 1.0)
+    new_w, new_h = round(orig_w * r), round(orig_h * r)
+    return Letterbox(r, float((width - new_w) // 2), float((height - new_h) // 2), orig_h, orig_w)
+
+
 def letterbox(img: np.ndarray, height: int, width: int, pad_value: int = PAD_VALUE,
               scaleup: bool = True) -> tuple[np.ndarray, Letterbox]:
     """Resize ``img`` (H, W, C) into a ``height``×``width`` canvas; returns the canvas and the placement."""
     h, w = img.shape[:2]
-    r = min(height / h, width / w)
-    if not scaleup:
-        r = min(r, 1.0)
-    new_w, new_h = round(w * r), round(h * r)
-    pad_x, pad_y = (width - new_w) / 2, (height - new_h) / 2
+    lb = placement(h, w, height, width, scaleup)
+    new_w, new_h = round(w * lb.ratio), round(h * lb.ratio)
     if (new_w, new_h) != (w, h):
         img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top, left = round(pad_y - 0.1), round(pad_x - 0.1)
+    top, left = int(lb.pad_y), int(lb.pad_x)
     bottom, right = height - new_h - top, width - new_w - left
     out = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,
                              value=(pad_value,) * (img.shape[2] if img.ndim == 3 else 1))
-    return out, Letterbox(r, float(left), float(top), h, w)
+    return out, lb
 
 
 def unletterbox_boxes(boxes: np.ndarray, lb: Letterbox, clip: bool = True) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from slimyolo.data.letterbox import Letterbox, letterbox, unletterbox_boxes
+from slimyolo.data.letterbox import Letterbox, letterbox, placement, unletterbox_boxes
 from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.infer.decode import decode, postprocess
 from slimyolo.infer.meta import ModelMeta, read_meta
@@ -150,11 +150,8 @@ class Engine:
             raise SlimYoloError(f"expected a BGR uint8 image (H, W, 3), got {got}")
         spec = self.meta.input
         h, w = self.input_size
-        if spec.resize_inside:
-            ih, iw = image.shape[:2]
-            r = min(h / ih, w / iw)
-            lb = Letterbox(r, (w - round(iw * r)) / 2, (h - round(ih * r)) / 2, ih, iw)
-            return image[None], lb
+        if spec.resize_inside:  # the IR letterboxes; only the placement is needed to map boxes back
+            return image[None], placement(image.shape[0], image.shape[1], h, w)
         canvas, lb = letterbox(image, h, w, spec.pad_value)
         if spec.layout == "NHWC":
             return (canvas if spec.color == "BGR" else canvas[:, :, ::-1])[None], lb
