@@ -68,8 +68,9 @@ def _letterbox_inside(height: int, width: int, pad_value: int) -> Any:
     On an f32 NHWC frame of any size: scale by ``r = min(H/h, W/w)`` to ``round(h·r)``×``round(w·r)``
     (round half to even, as Python's ``round``), bilinear (OpenCV's INTER_LINEAR convention,
     half-pixel centres, no antialiasing), then pad with ``pad_value`` — ``floor`` of half the
-    slack on the top/left, the rest on the bottom/right, which is what the host letterbox's
-    ``round(pad - 0.1)`` gives — and pin the result to the static model size.
+    slack on the top/left, the rest on the bottom/right, as
+    :func:`slimyolo.data.letterbox.placement` places it, so the host maps boxes back with the
+    same placement — and pin the result to the static model size.
     """
 
     def step(node: Any) -> Any:
