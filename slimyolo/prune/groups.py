@@ -51,10 +51,9 @@ class _UnionFind:
 class ChannelGroups:
     """The channel classes of a graph and the constraints on keeping them.
 
-    ``layer_classes[i]`` gives, for each output channel of layer ``i``, the class it belongs to
-    (``None`` where nothing of the layer is a channel of a convolution, i.e. never for a valid
-    YOLO cfg after the first convolution). ``conv_classes[i]`` is the same for convolution
-    ``i``'s own outputs.
+    ``layer_classes[i]`` gives, for each output channel of layer ``i``, the class it belongs to;
+    ``conv_classes[i]`` is the same for convolution ``i``'s own outputs. A shortcut output's
+    class array equals its inputs' (they were merged), a route's is their concatenation.
     """
 
     graph: Graph
@@ -68,14 +67,6 @@ class ChannelGroups:
         """Convolutions with BatchNorm whose channels are not all fixed, in cfg order."""
         return [i for i, cls in self.conv_classes.items()
                 if _has_bn(self.graph, i) and not self.fixed[cls].all()]
-
-    def members(self) -> dict[int, list[tuple[int, int]]]:
-        """For each class, the (conv layer, channel) atoms merged into it."""
-        out: dict[int, list[tuple[int, int]]] = {}
-        for i, cls in self.conv_classes.items():
-            for ch, c in enumerate(cls):
-                out.setdefault(int(c), []).append((i, ch))
-        return out
 
 
 def _has_bn(graph: Graph, i: int) -> bool:

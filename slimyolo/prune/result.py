@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slimyolo.darknet.cfg import Cfg
 from slimyolo.darknet.flops import ModelStats, model_stats
 from slimyolo.darknet.graph import Conv
 from slimyolo.darknet.model import Darknet
@@ -48,7 +49,8 @@ class PruneResult:
         return cls(method, pruned, model_stats(original.cfg), model_stats(pruned.cfg), settings, units, channels)
 
     @property
-    def cfg(self):
+    def cfg(self) -> Cfg:
+        """The pruned cfg (the one ``save`` writes)."""
         return self.model.cfg
 
     def summary(self) -> dict:
