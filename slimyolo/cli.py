@@ -20,9 +20,10 @@ from slimyolo.data import cli as data_cli
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer import cli as infer_cli
 from slimyolo.prune import cli as prune_cli
+from slimyolo.train import cli as train_cli
 
 REGISTRARS = (darknet_cli.register, infer_cli.register, convert_cli.register, prune_cli.register,
-              data_cli.register)
+              data_cli.register, train_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,182 @@
+"""The training configuration: one dataclass, loadable from YAML, saved resolved with each run.
+
+The same :class:`TrainConfig` drives base training, sparsity training (``sr``) and
+fine-tuning (``finetune``, optionally with a teacher). ``None`` fields are resolved by
+:meth:`TrainConfig.resolved` (learning rate by optimizer, warm-up by fine-tuning, input
+size by the cfg), and the resolved copy is what the run directory keeps, so a run can be
+repeated or resumed from its folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slimyolo.data.augment import AugmentConfig
+from slimyolo.errors import SlimYoloError
+from slimyolo.train.loss import LossGains
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("cosine", "step")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (see the README's ``slimyolo train`` section)."""
+
+    data: str  # darknet .data file or a folder holding one
+    cfg: str | None = None  # cfg file, a zoo name (sized for the data's classes), or None: the cfg inside a .pt
+    weights: str | None = None  # initial weights (.weights or .pt); None trains from scratch
+    out: str = "runs/train"  # run directory
+    epochs: int = 30
+    batch_size: int = 16  # total over all DDP processes
+    img_size: int | None = None  # square training size (multiple of 32); None: the cfg's width
+    optimizer: str = "sgd"
+    lr0: float | None = None  # None: 0.01 for SGD, 0.001 for Adam
+    lrf: float = 0.01  # final learning rate as a fraction of lr0 (cosine); step: ×0.1 at 80% and 90%
+    momentum: float = 0.937  # SGD momentum / Adam beta1
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float | None = None  # None: 3, or 6 when fine-tuning
+    warmup_bias_lr: float = 0.1
+    warmup_momentum: float = 0.8
+    ema: bool = True
+    bf16: bool = False  # bfloat16 autocast (on CPU it needs AMX/AVX512-BF16 to pay off)
+    multi_scale: bool = False  # each batch at a random size in [0.67, 1.5]·img_size
+    seed: int = 0
+    workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    threads: int | None = None  # torch intra-op threads (None: torch's default, divided among DDP processes)
+    device: str = "auto"  # auto, cpu, cuda
+    eval_interval: int = 1  # evaluate every N epochs (and always after the last)
+    max_eval_images: int | None = None
+    conf_thres: float = 0.001
+    iou_thres: float = 0.6
+    save_weights: bool = False  # also write best.weights (darknet layout)
+    finetune: bool = False  # fine-tuning of a pruned model: warm-up defaults to 6 epochs
+    teacher_cfg: str | None = None
+    teacher_weights: str | None = None  # distillation from this (unpruned) teacher
+    distill_weight: float = 1.0
+    sr: bool = False  # sparsity training
+    s: float = 0.001
+    prune: int = 0  # 0: every BN layer; 1: all but the convolutions feeding a shortcut
+    s_schedule: str = "constant"
+    grad_clip: float = 10.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossGains = field(default_factory=LossGains)
+
+    @property
+    def stage(self) -> str:
+        """The pipeline stage this run is: "sparsity", "finetune" or "train"."""
+        if self.sr:
+            return "sparsity"
+        if self.finetune or self.teacher_weights:
+            return "finetune"
+        return "train"
+
+    def resolved(self) -> TrainConfig:
+        """A copy with defaults that depend on other fields filled in, after checking every field."""
+        out = dataclasses.replace(self, augment=dataclasses.replace(self.augment),
+                                  loss=dataclasses.replace(self.loss))
+        if out.lr0 is None:
+            out.lr0 = 0.001 if out.optimizer == "adam" else 0.01
+        if out.warmup_epochs is None:
+            out.warmup_epochs = 6.0 if out.stage == "finetune" else 3.0
+        out.check()
+        return out
+
+    def check(self) -> None:
+        def bad(name: str, why: str) -> SlimYoloError:
+            return SlimYoloError(f"training config: '{name}' {why}")
+
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in LR_SCHEDULES:
+            raise bad("schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.schedule!r}")
+        if self.epochs < 1:
+            raise bad("epochs", f"must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise bad("batch_size", f"must be at least 1, got {self.batch_size}")
+        if self.img_size is not None and (self.img_size < 32 or self.img_size % 32):
+            raise bad("img_size", f"must be a multiple of 32, got {self.img_size}")
+        if self.prune not in (0, 1):
+            raise bad("prune", f"must be 0 or 1, got {self.prune}")
+        if self.eval_interval < 1:
+            raise bad("eval_interval", f"must be at least 1, got {self.eval_interval}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise bad("device", f"must be auto, cpu or cuda, got {self.device!r}")
+        if self.teacher_cfg and not self.teacher_weights:
+            raise bad("teacher_cfg", "needs teacher_weights")
+        if self.cfg is None and not (self.weights and self.weights.endswith(".pt")):
+            raise bad("cfg", "is required unless weights is a .pt checkpoint (which holds its cfg)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], source: str = "training config") -> TrainConfig:
+        """Build from plain data (YAML); unknown keys and wrong types are errors naming the key."""
+        if not isinstance(doc, dict):
+            raise SlimYoloError(f"{source}: expected a mapping of settings, got {type(doc).__name__}")
+        return _build(cls, doc, source, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        try:
+            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SlimYoloError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise SlimYoloError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        return cls.from_dict(doc or {}, str(path))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _build(cls: type, doc: dict[str, Any], source: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(doc) - names)
+    if unknown:
+        raise SlimYoloError(f"{source}: unknown setting '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in doc
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise SlimYoloError(f"{source}: missing required setting '{prefix}{missing[0]}'")
+    values = {}
+    for key, value in doc.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise SlimYoloError(f"{source}: '{prefix}{key}' must be a mapping")
+            values[key] = _build(hint, value, source, f"{prefix}{key}.")
+        else:
+            values[key] = _coerce(value, hint, f"{source}: '{prefix}{key}'")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise SlimYoloError(f"{where} must not be empty")
+    for kind in options:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    wanted = " or ".join(getattr(k, "__name__", str(k)) for k in options if k is not type(None))
+    raise SlimYoloError(f"{where} must be {wanted}, got {value!r}")

@@ -1,0 +1,437 @@
+"""The training engine: base training, sparsity training and fine-tuning, on one or many processes.
+
+:func:`train` runs a :class:`~slimyolo.train.config.TrainConfig` and writes the run
+directory; :func:`resume` continues a stopped run from that directory alone.
+
+Exact resumption: nothing in the loop depends on hidden random state. The sample order of
+epoch ``e`` comes from ``DistributedSampler(seed).set_epoch(e)``, augmentation of sample
+``i`` from ``default_rng((seed, e, i))``, the multi-scale size of step ``k`` from
+``default_rng((seed, e, k))``, and the learning rate and momentum are functions of the
+iteration number. The checkpoint holds the raw and EMA weights, the optimizer state, the EMA
+update count, the best fitness and the results so far, so a resumed run repeats, step for
+step, what the uninterrupted run would have done.
+
+Distributed data parallel: started by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment),
+each process trains on its share of every batch (gloo on CPU, nccl on CUDA); only rank 0
+evaluates, logs and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from slimyolo.darknet.cfg import Cfg, parse_cfg
+from slimyolo.darknet.model import Darknet, load_model
+from slimyolo.darknet.weights import checkpoint_cfg, load_weights, read_checkpoint, save_checkpoint
+from slimyolo.darknet.zoo import ZOO, make_cfg
+from slimyolo.data.dataset import DataSpec, read_data_file
+from slimyolo.data.loader import YoloDataset
+from slimyolo.errors import NotFoundError, SlimYoloError, WeightsError
+from slimyolo.fsutil import atomic_write_text
+from slimyolo.train.config import TrainConfig
+from slimyolo.train.ema import ModelEMA
+from slimyolo.train.evaluate import EvalResult, evaluate
+from slimyolo.train.loss import YoloLoss, init_head_biases
+from slimyolo.train.sparsity import Sparsity, bn_gammas, fraction_below, plot_gammas, prunable_bn_layers
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.csv"
+RESULTS_COLUMNS = ("epoch", "stage", "lr", "box", "obj", "cls", "distill", "loss", "precision", "recall", "map50",
+                   "f1", "gamma_below_0.01", "s", "images_per_s", "time_s")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (all paths inside ``run_dir``)."""
+
+    run_dir: Path
+    last: Path  # last.pt: EMA weights + everything needed to resume
+    best: Path  # best.pt: EMA weights of the epoch with the best mAP@0.5
+    results_csv: Path
+    config: Path  # the resolved config.yaml
+    weights: Path | None  # best.weights (darknet layout) when save_weights
+    epochs: int  # epochs completed
+    best_map50: float
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation (EvalResult.as_dict())
+    images_per_s: float = 0.0  # training throughput of the last epoch (all processes)
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def _setup_distributed(device_kind: str) -> tuple[_Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = _Dist(world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise SlimYoloError("device 'cuda' was asked for but no CUDA device is available")
+    device = torch.device("cuda", d.local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return d, device
+
+
+def resolve_cfg(config: TrainConfig, spec: DataSpec) -> Cfg:
+    """The model cfg: a cfg file, a zoo name (for the data's classes), or the cfg inside a ``.pt``."""
+    if config.cfg is None:
+        return checkpoint_cfg(config.weights)
+    path = Path(config.cfg)
+    if path.is_file():
+        return checkpoint_cfg(path) if path.suffix == ".pt" else parse_cfg(path)
+    if config.cfg in ZOO:
+        return make_cfg(config.cfg, spec.classes, config.img_size)
+    raise NotFoundError(f"cfg {config.cfg!r}: no such file, and not a zoo model ({', '.join(ZOO)})")
+
+
+def _check_classes(model: Darknet, spec: DataSpec, cfg_name: str) -> None:
+    classes = {h.classes for h in model.heads}
+    if classes != {spec.classes}:
+        raise SlimYoloError(f"{cfg_name}: the cfg's yolo layers have classes={sorted(classes)} but {spec.path} "
+                            f"has classes={spec.classes}")
+
+
+def _param_groups(model: nn.Module) -> tuple[list, list, list]:
+    """BN weights (no decay), conv weights (decay), biases (no decay; warm-up from a high lr)."""
+    bn_w, conv_w, biases = [], [], []
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            bn_w.append(module.weight)
+            biases.append(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            conv_w.append(module.weight)
+            if module.bias is not None:
+                biases.append(module.bias)
+    return bn_w, conv_w, biases
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    bn_w, conv_w, biases = _param_groups(model)
+    groups = [{"params": bn_w, "weight_decay": 0.0}, {"params": conv_w, "weight_decay": config.weight_decay},
+              {"params": biases, "weight_decay": 0.0}]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr0, betas=(config.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=config.lr0, momentum=config.momentum, nesterov=True)
+
+
+def lr_factor(config: TrainConfig, epoch: int) -> float:
+    """Learning-rate multiplier of 0-based ``epoch``: cosine from 1 to ``lrf``, or darknet's steps."""
+    if config.schedule == "step":
+        return 1.0 if epoch < 0.8 * config.epochs else 0.1 if epoch < 0.9 * config.epochs else 0.01
+    return ((1 - math.cos(epoch * math.pi / config.epochs)) / 2) * (config.lrf - 1) + 1
+
+
+def _set_lr(config: TrainConfig, optimizer: torch.optim.Optimizer, epoch: int, ni: int, nw: int) -> float:
+    """Set lr (and SGD momentum) for global iteration ``ni``; linear warm-up over the first ``nw``."""
+    base = config.lr0 * lr_factor(config, epoch)
+    key = "betas" if config.optimizer == "adam" else "momentum"
+    for j, group in enumerate(optimizer.param_groups):
+        if ni < nw:
+            start = config.warmup_bias_lr if j == 2 else 0.0
+            group["lr"] = float(np.interp(ni, [0, nw], [start, base]))
+            momentum = float(np.interp(ni, [0, nw], [config.warmup_momentum, config.momentum]))
+        else:
+            group["lr"] = base
+            momentum = config.momentum
+        group[key] = (momentum, 0.999) if key == "betas" else momentum
+    return optimizer.param_groups[1]["lr"]
+
+
+def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULTS_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _emit(progress: Callable[[dict], None] | None, event: dict[str, Any]) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *,
+          resume: bool = False) -> TrainResult:
+    """Train (base, sparsity or fine-tuning, as ``config`` says) and return what the run wrote.
+
+    The run directory ``config.out`` receives:
+
+    - ``config.yaml``: the resolved config (``slimyolo train --config`` repeats the run);
+    - ``last.pt`` after every epoch: a SlimYOLO checkpoint whose model is the EMA weights
+      (``load_model(cfg, "last.pt")`` works; the cfg is inside), plus the raw weights,
+      optimizer, EMA and results state that :func:`resume` needs;
+    - ``best.pt``: the EMA weights of the epoch with the best mAP@0.5 (the last epoch when
+      there is no validation split);
+    - ``results.csv``: one row per epoch (losses, lr, P, R, mAP@0.5, F1, fraction of |γ| below
+      0.01, sparsity rate, images/s);
+    - ``tensorboard/``: the same scalars and the γ histogram (tag ``bn_weights/hist``);
+    - with ``sr``: ``gamma_start.png`` and ``gamma_end.png`` (|γ| distributions);
+    - with ``save_weights``: ``best.weights`` in darknet's layout.
+
+    Every file is written atomically, so killing the process at any moment leaves the previous
+    epoch's files intact. ``progress`` receives ``{"stage", "event": "step", "epoch",
+    "epochs", "step", "steps", "losses", "lr", "images_per_s"}`` per step and ``{"event":
+    "epoch", ...metrics}`` per epoch (rank 0 only); raising
+    :class:`~slimyolo.errors.Cancelled` from it stops the run after the last complete epoch,
+    which :func:`resume` can continue. ``resume=True`` continues ``config.out`` from its
+    ``last.pt``; otherwise ``config.out`` must not already hold a run.
+    """
+    started = time.monotonic()
+    config = config.resolved()
+    ddp, device = _setup_distributed(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif ddp.world > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world))))
+    run_dir = Path(config.out)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if not resume and last_path.exists():
+        raise SlimYoloError(f"{run_dir} already holds a training run; resume it (--resume {run_dir}) "
+                            f"or choose another --out")
+    if config.batch_size < ddp.world:
+        raise SlimYoloError(f"batch size {config.batch_size} is smaller than the {ddp.world} processes")
+
+    spec = read_data_file(config.data)
+    cfg = resolve_cfg(config, spec)
+    img_size = config.img_size or cfg.width
+    torch.manual_seed(config.seed)
+    model = Darknet(cfg, img_size)
+    _check_classes(model, spec, str(config.cfg or config.weights))
+    if config.weights and not resume:
+        load_weights(model, config.weights)
+    elif not config.weights:
+        init_head_biases(model)
+    teacher = None
+    if config.teacher_weights:
+        teacher_cfg = config.teacher_cfg or checkpoint_cfg(config.teacher_weights)
+        teacher = load_model(teacher_cfg, config.teacher_weights, img_size).to(device)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    model.to(device)
+
+    loss_fn = YoloLoss(model, config.loss)
+    optimizer = _make_optimizer(config, model)
+    ema = ModelEMA(model) if config.ema else None
+    sparsity = Sparsity(model, config.s, config.prune, config.s_schedule) if config.sr else None
+    gamma_layers = sparsity.layers if sparsity else prunable_bn_layers(model, config.prune)
+    start_epoch, best_fitness, rows = 0, -1.0, []
+    if resume:
+        start_epoch, best_fitness, rows = _restore(last_path, model, optimizer, ema, config)
+
+    dataset = YoloDataset(spec.train, spec.classes, img_size, config.augment, config.seed)
+    if dataset.labels_report.bad_lines and ddp.main:
+        log.warning("%s: %s", spec.path, dataset.labels_report.summary())
+    sampler = DistributedSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size // ddp.world, sampler=sampler,
+                        num_workers=config.workers, collate_fn=YoloDataset.collate,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+    net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                         else None) if ddp.world > 1 else model
+    steps = len(loader)
+    warmup_iters = round(config.warmup_epochs * steps)
+    stage = config.stage
+    writer = None
+    if ddp.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch)
+        if sparsity and start_epoch == 0:
+            plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_start.png", "before sparsity training")
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext())
+    bad_images: set[str] = set()
+    metrics: dict[str, Any] = {}
+    images_per_s = 0.0
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            epoch_start = time.monotonic()
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            net.train()
+            s_rate = sparsity.rate(epoch, config.epochs) if sparsity else 0.0
+            sums = {"box": 0.0, "obj": 0.0, "cls": 0.0, "distill": 0.0, "loss": 0.0}
+            seen, lr = 0, 0.0
+            for step, (imgs, targets, failed) in enumerate(loader):
+                bad_images.update(failed)
+                lr = _set_lr(config, optimizer, epoch, epoch * steps + step, warmup_iters)
+                imgs = imgs.to(device, non_blocking=True).float() / 255.0
+                targets = targets.to(device)
+                if config.multi_scale:
+                    imgs = _rescale(imgs, img_size, model.max_stride, np.random.default_rng((config.seed, epoch, step)))
+                with autocast:
+                    outputs = net(imgs)
+                loss, items = loss_fn(outputs, targets)
+                if teacher is not None:
+                    with torch.no_grad(), autocast:
+                        teacher_out = teacher(imgs)
+                    distill = loss_fn.distillation(outputs, teacher_out) * config.distill_weight
+                    loss = loss + distill
+                    items["distill"] = float(distill) / imgs.shape[0]
+                if not math.isfinite(float(loss)):
+                    raise SlimYoloError(f"training diverged at epoch {epoch + 1}, step {step + 1} "
+                                        f"(loss {float(loss)}); lower lr0 (now {config.lr0}) or check the data")
+                if ddp.world > 1:
+                    loss = loss * ddp.world  # DDP averages gradients over processes; the loss is a sum
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if sparsity:
+                    sparsity.apply(s_rate)
+                if config.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                if ema:
+                    ema.update(model)
+                seen += imgs.shape[0] * ddp.world
+                items["loss"] = sum(items[k] for k in ("box", "obj", "cls")) + items.get("distill", 0.0)
+                for k in sums:
+                    sums[k] += items.get(k, 0.0)
+                images_per_s = seen / max(time.monotonic() - epoch_start, 1e-9)
+                if ddp.main:
+                    _emit(progress, {"stage": stage, "event": "step", "epoch": epoch + 1, "epochs": config.epochs,
+                                     "step": step + 1, "steps": steps,
+                                     "losses": {k: v / (step + 1) for k, v in sums.items()}, "lr": lr,
+                                     "images_per_s": round(images_per_s, 2)})
+            train_time = time.monotonic() - epoch_start
+            images_per_s = seen / max(train_time, 1e-9)
+            final_model = ema.ema if ema else model
+            is_last = epoch + 1 == config.epochs
+            if ddp.main:
+                result: EvalResult | None = None
+                if spec.valid and ((epoch + 1) % config.eval_interval == 0 or is_last):
+                    result = evaluate(final_model, spec, img_size, config.batch_size, config.conf_thres,
+                                      config.iou_thres, max_images=config.max_eval_images)
+                    metrics = result.as_dict()
+                gammas = bn_gammas(model, gamma_layers)
+                row = {"epoch": epoch + 1, "stage": stage, "lr": lr, **{k: v / steps for k, v in sums.items()},
+                       "precision": result.precision if result else "", "recall": result.recall if result else "",
+                       "map50": result.map50 if result else "", "f1": result.f1 if result else "",
+                       "gamma_below_0.01": fraction_below(gammas), "s": s_rate,
+                       "images_per_s": images_per_s, "time_s": time.monotonic() - epoch_start}
+                rows.append(row)
+                fitness = result.map50 if result else best_fitness
+                improved = fitness > best_fitness or not best_path.exists() or (not spec.valid and is_last)
+                best_fitness = max(best_fitness, fitness)
+                _save(last_path, final_model, model, optimizer, ema, epoch + 1, best_fitness, rows, config)
+                if improved:
+                    save_checkpoint(final_model, best_path, epoch=epoch + 1, map50=fitness)
+                _write_results(run_dir / RESULTS_FILE, rows)
+                _log_epoch(writer, row, gammas, epoch)
+                bad = {"bad_images": len(bad_images), "bad_label_lines": len(dataset.labels_report.bad_lines)}
+                if bad_images:
+                    log.warning("epoch %d: %d unreadable images were replaced: %s", epoch + 1, len(bad_images),
+                                ", ".join(sorted(bad_images)[:5]))
+                _emit(progress, {"event": "epoch", "epochs": config.epochs, **row,
+                                 "per_class": metrics.get("per_class", []), **bad})
+            ddp.barrier()
+        if ddp.main and sparsity:
+            plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_end.png", "after sparsity training")
+        weights_path = None
+        if ddp.main and config.save_weights:
+            weights_path = run_dir / "best.weights"
+            load_model(checkpoint_cfg(best_path), best_path).save_darknet_weights(weights_path)
+        ddp.barrier()
+    finally:
+        if writer is not None:
+            writer.close()
+    return TrainResult(run_dir=run_dir, last=last_path, best=best_path, results_csv=run_dir / RESULTS_FILE,
+                       config=run_dir / CONFIG_FILE, weights=weights_path, epochs=config.epochs,
+                       best_map50=max(best_fitness, 0.0), metrics=metrics, images_per_s=images_per_s,
+                       elapsed_s=time.monotonic() - started)
+
+
+def resume(run_dir: str | Path, progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Continue the run in ``run_dir`` with its saved config, from the end of its last complete epoch."""
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / CONFIG_FILE
+    if not (run_dir / "last.pt").is_file() or not cfg_file.is_file():
+        raise NotFoundError(f"{run_dir}: not a training run to resume (needs {CONFIG_FILE} and last.pt)")
+    config = TrainConfig.from_yaml(cfg_file)
+    config.out = str(run_dir)
+    return train(config, progress, resume=True)
+
+
+def _rescale(imgs: torch.Tensor, size: int, stride: int, rng: np.random.Generator) -> torch.Tensor:
+    """Multi-scale: the batch at a random multiple of ``stride`` in [0.67, 1.5]·size."""
+    lo, hi = max(stride, int(size * 0.67) // stride * stride), int(size * 1.5) // stride * stride
+    new = int(rng.integers(lo // stride, hi // stride + 1)) * stride
+    if new == imgs.shape[2]:
+        return imgs
+    return F.interpolate(imgs, size=(new, new), mode="bilinear", align_corners=False)
+
+
+def _save(path: Path, final_model: Darknet, model: Darknet, optimizer: torch.optim.Optimizer,
+          ema: ModelEMA | None, epoch: int, best_fitness: float, rows: list[dict], config: TrainConfig) -> None:
+    save_checkpoint(final_model, path, epoch=epoch, best_fitness=best_fitness, results=rows,
+                    train_config=config.to_dict(), raw_model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    ema_updates=ema.updates if ema else 0)
+
+
+def _restore(path: Path, model: Darknet, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
+             config: TrainConfig) -> tuple[int, float, list[dict]]:
+    ckpt = read_checkpoint(path)
+    needed = ("raw_model", "optimizer", "epoch", "results")
+    if any(k not in ckpt for k in needed):
+        raise WeightsError(f"{path}: not a resumable training checkpoint (needs {', '.join(needed)})")
+    try:
+        model.load_state_dict(ckpt["raw_model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            ema.ema.load_state_dict(ckpt["model"])
+            ema.updates = int(ckpt["ema_updates"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise WeightsError(f"{path}: does not fit the run's model: {exc}") from None
+    epoch = int(ckpt["epoch"])
+    if epoch >= config.epochs:
+        raise SlimYoloError(f"{path}: the run already finished its {config.epochs} epochs")
+    return epoch, float(ckpt["best_fitness"]), list(ckpt["results"])
+
+
+def _log_epoch(writer: Any, row: dict[str, Any], gammas: np.ndarray, epoch: int) -> None:
+    if writer is None:
+        return
+    for key in ("box", "obj", "cls", "distill", "loss"):
+        writer.add_scalar(f"train/{key}", row[key], epoch)
+    for key in ("precision", "recall", "map50", "f1"):
+        if row[key] != "":
+            writer.add_scalar(f"metrics/{key}", row[key], epoch)
+    writer.add_scalar("lr", row["lr"], epoch)
+    writer.add_scalar("sparsity/gamma_below_0.01", row["gamma_below_0.01"], epoch)
+    writer.add_scalar("sparsity/s", row["s"], epoch)
+    if gammas.size:
+        writer.add_histogram("bn_weights/hist", gammas, epoch, bins="doane")
+    writer.flush()
