@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -40,8 +41,6 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
     """Write the stubs of every proto under ``proto_root`` into ``out_dir``; return the files written."""
     from importlib import resources
 
-    from grpc_tools import protoc
-
     protos = sorted(p.relative_to(proto_root).as_posix() for p in proto_root.rglob("*.proto"))
     unknown = [p for p in protos if p.rsplit("/", 1)[0] not in PACKAGES]
     if unknown:
@@ -49,10 +48,13 @@ def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> list[Path]:
     well_known = resources.files("grpc_tools") / "_proto"
     written: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["grpc_tools.protoc", f"-I{proto_root}", f"-I{well_known}", f"--python_out={tmp}",
-                f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", *protos]
-        if protoc.main(args) != 0:
-            raise SystemExit("protoc failed (see above)")
+        # protoc runs in its own process: its bundled C++ protobuf must not meet another one
+        # already loaded here (TensorFlow's), which crashes the process.
+        args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_root}", f"-I{well_known}",
+                f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", *protos]
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"protoc failed:\n{done.stderr}")
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "__init__.py").write_text(_INIT.format(src="protos/"))
         written.append(out_dir / "__init__.py")
