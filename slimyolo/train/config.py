@@ -44,7 +44,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     warmup_epochs: float | None = None  # None: 3, or 6 when fine-tuning
-    warmup_bias_lr: float = 0.1
+    warmup_bias_lr: float | None = None  # lr the biases warm up from; None: 10·lr0 (0.1 for SGD, as yolov5)
     warmup_momentum: float = 0.8
     ema: bool = True
     bf16: bool = False  # bfloat16 autocast (on CPU it needs AMX/AVX512-BF16 to pay off)
@@ -85,6 +85,8 @@ class TrainConfig:
                                   loss=dataclasses.replace(self.loss))
         if out.lr0 is None:
             out.lr0 = 0.001 if out.optimizer == "adam" else 0.01
+        if out.warmup_bias_lr is None:
+            out.warmup_bias_lr = 10 * out.lr0
         if out.warmup_epochs is None:
             out.warmup_epochs = 6.0 if out.stage == "finetune" else 3.0
         out.check()

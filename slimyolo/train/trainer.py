@@ -268,9 +268,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch)
+        writer = _summary_writer(run_dir / "tensorboard", start_epoch)
         if sparsity and start_epoch == 0:
             plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_start.png", "before sparsity training")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext())
@@ -302,9 +300,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *
                     distill = loss_fn.distillation(outputs, teacher_out) * config.distill_weight
                     loss = loss + distill
                     items["distill"] = float(distill) / imgs.shape[0]
-                if not math.isfinite(float(loss)):
-                    raise SlimYoloError(f"training diverged at epoch {epoch + 1}, step {step + 1} "
-                                        f"(loss {float(loss)}); lower lr0 (now {config.lr0}) or check the data")
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise SlimYoloError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {value}); "
+                                        f"lower lr0 (now {config.lr0}) or check the data")
                 if ddp.world > 1:
                     loss = loss * ddp.world  # DDP averages gradients over processes; the loss is a sum
                 optimizer.zero_grad(set_to_none=True)
@@ -419,6 +418,25 @@ def _restore(path: Path, model: Darknet, optimizer: torch.optim.Optimizer, ema: 
     if epoch >= config.epochs:
         raise SlimYoloError(f"{path}: the run already finished its {config.epochs} epochs")
     return epoch, float(ckpt["best_fitness"]), list(ckpt["results"])
+
+
+def _summary_writer(log_dir: Path, start_epoch: int) -> Any:
+    """torch's TensorBoard writer, without importing TensorFlow.
+
+    tensorboard uses TensorFlow's file API when TensorFlow is installed (the convert extra
+    installs it), and importing it costs ~25 s and ~1 GB per training process. tensorboard's
+    own switch to its TensorFlow-free stub is the presence of ``tensorboard.compat.notf``
+    (what the ``tensorboard-notf`` package ships), so that module is declared unless
+    TensorFlow is already loaded anyway.
+    """
+    import sys
+    import types
+
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir), purge_step=start_epoch)
 
 
 def _log_epoch(writer: Any, row: dict[str, Any], gammas: np.ndarray, epoch: int) -> None:
