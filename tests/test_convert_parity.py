@@ -3,9 +3,11 @@ model, a pruned model (odd widths, residual units removed).
 
 Each test runs the Keras graph, the IR converted from it (cfg → TF → IR) and the IR converted
 from the PyTorch module on synthetic-data-set images, at f32 inference precision, and holds
-every head to the conversion's own tolerance: ``max|other − torch| ≤ 1e-3 · max(1, max|torch|)``.
-A conversion bug (a pad on the wrong side, a transposed kernel, a missing BN, a channel group
-off by one) moves a head by a sizeable fraction of its magnitude, far beyond that.
+every head to the conversion's own rule (:mod:`slimyolo.convert.parity`): within 1e-3 of
+PyTorch, or within 4x PyTorch's own float32 error against a float64 run (random-weight big
+models at this size have heads of ±2000). A conversion bug (a pad on the wrong side, a
+transposed kernel, a missing BN, a channel group off by one) moves a head by a sizeable
+fraction of its magnitude, far beyond either.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from slimyolo.convert import ir
 from slimyolo.convert.calib import to_tensor
 from slimyolo.convert.keras_model import DarknetMaxPool, build_keras, keras_heads
-from slimyolo.convert.parity import compare
+from slimyolo.convert.parity import compare, reference64
 from slimyolo.darknet import ZOO, make_cfg, parse_cfg_text
 from slimyolo.darknet.graph import Conv
 from slimyolo.darknet.init import init_random_weights
@@ -152,22 +154,21 @@ def synth_batch(n: int, height: int, width: int) -> np.ndarray:
     return to_tensor(frames, height, width)
 
 
-def check_both_paths(model: Darknet, images: np.ndarray) -> dict[str, float]:
-    """Keras, TF-path IR and torch-path IR against PyTorch; returns each one's error."""
+def check_both_paths(model: Darknet, images: np.ndarray) -> None:
+    """Keras, TF-path IR and torch-path IR against PyTorch, by the conversion's own rule."""
     names = ir.output_names(model.heads)
     with torch.no_grad():
         ref = [t.numpy() for t in model(torch.from_numpy(images))]
+    ref64 = reference64(model, images)
     kmodel = build_keras(model)
-    results = {
-        "keras": compare("torch", ref, "keras", keras_heads(kmodel, images), names),
-        "tf_ir": compare("torch", ref, "tf_ir", ir.run(ir.compile_f32(ir.from_keras(kmodel, model.heads)), images,
-                                                        names), names),
-        "torch_ir": compare("torch", ref, "torch_ir", ir.run(ir.compile_f32(ir.from_torch(model, model.heads)),
-                                                             images, names), names),
+    outputs = {
+        "keras": keras_heads(kmodel, images),
+        "tf_ir": ir.run(ir.compile_f32(ir.from_keras(kmodel, model.heads)), images, names),
+        "torch_ir": ir.run(ir.compile_f32(ir.from_torch(model, model.heads)), images, names),
     }
-    for what, c in results.items():
-        assert c.error() <= TOL, f"{what}: {c.as_dict()}"
-    return {k: c.error() for k, c in results.items()}
+    for what, got in outputs.items():
+        c = compare("torch", ref, what, got, names, gated=True, reference64=ref64)
+        assert c.passes(TOL), f"{what}: {c.as_dict()}"
 
 
 def test_every_layer_kind_converts_exactly():
@@ -191,8 +192,9 @@ def test_a_wrong_keras_graph_is_caught(monkeypatch):
     bad = build_keras(model)
     pool = next(layer for layer in bad.layers if isinstance(layer, DarknetMaxPool))
     assert pool.pads == (1, 0, 1, 0)  # darknet: 1 before, none after; TF "same": none before, 1 after
-    c = compare("torch", ref, "keras", keras_heads(bad, images), ir.output_names(model.heads))
-    assert c.error() > 100 * TOL
+    c = compare("torch", ref, "keras", keras_heads(bad, images), ir.output_names(model.heads),
+                reference64=reference64(model, images))
+    assert not c.passes(TOL) and c.max_abs > 100 * TOL
 
 
 @pytest.mark.parametrize("name", list(ZOO))
@@ -205,8 +207,8 @@ def test_pruned_model_converts_through_both_paths():
     from slimyolo.prune.algorithms import prune_both
 
     model = init_random_weights(Darknet(make_cfg("yolov3", 2, SIZE)), 0)
-    pruned = prune_both(model, 0.5, 4).model.eval()
+    pruned = prune_both(model, 0.85, 6).model.eval()
     widths = [s.filters for s in pruned.graph.specs if isinstance(s, Conv)]
     original = [s.filters for s in model.graph.specs if isinstance(s, Conv)]
-    assert len(widths) == len(original) - 8 and any(w % 2 for w in widths)  # 4 units cut, odd widths
+    assert len(widths) == len(original) - 12 and any(w % 2 for w in widths)  # 6 units cut, odd widths
     check_both_paths(pruned, synth_batch(1, SIZE, SIZE))

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", action="store_true", help="also write model.onnx (same input and outputs)")
     p.add_argument("--parity-images", type=int, default=2, help="images for the parity checks (default 2)")
     p.add_argument("--tolerance", type=float, default=1e-3,
-                   help="largest FP32 IR vs PyTorch difference, relative to max(1, |head|) (default 1e-3)")
+                   help="largest |FP32 IR - PyTorch| on any head (default 1e-3); beyond it the IR must be within "
+                        "4x PyTorch's own float32 error, measured against a float64 run")
     p.add_argument("--json", action="store_true", help="print conversion.json instead of the summary")
     p.set_defaults(func=_convert)
 
