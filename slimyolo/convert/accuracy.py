@@ -22,9 +22,9 @@ from slimyolo.train.evaluate import evaluate_predictor
 
 def map50(compiled: Any, source: ImageSource, heads: Sequence[Head], size: tuple[int, int],
           paths: Iterable[Path] | None = None) -> float:
-    """mAP@0.5 of a compiled f32-NCHW-input model on ``paths`` (default: all of ``source``'s images)."""
+    """mAP@0.5 of a compiled f32-NCHW-input model on ``paths`` (default: ``source``'s evaluation images)."""
     names = ir.output_names(heads)
-    subset = list(paths) if paths is not None else list(source.paths)
+    subset = list(paths) if paths is not None else list(source.eval_paths)
     spec = dataclasses.replace(source.data, valid=subset)
     return evaluate_predictor(lambda x: ir.run(compiled, x, names), heads, spec, size, split="valid").map50
 
@@ -36,4 +36,4 @@ def map50_validator(source: ImageSource, heads: Sequence[Head], size: tuple[int,
     def validate(compiled: Any, items: Iterable[Path]) -> tuple[float, None]:
         return map50(compiled, source, heads, size, items), None
 
-    return list(source.paths), validate
+    return list(source.eval_paths), validate

@@ -28,12 +28,12 @@ from slimyolo.train.evaluate import preprocess
 
 @dataclass(frozen=True)
 class ImageSource:
-    """Where the images come from, the images, and (for a data set) what mAP needs."""
+    """Where the images come from: calibration/parity images, and for a data set what mAP needs."""
 
     description: str
-    paths: tuple[Path, ...]
+    paths: tuple[Path, ...]  # calibration and parity images
     data: Any = None  # the DataSpec of a labelled data set, else None
-    split: str = "valid"  # the split of ``data`` that ``paths`` lists
+    eval_paths: tuple[Path, ...] = ()  # the labelled images mAP@0.5 is measured on
     names: tuple[str, ...] | None = None  # class names a user-given data set declares
     synthetic: bool = False
 
@@ -51,25 +51,26 @@ def _image_folder(folder: Path) -> ImageSource:
 
 
 def _data_set(path: Path, synthetic: bool = False) -> ImageSource:
+    """Calibrate on the training split and measure mAP on the validation split (each falls back on the other)."""
     spec = read_data_file(path)
-    split = "valid" if spec.valid else "train"
-    paths = tuple(spec.split(split))
-    names = None if synthetic else tuple(spec.names)
+    calib_split = "train" if spec.train else "valid"
+    eval_split = "valid" if spec.valid else "train"
     what = "synthetic data set" if synthetic else f"data set {spec.path}"
-    return ImageSource(f"{what} ({split})", paths, spec, split, names, synthetic)
+    return ImageSource(f"{what} ({calib_split} split)", tuple(spec.split(calib_split)), spec,
+                       tuple(spec.split(eval_split)), None if synthetic else tuple(spec.names), synthetic)
 
 
 def open_source(source: str | Path | None, work: Path, classes: int = 2, size: int = 416,
                 images: int = 16) -> ImageSource:
     """Resolve ``--calib-data`` (see the module docstring).
 
-    Without a source, ``images`` synthetic validation images of long side ``size`` with up to
-    ``classes`` shapes are written under ``work`` (scratch space the caller removes).
+    Without a source, ``images`` synthetic images of long side ``size`` with up to ``classes``
+    shapes are written under ``work`` (scratch space the caller removes).
     """
     if source is None:
         from slimyolo.data.synth import SHAPES, write_synthetic
 
-        data = write_synthetic(work / "synth", classes=min(classes, len(SHAPES)), train=1, val=images, size=size)
+        data = write_synthetic(work / "synth", classes=min(classes, len(SHAPES)), train=images, val=0, size=size)
         return _data_set(data, synthetic=True)
     path = Path(source)
     if not path.exists():

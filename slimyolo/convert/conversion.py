@@ -240,6 +240,9 @@ def _convert(cfg: Cfg, cfg_sha: str, cfg_where: str, weights: Path, target: Path
     if opts.calib_data is not None or precision == "int8":
         source = open_source(opts.calib_data, work, classes, long_side,
                              opts.calib_images if precision == "int8" else opts.parity_images)
+        if opts.accuracy_control and not source.labelled:
+            raise SlimYoloError(f"{source.description}: accuracy control measures mAP@0.5 and needs labelled "
+                                "images: give a .data file or a data set folder as --calib-data")
     class_names = _read_names(opts.names, source, classes)
     parity_source = source or open_source(None, work, classes, long_side, opts.parity_images)
     frames = read_frames(parity_source.paths[:opts.parity_images])
