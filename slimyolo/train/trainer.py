@@ -271,7 +271,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *
         writer = _summary_writer(run_dir / "tensorboard", start_epoch)
         if sparsity and start_epoch == 0:
             plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_start.png", "before sparsity training")
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext())
+    if config.bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        log.warning("bf16 autocast on a CPU without native bfloat16 (AVX512-BF16/AMX; this one has %s): "
+                    "expect training to be far slower than in fp32", torch.backends.cpu.get_cpu_capability())
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
     bad_images: set[str] = set()
     metrics: dict[str, Any] = {}
     images_per_s = 0.0
