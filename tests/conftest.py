@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 # Two cores: keep torch from oversubscribing them when pytest runs alongside other work.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
 
 @pytest.fixture
 def run_cli(capsys):
@@ -34,3 +37,51 @@ def seaweed(tmp_path_factory):
     server = SeaweedServer(tmp_path_factory.mktemp("seaweed")).start()
     yield server
     server.stop()
+
+
+def _conv(filters: int, size: int, stride: int) -> str:
+    return (f"[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\nstride={stride}\npad=1\n"
+            "activation=leaky\n\n")
+
+
+# A 121k-parameter detector (one residual unit, one head at stride 16) that learns the synthetic
+# task in seconds: the shared trained model of the conversion, inference and service tests.
+MINI_CFG = ("[net]\nwidth=96\nheight=96\nchannels=3\n\n" + _conv(16, 3, 2) + _conv(32, 3, 2) + _conv(64, 3, 2)
+            + _conv(32, 1, 1) + _conv(64, 3, 1) + "[shortcut]\nfrom=-3\nactivation=linear\n\n" + _conv(128, 3, 2)
+            + "[convolutional]\nsize=1\nstride=1\npad=1\nfilters=21\nactivation=linear\n\n"
+            + "[yolo]\nmask=0,1,2\nanchors=14,14, 30,30, 60,60\nclasses=2\nnum=3\n")
+
+
+@dataclass(frozen=True)
+class Trained:
+    cfg: Path  # the cfg trained
+    weights: Path  # best.pt (holds its cfg)
+    darknet_weights: Path  # the same weights in darknet's layout
+    data: Path  # the synthetic data set's .data file
+    map50: float  # validation mAP@0.5 of the weights
+
+
+@pytest.fixture(scope="session")
+def trained_mini(tmp_path_factory) -> Trained:
+    """MINI_CFG trained 25 epochs on a small 2-class synthetic set (about half a minute on 2 cores)."""
+    import torch
+
+    from slimyolo.data.augment import AugmentConfig
+    from slimyolo.data.synth import write_synthetic
+    from slimyolo.train.config import TrainConfig
+    from slimyolo.train.trainer import train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_synthetic(root / "synth", classes=2, train=64, val=24, size=96, seed=0)
+    (root / "mini.cfg").write_text(MINI_CFG)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model: OpenMP hand-offs would cost more than they give
+    try:
+        result = train(TrainConfig(data=str(data), cfg=str(root / "mini.cfg"), out=str(root / "run"), img_size=96,
+                                   epochs=25, batch_size=8, optimizer="adam", lr0=0.005, threads=1,
+                                   eval_interval=100, save_weights=True, augment=AugmentConfig(mosaic=0.0)))
+    finally:
+        torch.set_num_threads(threads)
+    assert result.best_map50 > 0.15, result.best_map50  # it learned something worth keeping
+    assert result.weights is not None
+    return Trained(root / "mini.cfg", result.best, result.weights, data, result.best_map50)
