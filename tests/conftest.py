@@ -25,6 +25,18 @@ def run_cli(capsys):
     return run
 
 
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the test: small forwards and tracing lose more to OpenMP hand-offs
+    (most of all when other jobs share the two cores) than a second thread gives."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory):
     """A real S3 server (``weed server -s3``, tests/seaweed.py) shared by the session.

@@ -26,6 +26,8 @@ from slimyolo.darknet.init import init_random_weights
 from slimyolo.darknet.model import Darknet
 from slimyolo.data.synth import render_image
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TOL = 1e-3
 SIZE = 64  # small input: conversion cost grows with weights, not with pixels; 64 keeps every head ≥ 2x2
 

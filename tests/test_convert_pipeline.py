@@ -24,6 +24,8 @@ from slimyolo.infer.meta import InputSpec, read_meta
 from slimyolo.store import hash_file
 
 SIZE = 96
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TOL = 1e-3
 
 
