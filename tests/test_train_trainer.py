@@ -248,6 +248,8 @@ def test_cli_config_file_flags_and_errors(run_cli, work, tmp_path):
     bad.write_text(f"data: {data}\ncfg: {cfg}\nepoch: 3\n")
     code, _, err = run_cli("train", "--config", bad)
     assert code == 2 and "unknown setting 'epoch'" in err
+    code, _, err = run_cli("train", "--resume", out, "--epochs", "3")
+    assert code == 2 and "takes no other settings (got --epochs)" in err
     code, _, err = run_cli("train", "--data", data, "--cfg", "yolov3-tiny", "--img-size", "100")
     assert code == 2 and "'img_size' must be a multiple of 32" in err
     two_classes = tmp_path / "3c.cfg"

@@ -140,6 +140,13 @@ class _Console:
 def _train(args: argparse.Namespace) -> int:
     from slimyolo.train.trainer import resume, train
 
+    if args.resume:
+        given = [n for n in _VALUE_FLAGS if getattr(args, n) is not None]
+        given += [n for n in (*_TRUE_FLAGS, "no_ema", "no_mosaic") if getattr(args, n)]
+        if args.config or given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in (["config"] if args.config else []) + given)
+            raise SlimYoloError(f"--resume continues {args.resume} with its saved config.yaml; "
+                                f"it takes no other settings (got {flags})")
     console = _Console(args.quiet)
     try:
         result = resume(args.resume, console) if args.resume else train(build_config(args), console)

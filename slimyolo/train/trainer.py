@@ -302,7 +302,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *
                         teacher_out = teacher(imgs)
                     distill = loss_fn.distillation(outputs, teacher_out) * config.distill_weight
                     loss = loss + distill
-                    items["distill"] = float(distill) / imgs.shape[0]
+                    items["distill"] = float(distill.detach()) / imgs.shape[0]
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise SlimYoloError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {value}); "
