@@ -20,10 +20,12 @@ from slimyolo.data import cli as data_cli
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer import cli as infer_cli
 from slimyolo.prune import cli as prune_cli
+from slimyolo.rpc import cli as rpc_cli
+from slimyolo.stages import cli as stages_cli
 from slimyolo.train import cli as train_cli
 
 REGISTRARS = (darknet_cli.register, infer_cli.register, convert_cli.register, prune_cli.register,
-              data_cli.register, train_cli.register)
+              data_cli.register, train_cli.register, rpc_cli.register, stages_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

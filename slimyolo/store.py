@@ -249,6 +249,16 @@ class Store(abc.ABC):
                 out[rel] = ref
         return out
 
+    def tree_files(self, prefix: str) -> dict[str, Artifact]:
+        """The files of the complete tree at ``prefix`` as Artifacts, by relative path.
+
+        Lets a reader fetch one file of a tree (a stage's weights out of its run folder),
+        verified against the manifest, without downloading the rest.
+        """
+        validate_key(prefix, "prefix")
+        return {rel: Artifact(self.uri_of(_join(prefix, rel)), sha, size)
+                for rel, (sha, size) in self._manifest(prefix).items()}
+
     def list_keys(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (every key when empty), sorted."""
         return sorted(self._list(validate_key(prefix, "prefix") + "/" if prefix else ""))

@@ -1,0 +1,1 @@
+"""The converter service (see server.py and README.md)."""

@@ -1,0 +1,1 @@
+"""The pruner service (see server.py and README.md)."""

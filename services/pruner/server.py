@@ -1,0 +1,41 @@
+"""The pruner service: ``slimyolo.v1.Pruner`` (StartPrune, StartSweep) and ``slimyolo.v1.Jobs``.
+
+A thin servicer: each Start... request becomes a stage spec (:mod:`slimyolo.stages.messages`) and a
+job running the stage (:mod:`slimyolo.stages.runners`) against the artifact store of the
+environment. Each sweep row is a progress event of the sweep job.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import grpc
+
+from slimyolo.rpc.gen.v1 import pruner_pb2, pruner_pb2_grpc
+from slimyolo.rpc.jobs import JobManager
+from slimyolo.rpc.server import Server
+from slimyolo.stages.jobs import submit_stage
+from slimyolo.stages.messages import prune_from_request, sweep_from_request
+from slimyolo.store import Store, open_store
+
+SERVICE = "slimyolo.v1.Pruner"
+
+
+class PrunerServicer(pruner_pb2_grpc.PrunerServicer):
+    def __init__(self, store: Store, jobs: JobManager) -> None:
+        self.store, self.jobs = store, jobs
+
+    def StartPrune(self, request: pruner_pb2.StartPruneRequest,
+                   context: grpc.ServicerContext) -> pruner_pb2.StartPruneResponse:
+        return pruner_pb2.StartPruneResponse(job=submit_stage(self.jobs, self.store, prune_from_request(request)))
+
+    def StartSweep(self, request: pruner_pb2.StartSweepRequest,
+                   context: grpc.ServicerContext) -> pruner_pb2.StartSweepResponse:
+        return pruner_pb2.StartSweepResponse(job=submit_stage(self.jobs, self.store, sweep_from_request(request)))
+
+
+def build(server: Server, args: argparse.Namespace) -> None:
+    """Serve Pruner and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
+    jobs = server.enable_jobs()
+    server.add_service(SERVICE, pruner_pb2_grpc.add_PrunerServicer_to_server, PrunerServicer(open_store(), jobs))
+    server.set_serving(SERVICE)

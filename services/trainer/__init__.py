@@ -1,0 +1,1 @@
+"""The trainer service (see server.py and README.md)."""

@@ -1,0 +1,88 @@
+"""The trainer service: ``slimyolo.v1.Trainer`` (StartTraining, StartEvaluation) and ``slimyolo.v1.Jobs``.
+
+A thin servicer: each Start... request becomes a stage spec (:mod:`slimyolo.stages.messages`) and a
+job running the stage (:mod:`slimyolo.stages.runners`) against the artifact store of the
+environment. Training progress also feeds the ``slimyolo_train_*`` gauges on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from slimyolo.rpc.gen.v1 import trainer_pb2, trainer_pb2_grpc
+from slimyolo.rpc.jobs import JobManager
+from slimyolo.rpc.server import Server
+from slimyolo.stages.jobs import submit_stage
+from slimyolo.stages.messages import eval_from_request, train_from_request
+from slimyolo.store import Store, open_store
+
+SERVICE = "slimyolo.v1.Trainer"
+LOSSES = ("box", "obj", "cls", "distill", "loss")
+
+
+class TrainMetrics:
+    """Gauges of the latest training progress, by training stage (train, sparsity, finetune)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(f"slimyolo_train_{name}", doc, ["stage", *labels], registry=registry)
+
+        self.epoch = gauge("epoch", "Last completed epoch of the latest training job.")
+        self.epochs = gauge("epochs", "Epochs the latest training job runs.")
+        self.loss = gauge("loss", "Mean training loss so far in the current epoch, by component.", "component")
+        self.map50 = gauge("map50", "Validation mAP@0.5 after the latest evaluated epoch.")
+        self.precision = gauge("precision", "Validation precision after the latest evaluated epoch.")
+        self.recall = gauge("recall", "Validation recall after the latest evaluated epoch.")
+        self.images = gauge("images_per_second", "Training throughput of the current epoch (all processes).")
+        self.lr = gauge("learning_rate", "Learning rate of the latest step.")
+        self.gamma = gauge("gamma_below_001_ratio", "Fraction of prunable BatchNorm |γ| below 0.01 (sparsity).")
+        self.epochs_done = Counter("slimyolo_train_epochs_completed_total", "Training epochs completed.", ["stage"],
+                                   registry=registry)
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """Update the gauges from one progress event of the trainer (others are ignored)."""
+        kind, stage = event.get("event"), str(event.get("stage", "train"))
+        if kind == "step":
+            for component, value in event["losses"].items():
+                self.loss.labels(stage, component).set(value)
+            self.images.labels(stage).set(event["images_per_s"])
+            self.lr.labels(stage).set(event["lr"])
+            self.epochs.labels(stage).set(event["epochs"])
+        elif kind == "epoch":
+            self.epoch.labels(stage).set(event["epoch"])
+            self.epochs_done.labels(stage).inc()
+            for component in LOSSES:
+                self.loss.labels(stage, component).set(event[component])
+            self.images.labels(stage).set(event["images_per_s"])
+            self.gamma.labels(stage).set(event["gamma_below_0.01"])
+            if event["map50"] != "":  # "" when this epoch was not evaluated
+                self.map50.labels(stage).set(event["map50"])
+                self.precision.labels(stage).set(event["precision"])
+                self.recall.labels(stage).set(event["recall"])
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    def __init__(self, store: Store, jobs: JobManager, metrics: TrainMetrics) -> None:
+        self.store, self.jobs, self.metrics = store, jobs, metrics
+
+    def StartTraining(self, request: trainer_pb2.StartTrainingRequest,
+                      context: grpc.ServicerContext) -> trainer_pb2.StartTrainingResponse:
+        job = submit_stage(self.jobs, self.store, train_from_request(request), self.metrics.observe)
+        return trainer_pb2.StartTrainingResponse(job=job)
+
+    def StartEvaluation(self, request: trainer_pb2.StartEvaluationRequest,
+                        context: grpc.ServicerContext) -> trainer_pb2.StartEvaluationResponse:
+        return trainer_pb2.StartEvaluationResponse(job=submit_stage(self.jobs, self.store, eval_from_request(request)))
+
+
+def build(server: Server, args: argparse.Namespace) -> None:
+    """Serve Trainer and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
+    jobs = server.enable_jobs()
+    servicer = TrainerServicer(open_store(), jobs, TrainMetrics(server.registry))
+    server.add_service(SERVICE, trainer_pb2_grpc.add_TrainerServicer_to_server, servicer)
+    server.set_serving(SERVICE)

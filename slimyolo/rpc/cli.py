@@ -1,0 +1,71 @@
+"""``slimyolo serve <stage>`` and ``slimyolo health``.
+
+``serve`` starts one service on the shared bootstrap (:class:`slimyolo.rpc.server.Server`): it
+imports ``services.<stage>.server``, adds that module's own flags (``add_arguments(parser)``,
+optional) to the server flags, builds the :class:`Server` from the environment and the flags
+(flags win), lets the module register its services (``build(server, args)``) and serves until
+SIGTERM. Its arguments are parsed in a second step, once the stage is known, so only the
+chosen service is imported (the inference image has neither PyTorch nor TensorFlow).
+
+``health`` asks a server's ``grpc.health.v1`` once (the Docker HEALTHCHECK, or a script) and
+exits 0 when the server, or the named service, is SERVING, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+STAGES = ("trainer", "pruner", "converter", "inference")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run a service: trainer, pruner, converter or inference",
+                       description="Run one gRPC service. `slimyolo serve STAGE --help` lists its flags; each "
+                                   "flag overrides its SLIMYOLO_* environment variable.")
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("options", nargs=argparse.REMAINDER, help="the service's flags (--port, --metrics-port, ...)")
+    p.set_defaults(func=_serve)
+
+    h = sub.add_parser("health", help="exit 0 when a server (or one of its services) reports SERVING")
+    h.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the server (default 127.0.0.1:50051)")
+    h.add_argument("--service", default="", help="a service name (default: the whole server); 'liveness' for "
+                                                "liveness")
+    h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    h.set_defaults(func=_health)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from slimyolo.rpc.server import Server, ServerConfig, add_arguments
+
+    module = importlib.import_module(f"services.{args.stage}.server")
+    parser = argparse.ArgumentParser(prog=f"slimyolo serve {args.stage}",
+                                     description=(module.__doc__ or "").strip().splitlines()[0])
+    add_arguments(parser)
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    options = parser.parse_args(args.options)
+    server = Server(args.stage, ServerConfig.from_args(options, os.environ))
+    module.build(server, options)
+    server.serve_forever()
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from slimyolo.rpc.client import connect
+
+    with connect(args.address) as channel:
+        try:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout).status
+        except grpc.RpcError as exc:
+            print(f"{args.address}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(f"{args.address}{' ' + args.service if args.service else ''}: {name}")
+    return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1

@@ -1,0 +1,56 @@
+"""``slimyolo stage NAME --spec FILE.yaml``: one stage over the artifact store, as a batch Job runs it.
+
+The store comes from the environment (``SLIMYOLO_STORE`` and, for S3, ``SLIMYOLO_S3_*``); the spec
+names the inputs in the store and the output prefix (:mod:`slimyolo.stages.specs`). Progress goes
+to stderr; the result (artifacts by role, metrics) is printed to stdout as JSON. Under
+``torchrun`` only rank 0 prints the result (and uploads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from slimyolo.errors import SlimYoloError
+from slimyolo.stages.specs import SPECS, parse_spec
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stage", help="run one pipeline stage over the artifact store (the Kubernetes batch Jobs)")
+    p.add_argument("name", choices=list(SPECS), help="the stage")
+    p.add_argument("--spec", type=Path, required=True, help="YAML spec: inputs (store keys), output prefix, "
+                                                            "parameters")
+    p.set_defaults(func=_stage)
+
+
+def load_spec_file(kind: str, path: Path):
+    """The spec of stage ``kind`` in a YAML file; errors name the file and the field."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SlimYoloError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SlimYoloError(f"{path}: not valid YAML: {exc}") from None
+    return parse_spec(kind, doc, str(path))
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from slimyolo.stages.console import StageConsole
+    from slimyolo.stages.runners import run_stage
+    from slimyolo.store import open_store
+
+    spec = load_spec_file(args.name, args.spec)
+    console = StageConsole()
+    try:
+        result = run_stage(open_store(), spec, console)
+    finally:
+        console.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        artifacts = {role: dataclasses.asdict(a) for role, a in result.artifacts.items()}
+        print(json.dumps({"artifacts": artifacts, "metrics": result.metrics}, indent=1, default=str))
+    return 0

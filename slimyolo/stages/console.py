@@ -1,0 +1,48 @@
+"""Progress of any stage on the terminal: the trainer's own lines, sweep rows, conversion steps.
+
+The same events arrive from a runner in this process and from a remote job's WatchJob stream
+(as JSON values), so ``slimyolo stage`` and ``slimyolo pipeline run`` (local or ``--remote``) print
+the same lines.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+
+class StageConsole:
+    """A progress callback printing one line per epoch, sweep row and conversion step to ``stream``."""
+
+    def __init__(self, stream: TextIO = sys.stderr, bars: bool | None = None) -> None:
+        from slimyolo.train.cli import _Console
+
+        self.stream = stream
+        # The trainer's renderer: a tqdm bar per epoch on a terminal, one line per finished epoch.
+        self._train = _Console(quiet=not (stream.isatty() if bars is None else bars))
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        if event.get("event") in ("step", "epoch"):
+            self._train(dict(event))
+            return
+        stage = event.get("stage")
+        if stage == "sweep" and "row" in event:
+            row = event["row"]
+            pct = "-" if row["global_percent"] is None else f"{row['global_percent']:.3f}"
+            self._print(f"sweep {row['stage']:<9} percent {pct:>6} units {row['shortcuts']:>3}: "
+                        f"mAP@0.5 {row['map50']:.4f}  params {row['params']:,}" + ("" if row["within"] else "  (out)"))
+        elif stage == "sweep" and "best" in event:
+            best = event["best"]
+            self._print("sweep: no point within the allowed mAP drop" if best is None else
+                        f"sweep best: {best['stage']} percent {best['global_percent']} units {best['shortcuts']}: "
+                        f"mAP@0.5 {best['map50']:.4f}, params {best['params']:,}")
+        elif stage in ("convert", "prune") and "step" in event:
+            extra = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("stage", "step"))
+            self._print(f"{stage}: {event['step']}" + (f" ({extra})" if extra else ""))
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        self._train.close()

@@ -1,0 +1,36 @@
+"""A stage as a gRPC job: what the trainer, pruner and converter servicers start for each request.
+
+The job runs the stage's runner against the service's store; its events are the runner's
+progress reports, its result the runner's artifacts and metrics, and its failure a status (an
+unreachable store → UNAVAILABLE: start it again later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from slimyolo.rpc.gen.v1 import common_pb2
+from slimyolo.rpc.jobs import JobManager, JobOutcome, job_to_proto
+from slimyolo.stages.runners import run_stage
+from slimyolo.stages.specs import Spec
+from slimyolo.store import Store
+
+# The job kinds the protos name ("evaluate" rather than the stage's short name).
+JOB_KINDS = {"train": "train", "eval": "evaluate", "prune": "prune", "sweep": "sweep", "convert": "convert"}
+
+
+def submit_stage(jobs: JobManager, store: Store, spec: Spec,
+                 observe: Callable[[Mapping[str, Any]], None] | None = None) -> common_pb2.Job:
+    """Queue the stage ``spec`` describes; ``observe`` sees each progress report first (for metrics)."""
+
+    def work(progress: Callable[[Mapping[str, Any]], None]) -> JobOutcome:
+        def report(event: Mapping[str, Any]) -> None:
+            if observe is not None:
+                observe(event)
+            progress(event)
+
+        result = run_stage(store, spec, report)
+        return JobOutcome(result.artifacts, result.metrics)
+
+    return job_to_proto(jobs.submit(JOB_KINDS[spec.kind], work))

@@ -1,0 +1,250 @@
+"""The stage runners: fetch a spec's inputs, run the core function, publish its outputs.
+
+One function per stage, ``run_<stage>(store, spec, progress) -> StageResult``. The servicers
+run them inside a job, ``slimyolo stage`` runs them as a batch Job, the pipeline runs them in
+process; all three get the same files, numbers and errors. ``progress`` receives the core
+function's own events (training steps and epochs, sweep rows, conversion steps); raising
+:class:`~slimyolo.errors.Cancelled` there stops the run, and nothing is published.
+
+The training stage is DDP-aware (``torchrun ... -m slimyolo stage train``): every rank fetches
+its inputs into its own work folder and trains; only rank 0 uploads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slimyolo.errors import SlimYoloError
+from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, Spec, SweepSpec, TrainSpec
+from slimyolo.stages.workspace import Workspace, check_new_tree
+from slimyolo.store import Artifact, Store
+
+ENV_MODEL_REPOSITORY = "SLIMYOLO_MODEL_REPOSITORY"
+DEFAULT_MODEL_REPOSITORY = "models"
+
+Progress = Callable[[Mapping[str, Any]], None]
+
+# Output files of each stage, by the role the result names them with.
+TRAIN_ROLES = {"cfg": "model.cfg", "weights": "best.weights", "checkpoint": "best.pt", "last": "last.pt",
+               "results": "results.csv", "config": "config.yaml"}
+PRUNE_ROLES = {"cfg": "pruned.cfg", "weights": "pruned.weights", "checkpoint": "pruned.pt", "summary": "summary.json"}
+SWEEP_ROLES = {"sweep": "sweep.json", "csv": "sweep.csv", "plot": "sweep.png",
+               **{role: f"best/{name}" for role, name in PRUNE_ROLES.items()}}
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage produced: its published files by role, and its numbers (plain JSON values)."""
+
+    artifacts: Mapping[str, Artifact] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+def model_repository(spec: ConvertSpec) -> str:
+    """The store prefix the converter publishes under: the spec's, else the environment's, else ``models``."""
+    return spec.model_repository or os.environ.get(ENV_MODEL_REPOSITORY) or DEFAULT_MODEL_REPOSITORY
+
+
+def _roles(files: Mapping[str, Artifact], roles: Mapping[str, str]) -> dict[str, Artifact]:
+    return {role: files[name] for role, name in roles.items() if name in files}
+
+
+def _model_inputs(ws: Workspace, spec: Spec) -> tuple[Path | None, Path]:
+    """(cfg or None, weights) of a spec, fetched; without a cfg the weights must be a .pt holding one."""
+    weights = ws.file(spec.weights, "weights", "model.weights")
+    cfg = ws.file(spec.cfg, "cfg", "model.cfg") if spec.cfg is not None else None
+    if cfg is None and weights.suffix != ".pt":
+        raise SlimYoloError("cfg: required with darknet .weights (only a .pt checkpoint holds its cfg)")
+    return cfg, weights
+
+
+def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -> StageResult:
+    """Train as ``spec.options`` says and publish the run folder under ``spec.out``.
+
+    The published tree is the run folder (``config.yaml``, ``best.pt``, ``last.pt``,
+    ``results.csv``, TensorBoard logs) plus ``model.cfg`` and ``best.weights`` in darknet's
+    layout, so every later stage (and darknet itself) can read the result.
+    """
+    from slimyolo.darknet.weights import checkpoint_cfg
+    from slimyolo.train.config import TrainConfig
+    from slimyolo.train.trainer import train
+
+    spec.check()
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with Workspace(store) as ws:
+        if main_rank:
+            check_new_tree(store, spec.out, "out")
+        run_dir = ws.root / "run"
+        doc: dict[str, Any] = {**spec.options, "data": str(ws.data(spec.data, "data")), "out": str(run_dir),
+                               "save_weights": True}
+        if spec.cfg is not None:
+            doc["cfg"] = str(ws.file(spec.cfg, "cfg", "model.cfg"))
+        if spec.weights is not None:
+            doc["weights"] = str(ws.file(spec.weights, "weights", "init.weights"))
+        if spec.teacher_weights is not None:
+            doc["teacher_weights"] = str(ws.file(spec.teacher_weights, "teacher_weights", "teacher.weights"))
+        if spec.teacher_cfg is not None:
+            doc["teacher_cfg"] = str(ws.file(spec.teacher_cfg, "teacher_cfg", "teacher.cfg"))
+        result = train(TrainConfig.from_dict(doc, "train spec"), progress)
+        metrics = {"epochs": result.epochs, "best_map50": result.best_map50, "images_per_s": result.images_per_s,
+                   "elapsed_s": result.elapsed_s, "last_eval": {k: v for k, v in result.metrics.items()
+                                                                if k != "per_class"}}
+        if not main_rank:
+            return StageResult(metrics=metrics)
+        checkpoint_cfg(result.best).write(run_dir / TRAIN_ROLES["cfg"])
+        files = ws.publish(spec.out, run_dir)
+    return StageResult(_roles(files, TRAIN_ROLES), {**metrics, "out": store.uri_of(spec.out)})
+
+
+def run_eval(store: Store, spec: EvalSpec, progress: Progress | None = None) -> StageResult:
+    """P, R, mAP@0.5 and F1 on the validation split, and the model's layers, params, BFLOPs, .weights bytes."""
+    from slimyolo.darknet.flops import model_stats
+    from slimyolo.darknet.model import load_model
+    from slimyolo.darknet.weights import checkpoint_cfg
+    from slimyolo.train.evaluate import evaluate
+
+    with Workspace(store) as ws:
+        data = ws.data(spec.data, "data")
+        cfg, weights = _model_inputs(ws, spec)
+        model = load_model(cfg if cfg is not None else checkpoint_cfg(weights), weights, spec.img_size)
+        result = evaluate(model, data, spec.img_size, spec.batch_size, spec.conf_thres, spec.iou_thres,
+                          progress=progress)
+    stats = model_stats(model.cfg, *model.input_size)
+    return StageResult(metrics={**result.as_dict(), "model": stats.as_dict()})
+
+
+def run_prune(store: Store, spec: PruneSpec, progress: Progress | None = None) -> StageResult:
+    """Prune at one point, publish ``pruned.cfg``/``.weights``/``.pt``/``summary.json`` under ``spec.out``."""
+    from slimyolo.data.dataset import read_data_file
+    from slimyolo.prune import open_model, prune_both, prune_channels, prune_layers
+    from slimyolo.train.evaluate import evaluate
+
+    with Workspace(store) as ws:
+        check_new_tree(store, spec.out, "out")
+        cfg, weights = _model_inputs(ws, spec)
+        data = read_data_file(ws.data(spec.data, "data")) if spec.data is not None else None
+        model = open_model(cfg, weights)
+
+        def measure(m: Any, when: str) -> dict[str, Any]:
+            if progress is not None:
+                progress({"stage": "prune", "step": f"evaluate {when}"})
+            r = evaluate(m, data, spec.img_size, spec.batch_size, max_images=spec.max_images)
+            return {"precision": r.precision, "recall": r.recall, "map50": r.map50, "f1": r.f1}
+
+        before = measure(model, "before") if data is not None else None
+        if progress is not None:
+            progress({"stage": "prune", "step": spec.method})
+        if spec.method == "channel":
+            result = prune_channels(model, spec.global_percent, spec.layer_keep, spec.round_to)
+        elif spec.method == "layer":
+            result = prune_layers(model, spec.shortcuts)
+        else:
+            result = prune_both(model, spec.global_percent, spec.shortcuts, spec.layer_keep, spec.round_to)
+        after = measure(result.model, "after") if data is not None else None
+        out = ws.root / "pruned"
+        result.save(out)
+        files = ws.publish(spec.out, out)
+    summary = {k: v for k, v in result.summary().items() if k != "channels"}
+    if before is not None:
+        summary.update(eval_before=before, eval_after=after)
+    return StageResult(_roles(files, PRUNE_ROLES), {**summary, "out": store.uri_of(spec.out)})
+
+
+def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -> StageResult:
+    """Search the best pruning point; publish sweep.json/.csv/.png and ``best/`` (the pruned model there)."""
+    from slimyolo.data.dataset import read_data_file
+    from slimyolo.prune import open_model
+    from slimyolo.prune.sweep import sweep
+    from slimyolo.train.evaluate import evaluate
+
+    with Workspace(store) as ws:
+        check_new_tree(store, spec.out, "out")
+        cfg, weights = _model_inputs(ws, spec)
+        data = read_data_file(ws.data(spec.data, "data"))
+        model = open_model(cfg, weights)
+        result, best = sweep(model, lambda m: evaluate(m, data, spec.img_size, spec.batch_size,
+                                                       max_images=spec.max_images),
+                             spec.percents, spec.shortcuts, spec.max_map_drop, spec.layer_keep, spec.round_to,
+                             spec.fine_percent, spec.latency_runs, progress)
+        out = ws.root / "sweep"
+        result.save(out, best)
+        files = ws.publish(spec.out, out)
+    return StageResult(_roles(files, SWEEP_ROLES), {**result.as_dict(), "out": store.uri_of(spec.out)})
+
+
+def next_version(store: Store, prefix: str) -> str:
+    """One more than the highest numeric version of the model at ``prefix`` (``1`` for a new model)."""
+    versions = [int(v) for v in (t.rsplit("/", 1)[1] for t in store.list_trees(prefix)) if v.isdigit()]
+    return str(max(versions, default=0) + 1)
+
+
+def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = None) -> StageResult:
+    """Convert, optionally evaluate and benchmark the IR, and publish it as ``<repository>/<name>/<version>``.
+
+    The version folder is what the inference service's model repository serves; a version is
+    never overwritten (a second conversion becomes the next version).
+    """
+    from slimyolo.convert import convert
+
+    repository = model_repository(spec)
+    with Workspace(store) as ws:
+        version = spec.version or next_version(store, f"{repository}/{spec.name}")
+        prefix = f"{repository}/{spec.name}/{version}"
+        check_new_tree(store, prefix, "version")
+        cfg, weights = _model_inputs(ws, spec)
+        calib = ws.data(spec.calib_data, "calib_data") if spec.calib_data is not None else None
+        result = convert(cfg, weights, ws.root / "models", name=spec.name, version=version, via=spec.via,
+                         precision=spec.precision, calib_data=calib, img_size=spec.img_size,
+                         names=list(spec.names) or None, ppp=spec.ppp, onnx=spec.onnx,
+                         accuracy_control=spec.accuracy_control, max_drop=spec.max_drop,
+                         calib_images=spec.calib_images, parity_images=spec.parity_images, tolerance=spec.tolerance,
+                         progress=progress)
+        summary = result.summary
+        metrics: dict[str, Any] = {"name": spec.name, "version": version, "precision": spec.precision,
+                                   "via": spec.via, "parity": summary["parity"], "int8": summary["int8"],
+                                   "seconds": summary["seconds"], "model": store.uri_of(prefix),
+                                   "bin_bytes": summary["files"]["model.bin"]["size_bytes"]}
+        if spec.evaluate:
+            assert calib is not None
+            metrics["eval"] = evaluate_ir(result.path, calib, progress)
+        if spec.bench_seconds:
+            metrics["bench"] = bench_ir(result.path, spec.bench_seconds, progress)
+        files = ws.publish(prefix, result.path)
+    return StageResult(dict(files), metrics)
+
+
+def evaluate_ir(model_dir: Path, data: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """P, R, mAP@0.5 and F1 of what OpenVINO runs (an INT8 IR included) on the validation split."""
+    from slimyolo.infer.engine import Engine
+    from slimyolo.train.evaluate import evaluate_predictor
+
+    if progress is not None:
+        progress({"stage": "convert", "step": "evaluate"})
+    engine = Engine(model_dir)
+    result = evaluate_predictor(engine.infer, engine.meta.heads, data, engine.input_size, progress=progress)
+    return {k: v for k, v in result.as_dict().items() if k != "per_class"}
+
+
+def bench_ir(model_dir: Path, seconds: float, progress: Progress | None = None) -> dict[str, Any]:
+    """OpenVINO throughput of the IR on this machine: frames/s end to end and inference only."""
+    from slimyolo.infer.bench import run_bench
+
+    if progress is not None:
+        progress({"stage": "convert", "step": "bench", "seconds": seconds})
+    result = run_bench(model_dir, hint="throughput", seconds=seconds)
+    return {"fps": result["fps"], "latency_ms": result["latency_ms"], "infer_fps": result["infer"]["fps"],
+            "infer_latency_ms": result["infer"]["latency_ms"], "requests": result["requests"],
+            "execution_precision": result["execution_precision"]}
+
+
+RUNNERS: dict[str, Callable[[Store, Any, Progress | None], StageResult]] = {
+    "train": run_train, "eval": run_eval, "prune": run_prune, "sweep": run_sweep, "convert": run_convert}
+
+
+def run_stage(store: Store, spec: Spec, progress: Progress | None = None) -> StageResult:
+    """Run the stage ``spec`` describes."""
+    return RUNNERS[spec.kind](store, spec, progress)
