@@ -97,3 +97,13 @@ def trained_mini(tmp_path_factory) -> Trained:
     assert result.best_map50 > 0.15, result.best_map50  # it learned something worth keeping
     assert result.weights is not None
     return Trained(root / "mini.cfg", result.best, result.weights, data, result.best_map50)
+
+
+@pytest.fixture(scope="session")
+def mini_ir(trained_mini, tmp_path_factory) -> Path:
+    """trained_mini converted to OpenVINO IR (PyTorch path, f32 NCHW input): the version folder ``mini/1``."""
+    from slimyolo.convert import convert
+
+    repo = tmp_path_factory.mktemp("mini-ir")
+    return convert(None, trained_mini.weights, repo, name="mini", version=1, via="torch",
+                   calib_data=trained_mini.data).path

@@ -1,0 +1,1 @@
+"""The inference service (see server.py and README.md)."""

@@ -1,0 +1,133 @@
+"""Configuration of the inference service: environment variables, overridden by flags.
+
+Like :class:`slimyolo.rpc.server.ServerConfig` (which configures the ports and limits shared by
+every service), each setting has an environment variable (what deployments set) and a flag of
+``slimyolo serve inference`` (what a person types), and the flag wins::
+
+    SLIMYOLO_MODEL_REPOSITORY          --model-repository  models  where the models are (see below)
+    SLIMYOLO_MODEL_POLL_SECONDS        --poll-seconds      10      repository scan interval (0: only at start)
+    SLIMYOLO_INFERENCE_DEVICE          --device            CPU     OpenVINO device
+    SLIMYOLO_INFERENCE_HINT            --hint              throughput  OpenVINO PERFORMANCE_HINT
+    SLIMYOLO_INFERENCE_PRECISION       --precision         (device default)  f32, bf16 or f16
+    SLIMYOLO_INFERENCE_MOSAIC          --mosaic            2x2     largest mosaic for video streams (1x1: none)
+    SLIMYOLO_INFERENCE_BATCH_WINDOW_MS --batch-window-ms   10      how long a stream frame waits for others
+    SLIMYOLO_MAX_IMAGE_BYTES           --max-image-bytes   16777216  largest encoded image accepted
+    SLIMYOLO_MAX_IMAGE_PIXELS          --max-image-pixels  50000000  largest image (width × height) accepted
+
+The model repository is ``s3://bucket/prefix`` (trees in that S3 location), a local folder
+(``/abs/path``, ``./rel/path``, ``../rel``, ``~/path`` or ``file:///path``: as ``convert``
+writes it), or else a key prefix in the artifact store that ``SLIMYOLO_STORE`` names (the
+deployments' ``models``). See :func:`slimyolo.serving.repository.open_repository`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from slimyolo.errors import SlimYoloError
+from slimyolo.infer.engine import HINTS, PRECISIONS
+from slimyolo.infer.mosaic import parse_grid
+
+ENV_MODEL_REPOSITORY = "SLIMYOLO_MODEL_REPOSITORY"
+
+_ENV = {
+    "model_repository": ENV_MODEL_REPOSITORY,
+    "poll_seconds": "SLIMYOLO_MODEL_POLL_SECONDS",
+    "device": "SLIMYOLO_INFERENCE_DEVICE",
+    "hint": "SLIMYOLO_INFERENCE_HINT",
+    "precision": "SLIMYOLO_INFERENCE_PRECISION",
+    "mosaic": "SLIMYOLO_INFERENCE_MOSAIC",
+    "batch_window_ms": "SLIMYOLO_INFERENCE_BATCH_WINDOW_MS",
+    "max_image_bytes": "SLIMYOLO_MAX_IMAGE_BYTES",
+    "max_image_pixels": "SLIMYOLO_MAX_IMAGE_PIXELS",
+}
+_HELP = {
+    "model_repository": "s3://bucket/prefix, a local folder (/abs, ./rel, file:///abs) or a key prefix in "
+                        "the artifact store ($SLIMYOLO_STORE)",
+    "poll_seconds": "seconds between scans of the repository for new versions (0: scan only at start)",
+    "device": "OpenVINO device",
+    "hint": f"OpenVINO performance hint ({', '.join(HINTS)})",
+    "precision": "OpenVINO inference precision (f32, bf16, f16; empty: the device's default)",
+    "mosaic": "largest KxK mosaic that frames of concurrent video streams share (1x1: no mosaic)",
+    "batch_window_ms": "milliseconds a stream frame waits for frames of other streams to share its inference",
+    "max_image_bytes": "largest encoded image accepted (beyond it: INVALID_ARGUMENT)",
+    "max_image_pixels": "largest image accepted, in pixels (width x height)",
+}
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What the inference service serves and how (see the module docstring for each field)."""
+
+    model_repository: str = "models"
+    poll_seconds: float = 10.0
+    device: str = "CPU"
+    # The service answers many clients at once: throughput keeps every core busy across requests.
+    hint: str = "throughput"
+    precision: str = ""
+    mosaic: str = "2x2"
+    batch_window_ms: float = 10.0
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+
+    @property
+    def mosaic_k(self) -> int:
+        return parse_grid(self.mosaic)
+
+    @property
+    def batch_window(self) -> float:
+        return self.batch_window_ms / 1000.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServingConfig:
+        """Defaults, then the variables of ``env``, then ``overrides`` that are not None."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_ENV[f.name])
+            if raw:
+                kind = type(getattr(cls, f.name))
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise SlimYoloError(f"{_ENV[f.name]}={raw!r}: expected {kind.__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = replace(cls(), **values)
+        config._check()
+        return config
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> ServingConfig:
+        """The configuration of ``slimyolo serve inference``: flags from :func:`add_arguments` win."""
+        return cls.from_env(env, **{name: getattr(args, name, None) for name in _ENV})
+
+    def _check(self) -> None:
+        def where(name: str) -> str:
+            return f"--{name.replace('_', '-')} / {_ENV[name]}"
+
+        if not self.model_repository:
+            raise SlimYoloError(f"{where('model_repository')}: a model repository is required")
+        if self.poll_seconds < 0:
+            raise SlimYoloError(f"{where('poll_seconds')}: must not be negative")
+        if self.hint not in HINTS:
+            raise SlimYoloError(f"{where('hint')}: {self.hint!r} is not one of {', '.join(HINTS)}")
+        if self.precision and self.precision not in PRECISIONS:
+            raise SlimYoloError(f"{where('precision')}: {self.precision!r} is not one of f32, bf16, f16")
+        try:
+            self.mosaic_k  # noqa: B018 - parsed for its error
+        except SlimYoloError as exc:
+            raise SlimYoloError(f"{where('mosaic')}: {exc}") from None
+        if self.batch_window_ms < 0:
+            raise SlimYoloError(f"{where('batch_window_ms')}: must not be negative")
+        for name in ("max_image_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise SlimYoloError(f"{where(name)}: must be at least 1, got {getattr(self, name)}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``slimyolo serve inference``; each overrides its environment variable."""
+    for f in fields(ServingConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default), default=None,
+                            help=f"{_HELP[f.name]} (env {_ENV[f.name]}, default {f.default or 'unset'})")

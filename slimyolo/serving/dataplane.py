@@ -1,0 +1,277 @@
+"""The inference service's one entry point: every RPC is a method here, on plain Python values.
+
+The gRPC servicers (``services/inference/server.py``) only translate protobuf messages to the
+arguments below and the results back, as KServe's own server splits servicer and data plane.
+Every call takes a lease on the model version it runs on (:mod:`slimyolo.serving.manager`), so
+hot reloads never cut a request short, and is counted in the ``slimyolo_inference_*`` metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from slimyolo import __version__
+from slimyolo.errors import Cancelled, SlimYoloError
+from slimyolo.infer.engine import Detections
+from slimyolo.serving.config import ServingConfig
+from slimyolo.serving.images import (
+    DetectOptions,
+    EncodedImage,
+    ImageLimits,
+    RawImage,
+    decode_image,
+    detections_from_heads,
+)
+from slimyolo.serving.kserve import InputTensor, OutputTensor, TensorSpec, decode_inputs, encode_output, select_outputs
+from slimyolo.serving.manager import Lease, ModelInfo, ModelManager
+from slimyolo.serving.metrics import InferenceMetrics
+from slimyolo.serving.model import ServedModel
+from slimyolo.serving.repository import Repository, open_repository
+from slimyolo.serving.streams import pipelined
+
+SERVER_NAME = "slimyolo"
+PLATFORM = "openvino"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Detection options as a request gives them; zero takes the server's default."""
+
+    conf: float = 0.0
+    iou: float = 0.0
+    max_det: int = 0
+
+
+@dataclass(frozen=True)
+class DetectResult:
+    model_name: str
+    model_version: str
+    detections: Detections
+    names: tuple[str, ...]  # class names of the model, by class index
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """One frame of a stream call; the model may be given only on the call's first frame."""
+
+    model_name: str
+    model_version: str
+    stream_id: str
+    frame_id: int
+    image: EncodedImage | RawImage | None
+    thresholds: Thresholds | None = None
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    stream_id: str
+    frame_id: int
+    model_version: str
+    detections: Detections
+    names: tuple[str, ...]
+    mosaic_frames: int  # frames that shared the inference
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class InferResult:
+    model_name: str
+    model_version: str
+    request_id: str
+    outputs: tuple[OutputTensor, ...]
+
+
+class _StreamFrame:
+    """A frame in flight in a stream call: its lease, its pending boxes, when it arrived."""
+
+    def __init__(self, plane: DataPlane, request: StreamRequest, lease: Lease, pending: Any, t0: float) -> None:
+        self.plane, self.request, self.lease, self.pending, self.t0 = plane, request, lease, pending, t0
+
+    def result(self) -> StreamResult:
+        model = self.lease.model
+        try:
+            detections, frames = self.pending.result()
+        finally:
+            self.lease.release()
+        self.plane.metrics.count_frames(model.name)
+        self.plane.metrics.end_to_end.labels(model.name, "detect_stream").observe(time.perf_counter() - self.t0)
+        return StreamResult(self.request.stream_id, self.request.frame_id, model.version, detections,
+                            model.meta.names, frames)
+
+
+class DataPlane:
+    """Models from a repository, served through the KServe v2 and SlimYOLO detection APIs.
+
+    ``code_of(exc)`` names a failed call's outcome in ``slimyolo_inference_requests_total``
+    (the gRPC service passes the status code it answers with); a successful call counts as ``OK``.
+    """
+
+    def __init__(self, manager: ModelManager, metrics: InferenceMetrics, limits: ImageLimits,
+                 code_of: Callable[[BaseException], str], max_in_flight: int = 8) -> None:
+        self.manager, self.metrics, self.limits, self.code_of = manager, metrics, limits, code_of
+        self.max_in_flight = max_in_flight
+
+    @classmethod
+    def from_config(cls, config: ServingConfig, registry: CollectorRegistry, env: Mapping[str, str],
+                    code_of: Callable[[BaseException], str], repository: Repository | None = None) -> DataPlane:
+        """A data plane for ``config`` (its repository opened from ``env`` unless given); call :meth:`start`."""
+        import openvino as ov
+
+        core = ov.Core()
+        metrics = InferenceMetrics(registry)
+        repository = repository or open_repository(config.model_repository, env)
+
+        def load(name: str, version: str, path: Any) -> ServedModel:
+            observe = metrics.inference.labels(name).observe
+            return ServedModel(name, version, path, config, core, on_infer=observe)
+
+        manager = ModelManager(repository, load, config.poll_seconds, metrics)
+        limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
+        # A stream call keeps up to two full mosaics in flight: enough to fill every mosaic with its own frames.
+        return cls(manager, metrics, limits, code_of, max_in_flight=2 * config.mosaic_k ** 2)
+
+    def start(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Scan the repository and load its models in the background; ``on_ready`` once done."""
+        self.manager.start(on_ready)
+
+    def close(self) -> None:
+        self.manager.close()
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def _label(self, name: str) -> str:
+        return name if self.manager.knows(name) else ""
+
+    @contextmanager
+    def _track(self, api: str, name: str, timed: bool = True) -> Iterator[None]:
+        """Count the call by outcome and, if ``timed``, observe its end-to-end duration."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        except BaseException as exc:
+            self.metrics.requests.labels(self._label(name), api, self.code_of(exc)).inc()
+            raise
+        label = self._label(name)
+        self.metrics.requests.labels(label, api, "OK").inc()
+        if timed:
+            self.metrics.end_to_end.labels(label, api).observe(time.perf_counter() - t0)
+
+    # -- Open Inference Protocol (KServe v2) ---------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.manager.ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.manager.is_ready(name, version)
+
+    def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
+        """(name, version, protocol extensions)."""
+        return SERVER_NAME, __version__, ()
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        with self.manager.acquire(name, version) as model:
+            return ModelMetadata(name, (model.version,), PLATFORM, model.signature.inputs, model.signature.outputs)
+
+    def model_infer(self, name: str, version: str, inputs: Sequence[InputTensor], raw_contents: Sequence[bytes],
+                    outputs: Sequence[str] = (), request_id: str = "") -> InferResult:
+        """Run the IR on the request's tensors; the raw heads it returns, or those of ``outputs``."""
+        with self._track("model_infer", name), self.manager.acquire(name, version) as model:
+            sig = model.signature
+            arrays = decode_inputs(sig.inputs, inputs, raw_contents)
+            chosen = select_outputs(sig.outputs, outputs)
+            tensor = arrays[sig.inputs[0].name]  # a SlimYOLO IR has one input (the engine checks)
+            heads = model.engine.submit(tensor).result()
+            self.metrics.count_frames(name, int(tensor.shape[0]))
+            return InferResult(name, model.version, request_id,
+                               tuple(encode_output(sig.outputs[i].name, heads[i]) for i in chosen))
+
+    # -- detection ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _options(model: ServedModel, thresholds: Thresholds | None, field: str) -> DetectOptions:
+        t = thresholds or Thresholds()
+        return DetectOptions.resolve(t.conf, t.iou, t.max_det, model.defaults, field)
+
+    def detect(self, name: str, version: str, image: EncodedImage | RawImage | None,
+               thresholds: Thresholds | None = None) -> DetectResult:
+        """Boxes of one image, in its pixels (the native-size engine, as ``Engine.detect``)."""
+        with self._track("detect", name), self.manager.acquire(name, version) as model:
+            options = self._options(model, thresholds, "options")
+            bgr = decode_image(image, self.limits, "image")
+            tensor, lb = model.engine.prepare(bgr)
+            raws = model.engine.submit(tensor).result()
+            detections = detections_from_heads(raws, model.meta.heads, lb, options)
+            self.metrics.count_frames(name)
+            return DetectResult(name, model.version, detections, model.meta.names, bgr.shape[1], bgr.shape[0])
+
+    def detect_stream(self, requests: Iterable[StreamRequest]) -> Iterator[StreamResult]:
+        """Frames in, boxes out in the same order; frames of concurrent streams share mosaic inferences.
+
+        The model named on the call's first frame serves every frame that names none. Each frame
+        takes its own lease, so a long stream moves to a new version as soon as it is swapped in.
+        A frame that cannot be used (no model, an undecodable image) ends the call with the
+        error, naming its stream and frame, after the results of the frames before it.
+        """
+        first: list[StreamRequest] = []
+
+        def start(request: StreamRequest) -> _StreamFrame:
+            t0 = time.perf_counter()
+            if not first:
+                first.append(request)
+            name = request.model_name or first[0].model_name
+            version = request.model_version or (first[0].model_version if not request.model_name else "")
+            where = f"frame (stream {request.stream_id!r}, frame_id {request.frame_id})"
+            if not name:
+                raise SlimYoloError(f"{where}: model_name is required on the first message of a stream")
+            lease = self.manager.acquire(name, version)
+            try:
+                model: ServedModel = lease.model  # type: ignore[assignment]
+                options = self._options(model, request.thresholds, f"{where}.options")
+                pending = model.mux.submit(decode_image(request.image, self.limits, where), options)
+            except BaseException:
+                lease.release()
+                raise
+            return _StreamFrame(self, request, lease, pending, t0)
+
+        code = "OK"
+        try:
+            yield from pipelined(requests, start, self.max_in_flight)
+        except GeneratorExit:  # the consumer (the client's call) went away
+            code = self.code_of(Cancelled("the client ended the stream"))
+            raise
+        except BaseException as exc:
+            code = self.code_of(exc)
+            raise
+        finally:
+            self.metrics.requests.labels(self._label(first[0].model_name if first else ""), "detect_stream",
+                                         code).inc()
+
+    # -- the model repository ---------------------------------------------------------------------
+
+    def load_model(self, name: str, version: str = "") -> ModelInfo:
+        return self.manager.load(name, version)
+
+    def unload_model(self, name: str, version: str = "") -> list[ModelInfo]:
+        return self.manager.unload(name, version)
+
+    def list_models(self, include_repository: bool = False) -> list[ModelInfo]:
+        return self.manager.models(include_repository)

@@ -1,0 +1,110 @@
+"""The inference service's Prometheus series, on the registry of the server that serves them.
+
+- ``slimyolo_inference_requests_total{model,api,code}``: calls by API (``detect``,
+  ``detect_stream``, ``model_infer``) and outcome (the gRPC status name when served over gRPC);
+- ``slimyolo_inference_frames_total{model}``: images run through the network (a stream frame,
+  a Detect image, each item of a ModelInfer batch);
+- ``slimyolo_inference_duration_seconds{model}``: OpenVINO's own time for one inference request
+  (a mosaic of several frames counts once), as the runtime measures it;
+- ``slimyolo_inference_end_to_end_duration_seconds{model,api}``: one image (or one ModelInfer call)
+  from the bytes received to the boxes (tensors) ready: decode, letterbox, queueing, inference,
+  YOLO decode and NMS;
+- ``slimyolo_inference_fps{model}``: frames per second over the last ``fps_window`` seconds;
+- ``slimyolo_inference_models_loaded``; ``slimyolo_inference_model_loads_total{model,result}``
+  (``result`` is ``ok`` or ``failed``: a hot reload that did not happen shows here).
+
+``model`` is a model name of the repository; requests naming a model the server does not know
+are counted with ``model=""``, so that clients cannot grow the label's cardinality.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FPS_WINDOW_SECONDS = 10.0
+
+
+class _FpsMeter:
+    """Frames counted in a sliding window of timestamps (one entry per batch of frames)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+        self._total = 0
+
+    def add(self, frames: int, now: float) -> None:
+        self._events.append((now, frames))
+        self._total += frames
+        self._trim(now)
+
+    def rate(self, now: float) -> float:
+        self._trim(now)
+        return self._total / self.window
+
+    def _trim(self, now: float) -> None:
+        while self._events and self._events[0][0] < now - self.window:
+            self._total -= self._events.popleft()[1]
+
+
+class InferenceMetrics:
+    """The series of the module docstring, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry, fps_window: float = FPS_WINDOW_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.requests = Counter("slimyolo_inference_requests_total", "Inference calls, by API and status code.",
+                                ["model", "api", "code"], registry=registry)
+        self.frames = Counter("slimyolo_inference_frames_total", "Images run through the network.", ["model"],
+                              registry=registry)
+        self.inference = Histogram("slimyolo_inference_duration_seconds",
+                                   "OpenVINO time of one inference request (a mosaic counts once).", ["model"],
+                                   buckets=LATENCY_BUCKETS, registry=registry)
+        self.end_to_end = Histogram("slimyolo_inference_end_to_end_duration_seconds",
+                                    "One image from bytes received to boxes ready: decode, preprocess, queue, "
+                                    "infer, postprocess.", ["model", "api"], buckets=LATENCY_BUCKETS,
+                                    registry=registry)
+        self.models_loaded = Gauge("slimyolo_inference_models_loaded", "Model versions loaded and serving.",
+                                   registry=registry)
+        self.loads = Counter("slimyolo_inference_model_loads_total", "Model version loads, by result (ok, failed).",
+                             ["model", "result"], registry=registry)
+        self.fps_window, self._clock = fps_window, clock
+        self._meters: dict[str, _FpsMeter] = {}
+        self._lock = threading.Lock()
+        registry.register(_FpsCollector(self))
+
+    def count_frames(self, model: str, frames: int = 1) -> None:
+        self.frames.labels(model).inc(frames)
+        with self._lock:
+            meter = self._meters.setdefault(model, _FpsMeter(self.fps_window))
+            meter.add(frames, self._clock())
+
+    def fps(self) -> dict[str, float]:
+        """Frames per second of each model over the sliding window."""
+        now = self._clock()
+        with self._lock:
+            return {model: meter.rate(now) for model, meter in self._meters.items()}
+
+    def forget(self, model: str) -> None:
+        """Stop reporting the FPS of a model no longer served (counters keep their totals)."""
+        with self._lock:
+            self._meters.pop(model, None)
+
+
+class _FpsCollector(Collector):
+    def __init__(self, metrics: InferenceMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("slimyolo_inference_fps",
+                                   f"Frames per second over the last {self._metrics.fps_window:g} seconds.",
+                                   labels=["model"])
+        for model, fps in sorted(self._metrics.fps().items()):
+            family.add_metric([model], fps)
+        yield family
