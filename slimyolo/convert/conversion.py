@@ -218,12 +218,13 @@ class _Options:
 
 def _convert(cfg: Cfg, cfg_sha: str, cfg_where: str, weights: Path, target: Path, opts: _Options,
              report: Callable[..., None], t_start: float, work: Path) -> ConversionResult:
-    name, version = target.parent.name, target.name
-    via, precision, ppp = opts.via, opts.precision, opts.ppp
-    seconds: dict[str, float] = {}
     import torch
 
     from slimyolo.darknet.model import load_model
+
+    name, version = target.parent.name, target.name
+    via, precision, ppp = opts.via, opts.precision, opts.ppp
+    seconds: dict[str, float] = {}
 
     def timed(step: str, t0: float) -> None:
         seconds[step] = round(time.perf_counter() - t0, 3)
