@@ -19,13 +19,14 @@ from slimyolo.darknet import cli as darknet_cli
 from slimyolo.data import cli as data_cli
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer import cli as infer_cli
+from slimyolo.pipeline import register as pipeline_register
 from slimyolo.prune import cli as prune_cli
 from slimyolo.rpc import cli as rpc_cli
 from slimyolo.stages import cli as stages_cli
 from slimyolo.train import cli as train_cli
 
 REGISTRARS = (darknet_cli.register, infer_cli.register, convert_cli.register, prune_cli.register,
-              data_cli.register, train_cli.register, rpc_cli.register, stages_cli.register)
+              data_cli.register, train_cli.register, rpc_cli.register, stages_cli.register, pipeline_register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,12 +13,12 @@ from typing import Any, TextIO
 
 
 class StageConsole:
-    """A progress callback printing one line per epoch, sweep row and conversion step to ``stream``."""
+    """A progress callback printing one line per epoch, sweep row and conversion step to ``stream`` (stderr)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, bars: bool | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, bars: bool | None = None) -> None:
         from slimyolo.train.cli import _Console
 
-        self.stream = stream
+        self.stream = stream = stream or sys.stderr
         # The trainer's renderer: a tqdm bar per epoch on a terminal, one line per finished epoch.
         self._train = _Console(quiet=not (stream.isatty() if bars is None else bars))
 

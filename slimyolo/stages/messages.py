@@ -130,7 +130,8 @@ def _grid(points: list[float] | list[int], field: str, integer: bool) -> list | 
     if not points:
         return None
     lo, hi = points[0], points[-1]
-    step = points[1] - points[0] if len(points) > 1 else (1 if integer else 0.05)
+    step = (points[1] - points[0] if integer else round(points[1] - points[0], 6)) if len(points) > 1 else \
+        (1 if integer else 0.05)
     expected = ([*range(lo, hi + 1, step)] if integer and step > 0 else
                 percent_grid(lo, hi, step) if step > 0 else [])
     if integer and expected and expected[-1] != hi:

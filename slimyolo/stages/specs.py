@@ -112,7 +112,7 @@ def _is_number(value: Any, kind: type) -> bool:
     return kind is not int or float(value).is_integer()
 
 
-class _Fields:
+class Fields:
     """Reads the fields of one spec out of a mapping, each checked and named in errors."""
 
     def __init__(self, doc: Any, source: str) -> None:
@@ -210,7 +210,7 @@ class _Fields:
             raise SlimYoloError(f"{self.source}: unknown field '{unknown[0]}' (known: {', '.join(sorted(self.used))})")
 
 
-def _img_size(f: _Fields) -> int | None:
+def _img_size(f: Fields) -> int | None:
     size = f.number("img_size", int, None, 32)
     if size is not None and size % 32:
         raise SlimYoloError(f"{f.where('img_size')} must be a multiple of 32, got {size}")
@@ -233,7 +233,7 @@ class TrainSpec:
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "train spec") -> TrainSpec:
-        f = _Fields(doc, source)
+        f = Fields(doc, source)
         spec = cls(data=f.data("data", True), out=f.key("out", True), cfg=f.file("cfg"), weights=f.file("weights"),
                    teacher_cfg=f.file("teacher_cfg"), teacher_weights=f.file("teacher_weights"), options=f.rest())
         if spec.cfg is None and spec.weights is None:
@@ -270,7 +270,7 @@ class EvalSpec:
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "eval spec") -> EvalSpec:
-        f = _Fields(doc, source)
+        f = Fields(doc, source)
         spec = cls(weights=f.file("weights", True), data=f.data("data", True), cfg=f.file("cfg"), img_size=_img_size(f),
                    batch_size=f.number("batch_size", int, 8, 1), conf_thres=f.number("conf_thres", float, 0.001, 0, 1),
                    iou_thres=f.number("iou_thres", float, 0.6, 0, 1))
@@ -302,7 +302,7 @@ class PruneSpec:
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "prune spec") -> PruneSpec:
-        f = _Fields(doc, source)
+        f = Fields(doc, source)
         spec = cls(weights=f.file("weights", True), out=f.key("out", True), cfg=f.file("cfg"),
                    method=f.choice("method", PRUNE_METHODS, "channel"),
                    global_percent=f.number("global_percent", float, None, 0, 1, low_open=True),
@@ -346,7 +346,7 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "sweep spec") -> SweepSpec:
-        f = _Fields(doc, source)
+        f = Fields(doc, source)
         spec = cls(weights=f.file("weights", True), data=f.data("data", True), out=f.key("out", True),
                    cfg=f.file("cfg"), percents=f.numbers("percents", float, 3, (0.5, 0.95, 0.05)),
                    shortcuts=f.numbers("shortcuts", int, 3, None),
@@ -404,7 +404,7 @@ class ConvertSpec:
 
     @classmethod
     def from_dict(cls, doc: Any, source: str = "convert spec") -> ConvertSpec:
-        f = _Fields(doc, source)
+        f = Fields(doc, source)
         name = f.text("name")
         if not name:
             raise SlimYoloError(f"{source}: 'name' (the model's name in the repository) is required")

@@ -1,0 +1,289 @@
+"""Stage specs, their requests, the work folder over the store, and the stage runners on a trained model.
+
+The runners are the code every service job, ``slimyolo stage`` Job and pipeline step runs, so
+they are checked here directly (in process, local store); tests/test_services_e2e.py runs them
+behind the real services and an S3 server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slimyolo.errors import NotFoundError, SlimYoloError
+from slimyolo.rpc.gen.v1 import common_pb2, converter_pb2, pruner_pb2, trainer_pb2
+from slimyolo.rpc.messages import artifact_to_proto, dict_to_struct
+from slimyolo.stages import messages
+from slimyolo.stages.runners import run_eval, run_prune, run_stage, run_train
+from slimyolo.stages.specs import (
+    ConvertSpec,
+    DataRef,
+    EvalSpec,
+    PruneSpec,
+    SweepSpec,
+    TrainSpec,
+    parse_spec,
+)
+from slimyolo.stages.workspace import Workspace, folder_files, resolve
+from slimyolo.store import Artifact, LocalStore
+
+SHA = "ab" * 32
+ART = Artifact("file:///store/blobs/sha256/" + SHA, SHA, 10)
+DATA = DataRef(archive=Artifact("file:///store/blobs/sha256/" + "cd" * 32, "cd" * 32, 20), data_file="synth.data")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMYOLO_WORK_DIR", str(tmp_path / "work"))
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture
+def mini_store(store, trained_mini, tmp_path):
+    """The trained mini detector (cfg, .weights, .pt) and its data set, as trees in a local store."""
+    inputs = tmp_path / "inputs"
+    shutil.copytree(trained_mini.data.parent, inputs / "synth")
+    for path in (trained_mini.cfg, trained_mini.weights, trained_mini.darknet_weights):
+        shutil.copy(path, inputs / path.name)
+    store.put_tree("inputs", inputs)
+    return store
+
+
+# -- specs ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "doc", "message"), [
+    ("train", {"data": "d", "out": "runs/x"}, "'cfg' is required unless"),
+    ("train", {"cfg": "a/b.cfg", "out": "runs/x"}, "'data' is required"),
+    ("train", {"cfg": "a/../b.cfg", "data": "d", "out": "runs/x"}, "'cfg'"),
+    ("eval", {"weights": "w/x", "data": "d", "batch_size": 0}, "'batch_size' must be at least 1"),
+    ("eval", {"weights": "w/x", "data": "d", "img_size": 100}, "multiple of 32"),
+    ("eval", {"weights": "w/x", "data": "d", "colour": "red"}, "unknown field 'colour'"),
+    ("eval", {"weights": {"uri": "s3://b/k"}, "data": "d"}, "needs uri, sha256 and size_bytes"),
+    ("eval", {"weights": "w/x", "data": {"tree": "d", "archive": "a/b"}}, "exactly one of tree"),
+    ("prune", {"weights": "w/x", "out": "o"}, "'global_percent' is required for channel"),
+    ("prune", {"weights": "w/x", "out": "o", "method": "layer"}, "at least 1 for layer"),
+    ("prune", {"weights": "w/x", "out": "o", "method": "slice", "global_percent": 0.5}, "one of channel, layer"),
+    ("sweep", {"weights": "w/x", "data": "d", "out": "o", "percents": [0.9, 0.5, 0.1]}, "low <= high"),
+    ("sweep", {"weights": "w/x", "data": "d", "out": "o", "percents": [0.5, 0.9]}, "list of 3 numbers"),
+    ("convert", {"weights": "w/x"}, "'name'"),
+    ("convert", {"weights": "w/x", "name": "m", "precision": "int8"}, "needs 'calib_data'"),
+    ("convert", {"weights": "w/x", "name": "m", "version": "v2"}, "positive integer"),
+    ("convert", {"weights": "w/x", "name": "m", "evaluate": True}, "'evaluate' needs 'calib_data'"),
+    ("deploy", {}, "unknown stage 'deploy'"),
+])
+def test_bad_specs_name_the_field(kind, doc, message):
+    with pytest.raises(SlimYoloError, match=message):
+        parse_spec(kind, doc)
+
+
+def test_train_settings_are_checked_as_the_training_config():
+    spec = parse_spec("train", {"cfg": "a/b.cfg", "data": "d", "out": "runs/x", "epoch": 3})
+    with pytest.raises(SlimYoloError, match="unknown setting 'epoch'"):
+        spec.check()
+    parse_spec("train", {"cfg": "a/b.cfg", "data": "d", "out": "runs/x", "epochs": 3, "sr": True}).check()
+
+
+@pytest.mark.parametrize("spec", [
+    TrainSpec(DATA, "runs/t", cfg=ART, weights="runs/base/best.weights", options={"epochs": 3, "sr": True}),
+    EvalSpec(ART, DataRef(tree="datasets/synth"), img_size=96, batch_size=4),
+    PruneSpec(ART, "runs/p", method="both", global_percent=0.7, shortcuts=2, data=DATA),
+    SweepSpec(ART, DATA, "runs/s", percents=(0.3, 0.9, 0.2), shortcuts=(0, 4, 2), max_map_drop=0.05),
+    ConvertSpec(ART, "det", precision="int8", calib_data=DATA, names=("a", "b"), evaluate=True, bench_seconds=2.0),
+])
+def test_specs_round_trip_through_yaml(spec):
+    doc = yaml.safe_load(yaml.safe_dump(spec.to_dict()))
+    assert parse_spec(spec.kind, doc) == spec
+
+
+# -- requests -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [
+    TrainSpec(DATA, "runs/a/t", cfg=ART, weights=ART, teacher_cfg=ART, teacher_weights=ART,
+              options={"epochs": 3, "batch_size": 8, "img_size": 96, "sr": True, "s": 0.01, "prune": 0,
+                       "lr0": 0.005, "seed": 3, "optimizer": "adam", "augment": {"mosaic": 0.0},
+                       "distill_weight": 0.5}),
+    TrainSpec(DATA, "runs/t", cfg=ART, options={"finetune": True, "warmup_epochs": 2.5}),
+    EvalSpec(ART, DATA, cfg=ART, img_size=96, batch_size=4, conf_thres=0.25, iou_thres=0.5),
+    PruneSpec(ART, "runs/p", cfg=ART, method="both", global_percent=0.7, shortcuts=2, layer_keep=0.1, round_to=8,
+              data=DATA, img_size=96, max_images=10),
+    PruneSpec(ART, "runs/p", method="layer", shortcuts=1),
+    SweepSpec(ART, DATA, "runs/s", percents=(0.3, 0.9, 0.2), shortcuts=(0, 5, 2), max_map_drop=0.05,
+              fine_percent=0.02, max_images=12, latency_runs=1),
+    ConvertSpec(ART, "det", cfg=ART, version="3", model_repository="repo", via="torch", precision="int8",
+                calib_data=DATA, calib_images=20, img_size=96, names=("a", "b"), accuracy_control=True,
+                max_drop=0.02, evaluate=True, bench_seconds=1.5),
+])
+def test_specs_round_trip_through_requests(spec):
+    request = messages.TO_REQUEST[spec.kind](spec, lambda ref, field: ref)
+    back = messages.FROM_REQUEST[spec.kind](type(request).FromString(request.SerializeToString()))
+    if spec.kind in ("train", "eval"):  # numbers travel as floats (float32 for thresholds)
+        back_doc, doc = back.to_dict(), spec.to_dict()
+        assert back_doc.keys() == doc.keys()
+        for key, value in doc.items():
+            assert back_doc[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value)
+    else:
+        assert back == spec
+
+
+def test_typed_request_fields_win_over_the_config_struct():
+    request = trainer_pb2.StartTrainingRequest(
+        cfg=artifact_to_proto(ART), data=common_pb2.DatasetRef(archive=artifact_to_proto(ART)),
+        epochs=5, sparsity=trainer_pb2.Sparsity(s=0.002), name="exp/1",
+        config=dict_to_struct({"epochs": 50, "batch_size": 4}))
+    spec = messages.train_from_request(request)
+    assert spec.out == "runs/exp/1"
+    assert dict(spec.options) == {"epochs": 5, "batch_size": 4, "sr": True, "s": 0.002, "prune": 1}
+    assert messages.train_from_request(trainer_pb2.StartTrainingRequest(
+        cfg=request.cfg, data=request.data)).out.startswith("runs/train-")
+
+
+@pytest.mark.parametrize(("request_", "message"), [
+    (trainer_pb2.StartTrainingRequest(), "'data' is required"),
+    (trainer_pb2.StartTrainingRequest(cfg=common_pb2.ArtifactRef(uri="s3://b/k"), data=common_pb2.DatasetRef(
+        archive=common_pb2.ArtifactRef(uri="s3://b/d")), img_size=common_pb2.ImageSize(width=96, height=64)),
+     "square"),
+    (trainer_pb2.StartTrainingRequest(cfg=common_pb2.ArtifactRef(uri="s3://b/k"), data=common_pb2.DatasetRef(
+        archive=common_pb2.ArtifactRef(uri="s3://b/d")), config=dict_to_struct({"optimizer": "lion"})),
+     "'optimizer' must be one of"),
+    (pruner_pb2.StartSweepRequest(weights=common_pb2.ArtifactRef(uri="s3://b/k"), global_percents=[0.5, 0.6, 0.9],
+                                  data=common_pb2.DatasetRef(archive=common_pb2.ArtifactRef(uri="s3://b/d")),
+                                  name="s"), "equal steps"),
+    (pruner_pb2.StartSweepRequest(method=pruner_pb2.PRUNE_METHOD_LAYER), "layer-only sweep"),
+    (pruner_pb2.StartPruneRequest(weights=common_pb2.ArtifactRef(uri="s3://b/k"),
+                                  channel=pruner_pb2.ChannelPruning(global_percent=1.5)), "'global_percent'"),
+    (converter_pb2.StartConversionRequest(weights=common_pb2.ArtifactRef(uri="s3://b/k"), name="m",
+                                          precision=common_pb2.PRECISION_INT8), "needs 'calib_data'"),
+    (converter_pb2.StartConversionRequest(weights=common_pb2.ArtifactRef(uri="s3://b/k"), name="../m"), "'name'"),
+])
+def test_bad_requests_are_errors_naming_the_field(request_, message):
+    kind = {"StartTrainingRequest": "train", "StartSweepRequest": "sweep", "StartPruneRequest": "prune",
+            "StartConversionRequest": "convert"}[type(request_).__name__]
+    with pytest.raises(SlimYoloError, match=message):
+        messages.FROM_REQUEST[kind](request_)
+
+
+def test_a_service_takes_data_sets_as_archives():
+    spec = EvalSpec(ART, DataRef(tree="datasets/synth"))
+    with pytest.raises(SlimYoloError, match="as an archive"):
+        messages.eval_to_request(spec, lambda ref, field: ref)
+
+
+# -- the work folder -----------------------------------------------------------------------------------
+
+
+def test_keys_resolve_through_tree_manifests_and_downloads_are_verified(store, tmp_path):
+    folder = tmp_path / "run"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "best.weights").write_bytes(b"\x00\x02weights")
+    (folder / "sub" / "a.txt").write_text("a")
+    files = store.put_tree("runs/r1", folder)
+    assert resolve(store, "runs/r1/best.weights", "weights") == files["best.weights"]
+    assert set(folder_files(store, "runs/r1/sub", "data")) == {"a.txt"}
+    with pytest.raises(NotFoundError, match=r"has no file 'nope\.pt'"):
+        resolve(store, "runs/r1/nope.pt", "weights")
+    with pytest.raises(NotFoundError, match="not in a complete tree"):
+        resolve(store, "elsewhere/best.weights", "weights")
+    bad = dataclasses.replace(files["best.weights"], sha256="0" * 64)
+    with Workspace(store) as ws:
+        with pytest.raises(SlimYoloError, match=r"weights: .* has sha256 .* expected 0000.*discarded"):
+            ws.file(bad, "weights", "model.weights")
+        assert not any((ws.root / "inputs").glob("*.weights"))
+        root = ws.root
+    assert not root.exists()  # the work folder goes with the run
+
+
+# -- the runners on a trained model ---------------------------------------------------------------------
+
+
+def test_prune_and_eval_stages_on_the_trained_model(mini_store, trained_mini):
+    store = mini_store
+    events = []
+    pruned = run_prune(store, PruneSpec.from_dict({"cfg": "inputs/mini.cfg", "weights": "inputs/best.pt",
+                                                   "out": "runs/pruned", "global_percent": 0.5,
+                                                   "data": "inputs/synth"}), events.append)
+    assert set(pruned.artifacts) == {"cfg", "weights", "checkpoint", "summary"}
+    assert pruned.metrics["after"]["params"] < pruned.metrics["before"]["params"]
+    assert pruned.metrics["eval_before"]["map50"] == pytest.approx(trained_mini.map50, abs=1e-6)
+    assert {"stage": "prune", "step": "evaluate after"} in events
+    assert store.list_trees("runs") == ["runs/pruned"]
+    evaluated = run_eval(store, EvalSpec.from_dict({"cfg": "runs/pruned/pruned.cfg",
+                                                    "weights": "runs/pruned/pruned.weights", "data": "inputs/synth"}))
+    assert evaluated.metrics["map50"] == pytest.approx(pruned.metrics["eval_after"]["map50"], abs=1e-6)
+    assert evaluated.metrics["model"]["params"] == pruned.metrics["after"]["params"]
+    assert not evaluated.artifacts
+    with pytest.raises(SlimYoloError, match="runs/pruned already holds a complete tree"):
+        run_prune(store, PruneSpec.from_dict({"weights": "inputs/best.pt", "out": "runs/pruned",
+                                              "global_percent": 0.6}))
+
+
+def test_train_stage_publishes_the_run_in_darknet_and_slimyolo_formats(mini_store):
+    spec = TrainSpec.from_dict({"cfg": "inputs/mini.cfg", "weights": "inputs/best.weights", "data": "inputs/synth",
+                                "out": "runs/more", "epochs": 1, "batch_size": 8, "img_size": 96, "threads": 1,
+                                "augment": {"mosaic": 0.0}, "max_eval_images": 8})
+    main = run_train(mini_store, spec)
+    assert set(main.artifacts) == {"cfg", "weights", "checkpoint", "last", "results", "config"}
+    assert mini_store.list_trees("runs") == ["runs/more"]
+    with Workspace(mini_store) as ws:  # the published cfg and darknet weights load as a model
+        from slimyolo.darknet.model import load_model
+
+        load_model(ws.file(main.artifacts["cfg"], "cfg", "m.cfg"), ws.file(main.artifacts["weights"], "w", "m.weights"))
+
+
+def test_stage_command_runs_a_yaml_spec(mini_store, tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("SLIMYOLO_STORE", str(mini_store.root))
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(yaml.safe_dump({"weights": "inputs/best.pt", "data": "inputs/synth", "out": "runs/sweep",
+                                    "percents": [0.3, 0.9, 0.3], "max_map_drop": 0.5}))
+    code, out, err = run_cli("stage", "sweep", "--spec", spec)
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"sweep", "csv", "plot", "cfg", "weights"} <= set(result["artifacts"])
+    assert result["metrics"]["best"] is not None and len(result["metrics"]["rows"]) >= 2
+    assert "sweep channel" in err and "sweep best" in err
+    spec.write_text(yaml.safe_dump({"weights": "inputs/best.pt", "data": "inputs/synth", "out": "runs/sweep2",
+                                    "percent": [0.3, 0.9, 0.3]}))
+    code, _, err = run_cli("stage", "sweep", "--spec", spec)
+    assert code == 2 and "unknown field 'percent'" in err
+
+
+def test_convert_stage_publishes_a_model_version_with_its_figures(mini_store):
+    spec = ConvertSpec.from_dict({"cfg": "inputs/mini.cfg", "weights": "inputs/best.weights", "name": "mini",
+                                  "via": "torch", "precision": "int8", "calib_data": "inputs/synth",
+                                  "calib_images": 16, "evaluate": True, "bench_seconds": 0.3,
+                                  "model_repository": "repo"})
+    events = []
+    first = run_stage(mini_store, spec, events.append)
+    assert first.metrics["version"] == "1" and first.metrics["model"].endswith("/repo/mini/1")
+    assert set(first.artifacts) == {"model.xml", "model.bin", "conversion.json"}
+    assert 0 <= first.metrics["eval"]["map50"] <= 1 and first.metrics["bench"]["infer_fps"] > 0
+    assert {"stage": "convert", "step": "bench", "seconds": 0.3} in events
+    second = run_stage(mini_store, dataclasses.replace(spec, evaluate=False, bench_seconds=0.0, precision="fp32"))
+    assert second.metrics["version"] == "2" and "bench" not in second.metrics
+    assert mini_store.list_trees("repo") == ["repo/mini/1", "repo/mini/2"]
+
+
+def test_torchrun_train_stage(mini_store, tmp_path):
+    """Two DDP processes (gloo): both fetch and train, rank 0 alone publishes the run."""
+    spec = tmp_path / "train.yaml"
+    spec.write_text(yaml.safe_dump({"cfg": "inputs/mini.cfg", "data": "inputs/synth", "out": "runs/ddp",
+                                    "epochs": 1, "batch_size": 8, "img_size": 96, "threads": 1,
+                                    "augment": {"mosaic": 0.0}, "max_eval_images": 8}))
+    env = dict(os.environ, SLIMYOLO_STORE=str(mini_store.root), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "slimyolo", "stage", "train", "--spec", str(spec)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)  # one result: only rank 0 prints
+    assert result["artifacts"]["weights"]["uri"].endswith("runs/ddp/best.weights")
+    assert mini_store.list_trees("runs") == ["runs/ddp"]
+    assert Path(mini_store.root / "runs/ddp/model.cfg").is_file()
