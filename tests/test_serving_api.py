@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.inference.server import INFERENCE, KSERVE, build
 from slimyolo import __version__
 from slimyolo.data.dataset import read_data_file
+from slimyolo.errors import SlimYoloError
 from slimyolo.infer.decode import box_iou
 from slimyolo.infer.engine import Engine
 from slimyolo.rpc.client import connect, wait_ready
@@ -26,6 +27,7 @@ from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import inference_pb2, inference_pb2_grpc
 from slimyolo.rpc.server import LIVENESS, Server, ServerConfig
 from slimyolo.serving.config import ServingConfig
+from slimyolo.serving.kserve import InputTensor, TensorSpec, datatype_of, decode_inputs, encode_output
 
 CONF = 0.05
 STRONG = 0.1  # the mini model is small: its confident detections score above this
@@ -176,6 +178,33 @@ def test_kserve_bad_requests_name_the_field_and_the_server_keeps_serving(served)
         assert (got, message in details) == (code, True), (details, message)
     ok = ks.ModelInfer(Infer(model_name="mini", inputs=[Tensor(**good)], raw_input_contents=raw))
     assert len(ok.raw_output_contents[0]) == 21 * 6 * 6 * 4
+
+
+def test_tensor_rules_of_the_protocol():
+    """Datatypes other than the mini model's FP32: typed fields, ranges, raw-only types, output bytes."""
+    u8 = (TensorSpec("images", "UINT8", (-1, -1, -1, 3)),)
+    pixels = np.arange(2 * 4 * 5 * 3).reshape(2, 4, 5, 3) % 256
+    typed = InputTensor("images", "UINT8", (2, 4, 5, 3), {"uint_contents": pixels.ravel().tolist()})
+    (got,) = decode_inputs(u8, [typed], []).values()
+    assert got.dtype == np.uint8 and (got == pixels).all()
+    raw = decode_inputs(u8, [InputTensor("images", "UINT8", (2, 4, 5, 3))], [pixels.astype(np.uint8).tobytes()])
+    assert (raw["images"] == pixels).all()
+    with pytest.raises(SlimYoloError, match=r"inputs\[0\].contents.uint_contents: values outside the UINT8 range"):
+        decode_inputs(u8, [InputTensor("images", "UINT8", (1, 1, 1, 3), {"uint_contents": [0, 256, 1]})], [])
+    with pytest.raises(SlimYoloError, match=r"inputs\[0\].shape: \[1, 0, 1, 3\] has a dimension below 1"):
+        decode_inputs(u8, [InputTensor("images", "UINT8", (1, 0, 1, 3))], [b""])
+    f16 = (TensorSpec("x", "FP16", (2,)),)
+    half = np.array([1.5, -2.0], "<f2")
+    assert (decode_inputs(f16, [InputTensor("x", "FP16", (2,))], [half.tobytes()])["x"] == half).all()
+    with pytest.raises(SlimYoloError, match=r"contents.fp32_contents: a FP16 tensor carries its values in "
+                                            "raw_input_contents only"):
+        decode_inputs(f16, [InputTensor("x", "FP16", (2,), {"fp32_contents": [1.5, -2.0]})], [])
+    i64 = (TensorSpec("n", "INT64", (3,)),)
+    assert decode_inputs(i64, [InputTensor("n", "INT64", (3,), {"int64_contents": [1, -2, 3]})], [])["n"].tolist() \
+        == [1, -2, 3]
+    out = encode_output("y", np.array([[1.0, 2.5]], np.float32))
+    assert (out.datatype, out.shape, out.data) == ("FP32", (1, 2), np.array([1.0, 2.5], "<f4").tobytes())
+    assert datatype_of(np.dtype(">f4")) == "FP32"
 
 
 # -- detection ----------------------------------------------------------------------------------
