@@ -154,7 +154,7 @@ class PipelineConfig:
         """Build every stage's spec from placeholders, so a bad setting fails now, not after an hour."""
         for stage in ("base", "sparsity", "finetune"):
             TrainSpec.from_dict({"cfg": _REF, "data": _DATA, "out": "check/out", **self.train_options(stage)},
-                                f"{source}: {stage}").check()
+                                f"{source}: {stage}").check(f"{source}: {stage}")
         SweepSpec.from_dict({"weights": _REF, "data": _DATA, "out": "check/out", **self.sweep}, f"{source}: sweep")
         if self.prune:
             PruneSpec.from_dict({"weights": _REF, "out": "check/out", **self.prune}, f"{source}: prune")

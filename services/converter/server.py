@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 
 import grpc
 
 from slimyolo.rpc.gen.v1 import converter_pb2, converter_pb2_grpc
 from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
+from slimyolo.serving.config import ENV_MODEL_REPOSITORY, ServingConfig
 from slimyolo.stages.jobs import submit_stage
 from slimyolo.stages.messages import convert_from_request
-from slimyolo.stages.runners import DEFAULT_MODEL_REPOSITORY, ENV_MODEL_REPOSITORY
-from slimyolo.store import Store, open_store, validate_key
+from slimyolo.stages.runners import model_repository
+from slimyolo.store import Store, open_store
 
 SERVICE = "slimyolo.v1.Converter"
 
@@ -40,13 +40,12 @@ class ConverterServicer(converter_pb2_grpc.ConverterServicer):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", help=f"store prefix the models are published under (env "
-                                                   f"{ENV_MODEL_REPOSITORY}, default {DEFAULT_MODEL_REPOSITORY})")
+                                                   f"{ENV_MODEL_REPOSITORY}, default {ServingConfig.model_repository})")
 
 
 def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Converter and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
-    repository = validate_key(args.model_repository or os.environ.get(ENV_MODEL_REPOSITORY)
-                              or DEFAULT_MODEL_REPOSITORY, f"--model-repository / {ENV_MODEL_REPOSITORY}")
+    repository = model_repository(args.model_repository)
     jobs = server.enable_jobs()
     server.add_service(SERVICE, converter_pb2_grpc.add_ConverterServicer_to_server,
                        ConverterServicer(open_store(), jobs, repository))

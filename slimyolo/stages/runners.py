@@ -21,10 +21,7 @@ from typing import Any
 from slimyolo.errors import SlimYoloError
 from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, Spec, SweepSpec, TrainSpec
 from slimyolo.stages.workspace import Workspace, check_new_tree
-from slimyolo.store import Artifact, Store
-
-ENV_MODEL_REPOSITORY = "SLIMYOLO_MODEL_REPOSITORY"
-DEFAULT_MODEL_REPOSITORY = "models"
+from slimyolo.store import Artifact, Store, validate_key
 
 Progress = Callable[[Mapping[str, Any]], None]
 
@@ -44,9 +41,16 @@ class StageResult:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
 
-def model_repository(spec: ConvertSpec) -> str:
-    """The store prefix the converter publishes under: the spec's, else the environment's, else ``models``."""
-    return spec.model_repository or os.environ.get(ENV_MODEL_REPOSITORY) or DEFAULT_MODEL_REPOSITORY
+def model_repository(configured: str | None = None) -> str:
+    """The store prefix the converter publishes under: ``configured``, else the one the inference service reads.
+
+    That is ``$SLIMYOLO_MODEL_REPOSITORY`` as a key prefix of the store, else ``models``: the two
+    services agree by reading the same setting.
+    """
+    from slimyolo.serving.config import ENV_MODEL_REPOSITORY, ServingConfig
+
+    repository = configured or os.environ.get(ENV_MODEL_REPOSITORY) or ServingConfig.model_repository
+    return validate_key(repository, f"model_repository / {ENV_MODEL_REPOSITORY}")
 
 
 def _roles(files: Mapping[str, Artifact], roles: Mapping[str, str]) -> dict[str, Artifact]:
@@ -190,7 +194,7 @@ def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = Non
     """
     from slimyolo.convert import convert
 
-    repository = model_repository(spec)
+    repository = model_repository(spec.model_repository)
     with Workspace(store) as ws:
         version = spec.version or next_version(store, f"{repository}/{spec.name}")
         prefix = f"{repository}/{spec.name}/{version}"

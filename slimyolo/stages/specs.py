@@ -242,12 +242,12 @@ class TrainSpec:
             raise SlimYoloError(f"{source}: 'teacher_cfg' needs 'teacher_weights'")
         return spec
 
-    def check(self) -> None:
+    def check(self, source: str = "train spec") -> None:
         """Check the training settings now (they are TrainConfig's: unknown keys, types, ranges)."""
         from slimyolo.train.config import TrainConfig
 
         doc = {**self.options, "data": "data", "cfg": "model.cfg", "out": "run"}
-        TrainConfig.from_dict(doc, "train spec").resolved()
+        TrainConfig.from_dict(doc, source).resolved()
 
     def to_dict(self) -> dict[str, Any]:
         doc = _plain({k: getattr(self, k) for k in TRAIN_REFS})

@@ -1,0 +1,92 @@
+"""``slimyolo pipeline run``: the config's checks, the prune point, and a tiny run in process.
+
+The same pipeline through the services (``--remote``, an S3 store) is tests/test_services_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import MINI_CFG
+
+from slimyolo.errors import SlimYoloError
+from slimyolo.pipeline import PipelineConfig, prune_point, remote_addresses
+from slimyolo.stages.specs import SweepSpec
+from slimyolo.store import LocalStore
+
+BASE = {"name": "tiny", "model": "yolov4-tiny", "img_size": 96, "data": {"synth": {"train": 8, "val": 4}}}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"name": "a/b"}, "'name'"),
+    ({"img_size": 100}, "multiple of 32"),
+    ({"data": {"synth": {}, "path": "x"}}, "'data'"),
+    ({"data": {"synth": {"colours": 3}}}, "'data.synth' takes"),
+    ({"base": {"epoch": 3}}, "unknown setting 'epoch'"),
+    ({"sparsity": {"s": "big"}}, "'s' must be float"),
+    ({"sweep": {"percents": [0.9, 0.1, 0.1]}}, "sweep: 'percents'"),
+    ({"prune": {"shortcuts": 2}}, "'global_percent' is required"),
+    ({"convert": {"via": "onnx"}}, "'via' must be one of"),
+    ({"eval": {"batch_size": 0}}, "'batch_size' must be at least 1"),
+    ({"remote": {"trainer": "h:1", "detector": "h:2"}}, "'remote.detector' is not a service"),
+    ({"finetune": {"distill": "yes"}}, "'finetune.distill' must be true or false"),
+    ({"stages": {}}, "unknown field 'stages'"),
+])
+def test_config_errors_name_the_setting_before_anything_runs(changes, message):
+    with pytest.raises(SlimYoloError, match=message):
+        PipelineConfig.from_dict({**BASE, **changes})
+
+
+def test_the_demo_config_is_valid():
+    config = PipelineConfig.from_yaml(Path(__file__).parents[1] / "configs" / "demo.yaml")
+    assert config.model == "yolov4-tiny" and "synth" in config.data
+
+
+def test_prune_point_is_the_sweeps_best_unless_the_config_names_one():
+    sweep = SweepSpec.from_dict({"weights": "a/b", "data": "d", "out": "o", "layer_keep": 0.1, "round_to": 8})
+    found = {"best": {"stage": "both", "global_percent": 0.6, "shortcuts": 2}, "baseline": {"map50": 0.5}}
+    assert prune_point(PipelineConfig.from_dict(BASE), sweep, found) == {
+        "method": "both", "global_percent": 0.6, "shortcuts": 2, "layer_keep": 0.1, "round_to": 8}
+    configured = PipelineConfig.from_dict({**BASE, "prune": {"global_percent": 0.3}})
+    assert prune_point(configured, sweep, found) == {"global_percent": 0.3}
+    with pytest.raises(SlimYoloError, match=r"no pruning point within max_map_drop 0\.01 of the baseline mAP@0\.5 "
+                                            r"0\.5"):
+        prune_point(PipelineConfig.from_dict(BASE), sweep, {"best": None, "baseline": {"map50": 0.5}})
+
+
+def test_remote_addresses_come_from_the_environment_then_the_config():
+    config = PipelineConfig.from_dict({**BASE, "remote": {"trainer": "a:1", "pruner": "b:2"}})
+    assert remote_addresses(config, {"SLIMYOLO_PRUNER_ADDRESS": "c:3", "SLIMYOLO_CONVERTER_ADDRESS": "d:4"}) == {
+        "trainer": "a:1", "pruner": "c:3", "converter": "d:4"}
+
+
+def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypatch, run_cli):
+    monkeypatch.setenv("SLIMYOLO_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("SLIMYOLO_WORK_DIR", str(tmp_path / "work"))
+    (tmp_path / "mini.cfg").write_text(MINI_CFG)
+    config = {"name": "tiny", "model": str(tmp_path / "mini.cfg"), "img_size": 96, "out": str(tmp_path / "ignored"),
+              "data": {"synth": {"classes": 2, "train": 32, "val": 12, "size": 96, "seed": 2}},
+              "training": {"batch_size": 8, "optimizer": "adam", "lr0": 0.005, "threads": 1,
+                           "augment": {"mosaic": 0.0}},
+              "base": {"epochs": 2}, "sparsity": {"epochs": 1, "s": 0.01}, "finetune": {"epochs": 1, "distill": False},
+              "sweep": {"percents": [0.5, 0.5, 0.1]}, "prune": {"global_percent": 0.5},
+              "convert": {"via": "torch", "calib_images": 8, "parity_images": 1, "bench_seconds": 0.2}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    code, out, err = run_cli("pipeline", "run", tmp_path / "tiny.yaml", "--out", tmp_path / "runs")
+    assert code == 0, err
+    assert "== [1/13] data set ==" in err and "== [6/13] fine-tuning ==" in err and "train epoch 2/2" in err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [r["model"] for r in results["rows"]] == ["baseline", "sparse", "pruned", "fine-tuned", "int8"]
+    assert results["rows"][2]["params"] < results["rows"][0]["params"]
+    assert results["served"] is None  # serving is the remote run's last step
+    assert "| fine-tuned |" in out and (run_dir / "results.md").read_text().count("|") > 40
+    assert yaml.safe_load((run_dir / "pipeline.yaml").read_text())["prune"] == {"global_percent": 0.5}
+    store = LocalStore(tmp_path / "store")
+    assert store.list_trees("models") == ["models/tiny-baseline/1", "models/tiny-int8/1", "models/tiny/1"]
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert stages["prune"]["spec"]["global_percent"] == 0.5  # the configured point, not the sweep's
+    assert stages["finetune"]["spec"].get("teacher_weights") is None
