@@ -17,12 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
+# The whole method on the synthetic data set, in process with the local store (configs/demo.yaml):
+# train, sparsify, sweep, prune, fine-tune, convert (FP32, INT8), evaluate, then the table.
 demo: $(STAMP)
-	@mkdir -p demo
-	@for name in yolov3 yolov3-spp yolov3-tiny yolov4 yolov4-tiny; do \
-		$(BIN)/slimyolo zoo $$name --classes 2 --size 416 --out demo/$$name.cfg 2>/dev/null && \
-		$(BIN)/slimyolo info demo/$$name.cfg || exit 1; \
-	done
+	$(BIN)/slimyolo pipeline run configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -32,7 +30,7 @@ protos: $(STAMP)
 	$(BIN)/python -m slimyolo.rpc.protogen
 
 lint: $(STAMP)
-	$(BIN)/ruff check slimyolo tests
+	$(BIN)/ruff check slimyolo tests services
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) runs .slimyolo .pytest_cache

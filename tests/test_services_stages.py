@@ -287,3 +287,12 @@ def test_torchrun_train_stage(mini_store, tmp_path):
     assert result["artifacts"]["weights"]["uri"].endswith("runs/ddp/best.weights")
     assert mini_store.list_trees("runs") == ["runs/ddp"]
     assert Path(mini_store.root / "runs/ddp/model.cfg").is_file()
+
+
+def test_the_kubernetes_stage_specs_are_valid_specs():
+    specs = yaml.safe_load((Path(__file__).parents[1] / "k8s/jobs/specs.yaml").read_text())["data"]
+    assert set(specs) == {"train.yaml", "prune.yaml", "convert.yaml"}
+    for name, text in specs.items():
+        spec = parse_spec(name.removesuffix(".yaml"), yaml.safe_load(text), name)
+        if isinstance(spec, TrainSpec):
+            spec.check()
