@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="u8 NHWC BGR input with conversion and normalisation inside the IR; 'resize' (the "
                         "default of --ppp) also letterboxes frames of any size inside, 'fixed' takes frames "
                         "already letterboxed to the model size")
-    p.add_argument("--onnx", action="store_true", help="also write model.onnx (same input and outputs)")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (f32 NCHW input, the IR's outputs)")
     p.add_argument("--parity-images", type=int, default=2, help="images for the parity checks (default 2)")
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest |FP32 IR - PyTorch| on any head (default 1e-3); beyond it the IR must be within "
