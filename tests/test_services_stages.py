@@ -296,3 +296,10 @@ def test_the_kubernetes_stage_specs_are_valid_specs():
         spec = parse_spec(name.removesuffix(".yaml"), yaml.safe_load(text), name)
         if isinstance(spec, TrainSpec):
             spec.check()
+
+
+def test_serve_checks_its_flags_before_serving(run_cli):
+    code, _, err = run_cli("serve", "trainer", "--port", "5", "--metrics-port", "5")
+    assert code == 2 and "the metrics port must differ from the gRPC port" in err
+    code, _, err = run_cli("serve", "converter", "--port", "0", "--metrics-port", "0", "--model-repository", "../m")
+    assert code == 2 and "--model-repository / SLIMYOLO_MODEL_REPOSITORY: '../m'" in err

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Converter and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
-    repository = model_repository(args.model_repository)
+    repository = model_repository(args.model_repository, "--model-repository")
     jobs = server.enable_jobs()
     server.add_service(SERVICE, converter_pb2_grpc.add_ConverterServicer_to_server,
                        ConverterServicer(open_store(), jobs, repository))

@@ -18,6 +18,8 @@ import importlib
 import os
 import sys
 
+from slimyolo.errors import SlimYoloError
+
 STAGES = ("trainer", "pruner", "converter", "inference")
 
 
@@ -40,7 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from slimyolo.rpc.server import Server, ServerConfig, add_arguments
 
-    module = importlib.import_module(f"services.{args.stage}.server")
+    try:
+        module = importlib.import_module(f"services.{args.stage}.server")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("services", f"services.{args.stage}", f"services.{args.stage}.server"):
+            raise  # a dependency of the service is missing: its own message says which
+        raise SlimYoloError(f"serve {args.stage}: the 'services' package is not installed next to slimyolo "
+                            f"({exc}); install the project (pip install .) or run from its folder") from None
     parser = argparse.ArgumentParser(prog=f"slimyolo serve {args.stage}",
                                      description=(module.__doc__ or "").strip().splitlines()[0])
     add_arguments(parser)

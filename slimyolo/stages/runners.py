@@ -41,7 +41,7 @@ class StageResult:
     metrics: Mapping[str, Any] = field(default_factory=dict)
 
 
-def model_repository(configured: str | None = None) -> str:
+def model_repository(configured: str | None = None, field: str = "model_repository") -> str:
     """The store prefix the converter publishes under: ``configured``, else the one the inference service reads.
 
     That is ``$SLIMYOLO_MODEL_REPOSITORY`` as a key prefix of the store, else ``models``: the two
@@ -50,7 +50,7 @@ def model_repository(configured: str | None = None) -> str:
     from slimyolo.serving.config import ENV_MODEL_REPOSITORY, ServingConfig
 
     repository = configured or os.environ.get(ENV_MODEL_REPOSITORY) or ServingConfig.model_repository
-    return validate_key(repository, f"model_repository / {ENV_MODEL_REPOSITORY}")
+    return validate_key(repository, f"{field} / {ENV_MODEL_REPOSITORY}")
 
 
 def _roles(files: Mapping[str, Artifact], roles: Mapping[str, str]) -> dict[str, Artifact]:
