@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
+from slimyolo.errors import Cancelled
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -55,6 +56,15 @@ def _detections(detections, names: tuple[str, ...]) -> list[inference_pb2.Detect
             for b, s, c in zip(detections.boxes.tolist(), detections.scores, detections.classes, strict=True)]
 
 
+def _stream_requests(messages: Iterable[inference_pb2.DetectStreamRequest]) -> Iterator[StreamRequest]:
+    try:
+        for m in messages:
+            yield StreamRequest(m.model_name, m.model_version, m.stream_id, m.frame_id, _image(m.frame),
+                                _thresholds(m.options))
+    except grpc.RpcError:  # gRPC's way of saying the client cancelled while the server waited for its next frame
+        raise Cancelled("the client cancelled the stream") from None
+
+
 def _model_info(info: ModelInfo) -> inference_pb2.ModelInfo:
     message = inference_pb2.ModelInfo(name=info.name, version=info.version, reason=info.reason,
                                       state=inference_pb2.ModelState.Value(f"MODEL_STATE_{info.state.name}"))
@@ -81,9 +91,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     def DetectStream(self, request_iterator: Iterable[inference_pb2.DetectStreamRequest],
                      context: grpc.ServicerContext) -> Iterator[inference_pb2.DetectStreamResponse]:
-        frames = (StreamRequest(m.model_name, m.model_version, m.stream_id, m.frame_id, _image(m.frame),
-                                _thresholds(m.options)) for m in request_iterator)
-        for r in self.plane.detect_stream(frames):
+        for r in self.plane.detect_stream(_stream_requests(request_iterator)):
             yield inference_pb2.DetectStreamResponse(stream_id=r.stream_id, frame_id=r.frame_id,
                                                      detections=_detections(r.detections, r.names),
                                                      model_version=r.model_version, mosaic_streams=r.mosaic_frames)
