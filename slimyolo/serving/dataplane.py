@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -33,7 +33,7 @@ from slimyolo.serving.manager import Lease, ModelInfo, ModelManager
 from slimyolo.serving.metrics import InferenceMetrics
 from slimyolo.serving.model import ServedModel
 from slimyolo.serving.repository import Repository, open_repository
-from slimyolo.serving.streams import pipelined
+from slimyolo.serving.streams import PendingFrame, pipelined
 
 SERVER_NAME = "slimyolo"
 PLATFORM = "openvino"
@@ -100,7 +100,8 @@ class InferResult:
 class _StreamFrame:
     """A frame in flight in a stream call: its lease, its pending boxes, when it arrived."""
 
-    def __init__(self, plane: DataPlane, request: StreamRequest, lease: Lease, pending: Any, t0: float) -> None:
+    def __init__(self, plane: DataPlane, request: StreamRequest, lease: Lease, pending: PendingFrame,
+                 t0: float) -> None:
         self.plane, self.request, self.lease, self.pending, self.t0 = plane, request, lease, pending, t0
 
     def result(self) -> StreamResult:
@@ -137,7 +138,7 @@ class DataPlane:
         metrics = InferenceMetrics(registry)
         repository = repository or open_repository(config.model_repository, env)
 
-        def load(name: str, version: str, path: Any) -> ServedModel:
+        def load(name: str, version: str, path: Path) -> ServedModel:
             observe = metrics.inference.labels(name).observe
             return ServedModel(name, version, path, config, core, on_infer=observe)
 
