@@ -1,0 +1,257 @@
+"""Deployment files: Kubernetes schemas and invariants, the compose spec, Dockerfile basics, and
+agreement of images, ports and environment names between Dockerfiles, compose, k8s and the code."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("trainer", "pruner", "converter", "inference")
+KUSTOMIZATIONS = ("k8s/base", "k8s/jobs", "k8s/distributed")
+K8S_VERSION = "1.32.0"
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|TOKEN", re.IGNORECASE)
+WORKLOADS = {"Deployment", "StatefulSet", "Job", "DaemonSet"}
+
+
+def render(kustomization: str) -> list[dict]:
+    """The kustomize output: `kubectl kustomize` when installed, else the same for the subset we use."""
+    folder = ROOT / kustomization
+    if shutil.which("kubectl"):
+        out = subprocess.run(["kubectl", "kustomize", str(folder)], check=True, capture_output=True, text=True).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+    spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    docs = [d for r in spec["resources"] for d in yaml.safe_load_all((folder / r).read_text()) if d]
+    labels = {k: v for entry in spec.get("labels", []) for k, v in entry["pairs"].items()}
+    for d in docs:
+        d["metadata"].setdefault("labels", {}).update(labels)
+        if d["kind"] != "Namespace":
+            d["metadata"]["namespace"] = spec["namespace"]
+    return docs
+
+
+def all_docs() -> list[tuple[str, dict]]:
+    docs = [(k, d) for k in KUSTOMIZATIONS for d in render(k)]
+    docs += [("k8s/distributed/pytorchjob.yaml", d)
+             for d in yaml.safe_load_all((ROOT / "k8s/distributed/pytorchjob.yaml").read_text()) if d]
+    return docs
+
+
+def pod_specs(doc: dict) -> list[dict]:
+    if doc["kind"] in WORKLOADS:
+        return [doc["spec"]["template"]["spec"]]
+    if doc["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in doc["spec"]["pytorchReplicaSpecs"].values()]
+    return []
+
+
+def containers(doc: dict) -> list[dict]:
+    return [c for spec in pod_specs(doc) for c in spec.get("containers", []) + spec.get("initContainers", [])]
+
+
+def dockerfile(stage: str) -> str:
+    return (ROOT / "services" / stage / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_manifests_validate_against_kubernetes_schemas(kustomization):
+    docs = render(kustomization)
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_pytorchjob_pod_templates_validate():
+    """The PyTorchJob is a CRD: its pod templates are checked as PodTemplates."""
+    (doc,) = [d for _, d in all_docs() if d["kind"] == "PyTorchJob"]
+    assert doc["apiVersion"] == "kubeflow.org/v1" and set(doc["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
+    for role, replica in doc["spec"]["pytorchReplicaSpecs"].items():
+        assert replica["template"]["spec"]["containers"][0]["name"] == "pytorch"  # the operator's convention
+        template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()},
+                    "template": copy.deepcopy(replica["template"])}
+        kubernetes_validate.validate(template, K8S_VERSION, strict=True)
+
+
+def test_validation_is_not_vacuous():
+    doc = copy.deepcopy(next(d for d in render("k8s/base") if d["kind"] == "Deployment"))
+    doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpcc"] = {"port": 1}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_every_container_is_limited_probed_and_unprivileged():
+    checked = 0
+    for where, doc in all_docs():
+        for spec in pod_specs(doc):
+            pod_sc = spec.get("securityContext", {})
+            assert pod_sc.get("runAsNonRoot") is True and pod_sc.get("runAsUser", 0) != 0, (where, doc["kind"])
+            assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        for c in containers(doc):
+            name = f"{where}: {doc['kind']}/{doc['metadata']['name']}/{c['name']}"
+            limits = c.get("resources", {}).get("limits", {})
+            assert {"cpu", "memory"} <= set(limits), name
+            assert {"cpu", "memory"} <= set(c["resources"].get("requests", {})), name
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, name
+            assert sc.get("readOnlyRootFilesystem") is True, name
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], name
+            if doc["kind"] in {"Deployment", "StatefulSet"}:
+                assert "readinessProbe" in c and "livenessProbe" in c, name
+            checked += 1
+    assert checked >= 10
+
+
+def test_services_use_native_grpc_probes():
+    for doc in render("k8s/base"):
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] in STAGES:
+            (c,) = doc["spec"]["template"]["spec"]["containers"]
+            assert c["readinessProbe"]["grpc"] == {"port": 50051}  # overall health: all services SERVING
+            assert c["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
+
+
+def test_no_literal_secret_anywhere():
+    for where, doc in all_docs():
+        assert doc["kind"] != "Secret", f"{where}: credentials are created with kubectl, never committed"
+        if doc["kind"] == "ConfigMap":
+            assert not [k for k in doc["data"] if SECRET_NAME.search(k)], where
+        for c in containers(doc):
+            for env in c.get("env", []):
+                if SECRET_NAME.search(env["name"]):
+                    assert "secretKeyRef" in env.get("valueFrom", {}), f"{where}: {env['name']}"
+    compose = (ROOT / "docker-compose.yml").read_text()
+    for name, value in re.findall(r"^\s*([A-Z_]*(?:SECRET|PASSWORD|ACCESS_KEY)[A-Z_]*):\s*(\S.*)$", compose, re.M):
+        assert value.startswith("${") and ":?" in value, f"docker-compose.yml: {name} must come from .env"
+
+
+def test_hpa_targets_the_inference_deployment():
+    (hpa,) = [d for d in render("k8s/base") if d["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "inference"}
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"] >= 1
+
+
+def test_compose_validates_against_the_compose_spec(tmp_path):
+    def check(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                               str(path)], capture_output=True, text=True)
+
+    ok = check(ROOT / "docker-compose.yml")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text((ROOT / "docker-compose.yml").read_text().replace("restart: unless-stopped",
+                                                                        "restart: [sometimes]", 1))
+    assert check(broken).returncode != 0
+
+
+def _extras_closure(extra: str, extras: dict[str, list[str]]) -> list[str]:
+    out = []
+    for req in extras[extra]:
+        m = re.fullmatch(r"slimyolo\[([a-z,]+)\]", req)
+        out += [r for e in m.group(1).split(",") for r in _extras_closure(e, extras)] if m else [req]
+    return out
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dockerfile_basics(stage):
+    text = dockerfile(stage)
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert len(froms) >= 2, "multi-stage"
+    for image in froms:
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), f"pinned base, got {image}"
+    assert re.search(r"^USER\s+10001", text, re.M), "runs as a non-root user"
+    assert "EXPOSE 50051 8000" in text
+    assert re.search(rf'^CMD \["serve", "{stage}"\]', text, re.M)
+    assert f"-f services/{stage}/Dockerfile -t slimyolo/{stage}:0.1.0 ." in text
+    # The build context holds every package the wheel is made of (the servicers included).
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    for pattern in packages["include"]:
+        folder = pattern.rstrip("*")
+        assert re.search(rf"^COPY {folder} \./{folder}$", text, re.M), folder
+        assert f"!{folder}/" in ignore, f".dockerignore must let {folder}/ into the build context"
+
+
+def test_inference_image_has_neither_torch_nor_tensorflow():
+    text = dockerfile("inference")
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and not [line for line in installs if re.search(r"torch|tensorflow", line)]
+    (extras_used,) = re.findall(r'pip install[^"]*"\.\[([a-z,]+)\]"', text)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    reqs = [r for e in extras_used.split(",") for r in _extras_closure(e, extras)]
+    assert reqs and not [r for r in reqs if re.match(r"(torch|tensorflow|nncf|keras)", r)], reqs
+
+
+def test_images_ports_and_env_names_agree():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    k8s_images = {}
+    for _, doc in all_docs():
+        for c in containers(doc):
+            if c["image"].startswith("slimyolo/"):
+                k8s_images.setdefault(c["image"], []).append(c)
+    for stage in STAGES:
+        image = f"slimyolo/{stage}:0.1.0"
+        assert compose[stage]["image"] == image
+        assert compose[stage]["build"]["dockerfile"] == f"services/{stage}/Dockerfile"
+        assert compose[stage]["command"] == ["serve", stage]
+        assert compose[stage]["ports"][0].endswith(":50051")
+        assert image in k8s_images
+    assert set(k8s_images) == {f"slimyolo/{s}:0.1.0" for s in STAGES}
+    for image, cs in k8s_images.items():
+        stage = image.split("/")[1].split(":")[0]
+        exposed = {int(p) for p in re.findall(r"^EXPOSE (.*)$", dockerfile(stage), re.M)[0].split()}
+        for c in cs:
+            assert {p["containerPort"] for p in c.get("ports", []) if p["name"] != "rendezvous"} <= exposed
+    # Every SLIMYOLO_* variable the deployments set is one the code reads.
+    code = " ".join(p.read_text() for p in (ROOT / "slimyolo").rglob("*.py"))
+    known = set(re.findall(r"SLIMYOLO_[A-Z0-9_]+", code))
+    used = set(re.findall(r"SLIMYOLO_[A-Z0-9_]+", (ROOT / "docker-compose.yml").read_text()))
+    used |= {k for _, d in all_docs() if d["kind"] == "ConfigMap" for k in d["data"] if k.startswith("SLIMYOLO_")}
+    used |= {e["name"] for _, d in all_docs() for c in containers(d) for e in c.get("env", [])
+             if e["name"].startswith("SLIMYOLO_")}
+    used |= set(re.findall(r"SLIMYOLO_[A-Z0-9_]+", " ".join(dockerfile(s) for s in STAGES)))
+    used.discard("SLIMYOLO_BUCKET")  # compose's own .env variable, expanded by compose itself
+    assert used and used <= known, sorted(used - known)
+
+
+def test_prometheus_scrapes_every_service():
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
+    assert {f"{s}:8000" for s in STAGES} <= targets
+    for doc in render("k8s/base"):
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] in STAGES:
+            ann = doc["spec"]["template"]["metadata"]["annotations"]
+            assert ann == {"prometheus.io/scrape": "true", "prometheus.io/port": "8000"}
+
+
+def test_commands_the_deployments_run_exist():
+    from slimyolo.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    runs: list[tuple[str, list[str]]] = []
+    for where, doc in all_docs():
+        for c in containers(doc):
+            if not c["image"].startswith("slimyolo/"):
+                continue
+            argv = c.get("command", []) + c.get("args", [])
+            text = " ".join(argv)
+            if "-m slimyolo" in text:  # torchrun ... -m slimyolo <command> ...
+                argv = text.split("-m slimyolo", 1)[1].split()
+            runs.append((where, argv))
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    runs += [("docker-compose.yml", compose[s]["command"]) for s in STAGES]
+    runs += [("docker-compose.yml", compose[s]["healthcheck"]["test"][2:]) for s in STAGES]  # CMD slimyolo ...
+    for stage in STAGES:
+        text = dockerfile(stage)
+        runs.append((f"services/{stage}/Dockerfile", re.findall(r'^CMD \["(\w+)"', text, re.M)))
+        runs.append((f"services/{stage}/Dockerfile", re.findall(r'CMD \["slimyolo", "(\w+)"', text)))
+    assert len(runs) > 10
+    for where, argv in runs:
+        assert argv and argv[0] in commands, f"{where}: 'slimyolo {' '.join(argv)}' is not a slimyolo command"
