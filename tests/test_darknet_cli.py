@@ -46,3 +46,21 @@ def test_zoo_to_stdout_and_errors(run_cli, tmp_path):
     (tmp_path / "short.weights").write_bytes(b"\0" * 100)
     code, _, err = run_cli("info", cfg_path, "--weights", tmp_path / "short.weights")
     assert code == 2 and "got 100 bytes" in err
+
+
+def test_init_sparse_gives_the_stated_gamma_distribution(run_cli, tmp_path):
+    import numpy as np
+
+    from slimyolo.darknet import load_model
+
+    cfg_path = tmp_path / "m.cfg"
+    make_cfg("yolov3-tiny", 2, 64).write(cfg_path)
+    code, _, _ = run_cli("init", cfg_path, "--out", tmp_path / "m.weights", "--sparse", "0.7", "--seed", "1")
+    assert code == 0
+    model = load_model(cfg_path, tmp_path / "m.weights")
+    gammas = np.concatenate([b.bn.weight.detach().abs().numpy() for _, b in model.conv_blocks() if b.bn is not None])
+    near_zero = gammas < 1e-3
+    assert abs(near_zero.mean() - 0.7) < 0.03
+    assert gammas[~near_zero].min() >= 0.05 and gammas.max() <= 1.5
+    code, _, err = run_cli("init", cfg_path, "--out", tmp_path / "x.weights", "--sparse", "2")
+    assert code == 2 and "--sparse is a fraction" in err

@@ -13,22 +13,13 @@ import torch
 from test_prune_exact import mini_res_cfg
 
 from slimyolo.darknet import load_model, make_cfg, model_stats, parse_cfg
-from slimyolo.darknet.init import init_random_weights
+from slimyolo.darknet.init import init_random_weights, sparsify_gammas
 from slimyolo.darknet.weights import checkpoint_cfg
 
 
 def sparse_model(cfg, seed: int = 0):
     """Random weights whose |γ| follow a sparse mixture: 80% near 0, the rest log-uniform."""
-    model = init_random_weights(load_model(cfg), seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, block in model.conv_blocks():
-            if block.bn is not None:
-                n = block.bn.weight.numel()
-                small = torch.rand(n, generator=gen) < 0.8
-                large = torch.exp(torch.empty(n).uniform_(np.log(0.05), np.log(1.5), generator=gen))
-                block.bn.weight.copy_(torch.where(small, torch.rand(n, generator=gen) * 1e-3, large))
-    return model
+    return sparsify_gammas(init_random_weights(load_model(cfg), seed), 0.8, seed)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cfg", type=Path)
     p.add_argument("--out", type=Path, required=True, help=".weights (or .pt) file to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sparse", type=float, metavar="F",
+                   help="make a fraction F of BN |γ| near 0 (the rest log-uniform in [0.05, 1.5]), "
+                        "as after sparsity training, to try pruning without training")
     p.set_defaults(func=_init)
 
 
@@ -94,11 +97,16 @@ def _layer_row(graph, i: int, spec) -> str:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from slimyolo.darknet.init import init_random_weights
+    from slimyolo.darknet.init import init_random_weights, sparsify_gammas
     from slimyolo.darknet.model import load_model
     from slimyolo.darknet.weights import save_checkpoint
+    from slimyolo.errors import SlimYoloError
 
+    if args.sparse is not None and not 0.0 <= args.sparse <= 1.0:
+        raise SlimYoloError(f"--sparse is a fraction in [0, 1], got {args.sparse}")
     model = init_random_weights(load_model(args.cfg), args.seed)
+    if args.sparse is not None:
+        sparsify_gammas(model, args.sparse, args.seed)
     if args.out.suffix == ".pt":
         save_checkpoint(model, args.out)
     else:

@@ -9,6 +9,8 @@ activations of ordinary magnitude at any depth.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -43,3 +45,25 @@ def init_random_weights(model: Darknet, seed: int = 0) -> Darknet:
     for bn, momentum in zip(bns, momenta, strict=True):
         bn.momentum = momentum
     return model.eval()
+
+
+@torch.no_grad()
+def sparsify_gammas(model: Darknet, near_zero: float, seed: int = 0,
+                    large: tuple[float, float] = (0.05, 1.5)) -> Darknet:
+    """Give every BN |γ| the distribution sparsity training aims for, to study pruning without training.
+
+    Each channel is, with probability ``near_zero``, uniform in [0, 1e-3), otherwise
+    log-uniform in ``large``; β and the running statistics are kept. The benchmarks use this
+    stated distribution for the original projects' best pruning points.
+    """
+    if not 0.0 <= near_zero <= 1.0:
+        raise ValueError(f"near_zero is a fraction in [0, 1], got {near_zero}")
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = math.log(large[0]), math.log(large[1])
+    for _, block in model.conv_blocks():
+        if block.bn is not None:
+            n = block.bn.weight.numel()
+            small = torch.rand(n, generator=gen) < near_zero
+            big = torch.exp(torch.empty(n).uniform_(lo, hi, generator=gen))
+            block.bn.weight.copy_(torch.where(small, torch.rand(n, generator=gen) * 1e-3, big))
+    return model
