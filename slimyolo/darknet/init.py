@@ -10,6 +10,7 @@ activations of ordinary magnitude at any depth.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -48,22 +49,27 @@ def init_random_weights(model: Darknet, seed: int = 0) -> Darknet:
 
 
 @torch.no_grad()
-def sparsify_gammas(model: Darknet, near_zero: float, seed: int = 0,
+def sparsify_gammas(model: Darknet, near_zero: float | Callable[[float], float], seed: int = 0,
                     large: tuple[float, float] = (0.05, 1.5)) -> Darknet:
     """Give every BN |γ| the distribution sparsity training aims for, to study pruning without training.
 
     Each channel is, with probability ``near_zero``, uniform in [0, 1e-3), otherwise
-    log-uniform in ``large``; β and the running statistics are kept. The benchmarks use this
-    stated distribution for the original projects' best pruning points.
+    log-uniform in ``large``; β and the running statistics are kept. ``near_zero`` may be a
+    function of the layer's relative depth in [0, 1] (trained detectors keep their early,
+    high-resolution layers wider than their deep ones). The benchmarks use this stated
+    distribution for the original projects' best pruning points.
     """
-    if not 0.0 <= near_zero <= 1.0:
-        raise ValueError(f"near_zero is a fraction in [0, 1], got {near_zero}")
+    fraction = near_zero if callable(near_zero) else (lambda _depth: near_zero)
+    blocks = [(i, b) for i, b in model.conv_blocks() if b.bn is not None]
+    depth = len(model.graph.specs) - 1 or 1
+    if not all(0.0 <= fraction(i / depth) <= 1.0 for i, _ in blocks):
+        raise ValueError(f"near_zero must be a fraction in [0, 1], got {near_zero}")
     gen = torch.Generator().manual_seed(seed)
     lo, hi = math.log(large[0]), math.log(large[1])
-    for _, block in model.conv_blocks():
+    for i, block in blocks:
         if block.bn is not None:
             n = block.bn.weight.numel()
-            small = torch.rand(n, generator=gen) < near_zero
+            small = torch.rand(n, generator=gen) < fraction(i / depth)
             big = torch.exp(torch.empty(n).uniform_(lo, hi, generator=gen))
             block.bn.weight.copy_(torch.where(small, torch.rand(n, generator=gen) * 1e-3, big))
     return model
