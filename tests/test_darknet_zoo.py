@@ -119,3 +119,18 @@ def test_sizes_and_errors():
         make_cfg("yolov9")
     with pytest.raises(SlimYoloError, match="classes must be at least 1"):
         make_cfg("yolov3", 0)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_width_multiple_scales_every_convolution_but_the_heads(name):
+    full = build_graph(make_cfg(name, 2, 128))
+    quarter = build_graph(make_cfg(name, 2, 128, width=0.25))
+    heads = {i - 1 for i in full.yolo_layers()}
+    assert [type(s) for s in quarter.specs] == [type(s) for s in full.specs]
+    for i, (a, b) in enumerate(zip(full.specs, quarter.specs, strict=True)):
+        if isinstance(a, Conv):
+            expected = a.filters if i in heads else max(8, round(a.filters / 4 / 8) * 8)
+            assert b.filters == expected, i
+    assert model_stats(make_cfg(name, 2, 128, width=0.25)).params < 0.1 * model_stats(make_cfg(name, 2, 128)).params
+    with pytest.raises(SlimYoloError, match="width must be in"):
+        make_cfg(name, 2, 128, width=0.0)

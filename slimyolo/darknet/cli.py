@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=list(ZOO))
     p.add_argument("--classes", type=int, default=80, help="number of classes (default 80)")
     p.add_argument("--size", help="input size N or WxH (default: the official cfg's)")
+    p.add_argument("--width", type=float, default=1.0,
+                   help="scale every convolution's filters but the heads' (multiples of 8), e.g. 0.25")
     p.add_argument("--out", type=Path, help="cfg file to write (default: standard output)")
     p.set_defaults(func=_zoo)
 
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    cfg = make_cfg(args.name, args.classes, args.size)
+    cfg = make_cfg(args.name, args.classes, args.size, args.width)
     if args.out:
         cfg.write(args.out)
         stats = model_stats(cfg)

@@ -19,11 +19,18 @@ V4_ANCHORS = (12, 16, 19, 36, 40, 28, 36, 75, 76, 55, 72, 146, 142, 110, 192, 24
 TINY_ANCHORS = (10, 14, 23, 27, 37, 58, 81, 82, 135, 169, 344, 319)
 
 
+def scaled(filters: int, width: float) -> int:
+    """``filters`` × ``width``, a multiple of 8 (at least 8): yolov5's width multiple, for models
+    small enough to train on a CPU. Equal widths stay equal, so shortcuts and route groups fit."""
+    return filters if width == 1.0 else max(8, round(filters * width / 8) * 8)
+
+
 class _Builder:
     """Appends sections and tracks layer indices so routes can be written by name."""
 
-    def __init__(self, classes: int) -> None:
+    def __init__(self, classes: int, width: float = 1.0) -> None:
         self.classes = classes
+        self.width = width
         self.layers: list[Section] = []
 
     @property
@@ -31,6 +38,7 @@ class _Builder:
         return len(self.layers) - 1
 
     def conv(self, filters: int, size: int, stride: int = 1, act: str = "leaky") -> int:
+        filters = scaled(filters, self.width)
         self.layers.append(Section.make("convolutional", batch_normalize=1, filters=filters, size=size,
                                         stride=stride, pad=1, activation=act))
         return self.last
@@ -129,20 +137,20 @@ def _v3_heads(b: _Builder, s8: int, s16: int, spp: bool) -> None:
         b.head(mask, V3_ANCHORS, **_V3_YOLO)
 
 
-def yolov3(classes: int = 80, size: tuple[int, int] = (416, 416)) -> Cfg:
-    b = _Builder(classes)
+def yolov3(classes: int = 80, size: tuple[int, int] = (416, 416), width: float = 1.0) -> Cfg:
+    b = _Builder(classes, width)
     _v3_heads(b, *_darknet53(b), spp=False)
     return Cfg(_net(size, classes), b.layers)
 
 
-def yolov3_spp(classes: int = 80, size: tuple[int, int] = (608, 608)) -> Cfg:
-    b = _Builder(classes)
+def yolov3_spp(classes: int = 80, size: tuple[int, int] = (608, 608), width: float = 1.0) -> Cfg:
+    b = _Builder(classes, width)
     _v3_heads(b, *_darknet53(b), spp=True)
     return Cfg(_net(size, classes), b.layers)
 
 
-def yolov3_tiny(classes: int = 80, size: tuple[int, int] = (416, 416)) -> Cfg:
-    b = _Builder(classes)
+def yolov3_tiny(classes: int = 80, size: tuple[int, int] = (416, 416), width: float = 1.0) -> Cfg:
+    b = _Builder(classes, width)
     for filters in (16, 32, 64, 128, 256):
         b.conv(filters, 3)
         b.maxpool(2, 2)
@@ -177,8 +185,8 @@ def _csp_stage(b: _Builder, filters: int, units: int) -> int:
     return b.conv(filters, 1, act="mish")
 
 
-def yolov4(classes: int = 80, size: tuple[int, int] = (608, 608)) -> Cfg:
-    b = _Builder(classes)
+def yolov4(classes: int = 80, size: tuple[int, int] = (608, 608), width: float = 1.0) -> Cfg:
+    b = _Builder(classes, width)
     b.conv(32, 3, act="mish")
     taps = [_csp_stage(b, f, n) for f, n in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4))]
     s8, s16 = taps[2], taps[3]
@@ -217,8 +225,8 @@ def yolov4(classes: int = 80, size: tuple[int, int] = (608, 608)) -> Cfg:
                b.layers)
 
 
-def yolov4_tiny(classes: int = 80, size: tuple[int, int] = (416, 416)) -> Cfg:
-    b = _Builder(classes)
+def yolov4_tiny(classes: int = 80, size: tuple[int, int] = (416, 416), width: float = 1.0) -> Cfg:
+    b = _Builder(classes, width)
     b.conv(32, 3, 2)
     b.conv(64, 3, 2)
     taps = []
@@ -274,11 +282,17 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def make_cfg(name: str, classes: int = 80, size: str | int | tuple[int, int] | None = None) -> Cfg:
-    """A zoo cfg by name, with ``classes`` classes at ``size`` (default: the official size)."""
+def make_cfg(name: str, classes: int = 80, size: str | int | tuple[int, int] | None = None,
+             width: float = 1.0) -> Cfg:
+    """A zoo cfg by name, with ``classes`` classes at ``size`` (default: the official size).
+
+    ``width`` scales the filters of every convolution but the heads (see :func:`scaled`).
+    """
     if name not in ZOO:
         raise SlimYoloError(f"unknown model {name!r}; the zoo has: {', '.join(ZOO)}")
     if classes < 1:
         raise SlimYoloError(f"classes must be at least 1, got {classes}")
+    if not 0.0 < width <= 4.0:
+        raise SlimYoloError(f"width must be in (0, 4], got {width}")
     hw = parse_size(size if size is not None else DEFAULT_SIZE[name])
-    return ZOO[name](classes, hw)
+    return ZOO[name](classes, hw, width)
