@@ -316,7 +316,7 @@ class PipelineResult:
         for r in self.rows:
             shared = " *" if r["fps_from"] != r["model"] else ""
             lines.append(f"| {r['model']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['map50']:.3f} | "
-                         f"{r['params']:,} | {r['size_bytes'] / 1e6:.3g} | {r['bflops']:.3g} | "
+                         f"{r['params']:,} | {r['size_bytes'] / 1e6:.3g} | {_bflops(r['bflops'])} | "
                          f"{r['infer_fps']:.1f}{shared} | {r['fps']:.1f}{shared} |")
         return "\n".join(lines)
 
@@ -340,6 +340,11 @@ class PipelineResult:
         md = [f"# {self.run_dir.name}", "", self.table(), "", *[f"- {n}" for n in self.notes()], "",
               f"Wall time: {self.seconds:.0f} s."]
         atomic_write_text(self.run_dir / "results.md", "\n".join(md) + "\n")
+
+
+def _bflops(value: float) -> str:
+    """Three decimals as darknet prints them; tiny test models get significant digits instead of 0.000."""
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.2g}"
 
 
 def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, say: Callable[[str], None] = print,
