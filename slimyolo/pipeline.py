@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import yaml
 
 from slimyolo.errors import SlimYoloError
+from slimyolo.stages.runners import StageResult
 from slimyolo.stages.specs import (
     ConvertSpec,
     DataRef,
@@ -60,7 +61,7 @@ from slimyolo.stages.specs import (
     SweepSpec,
     TrainSpec,
 )
-from slimyolo.store import Store
+from slimyolo.store import Store, validate_key
 
 SERVICES = ("trainer", "pruner", "converter", "inference")
 # Which service runs each stage, and the Start... method.
@@ -68,9 +69,13 @@ REMOTE_METHODS = {"train": ("trainer", "StartTraining"), "eval": ("trainer", "St
                   "prune": ("pruner", "StartPrune"), "sweep": ("pruner", "StartSweep"),
                   "convert": ("converter", "StartConversion")}
 SECTIONS = ("training", "base", "sparsity", "finetune", "sweep", "prune", "convert", "eval", "remote")
-ROWS = ("baseline", "sparse", "pruned", "fine-tuned", "int8")
 Progress = Callable[[Mapping[str, Any]], None]
 
+# Fields of the stage specs that the pipeline sets itself (the stages' inputs, outputs and roles).
+RESERVED = {"training": ("data", "cfg", "weights", "out", "teacher_cfg", "teacher_weights", "sr", "finetune"),
+            "sweep": ("weights", "cfg", "data", "out"), "prune": ("weights", "cfg", "out"),
+            "convert": ("weights", "cfg", "name", "version", "precision", "calib_data", "evaluate"),
+            "eval": ("weights", "cfg", "data")}
 # Placeholders that let a config section be checked as a stage spec before anything runs.
 _REF = "check/file"
 _DATA = {"tree": "check/data"}
@@ -116,22 +121,20 @@ class PipelineConfig:
         name = f.text("name") or ""
         if not name or "/" in name:
             raise SlimYoloError(f"{f.where('name')}: one name (letters, digits, . _ -) is required, got {name!r}")
-        Fields({"name": name}, source).key("name")
+        validate_key(name, f.where("name"))
         model = f.text("model")
         if not model:
             raise SlimYoloError(f"{f.where('model')}: a zoo name (yolov4-tiny, ...) or a cfg file is required")
         img_size = f.number("img_size", int, None, 32)
         if img_size is None or img_size % 32:
             raise SlimYoloError(f"{f.where('img_size')}: a multiple of 32 is required, got {img_size}")
-        data = f.doc.get("data")
-        f.used.add("data")
+        data = f.raw("data")
         if not (isinstance(data, Mapping) and len(data) == 1 and set(data) <= {"synth", "path"}):
             raise SlimYoloError(f"{f.where('data')}: expected {{synth: {{classes, train, val, size, seed}}}} or "
                                 f"{{path: DATA_SET}}, got {data!r}")
         sections = {}
         for key in SECTIONS:
-            value = f.doc.get(key) or {}
-            f.used.add(key)
+            value = f.raw(key) or {}
             if not isinstance(value, Mapping):
                 raise SlimYoloError(f"{f.where(key)}: expected a mapping, got {value!r}")
             sections[key] = dict(value)
@@ -152,6 +155,12 @@ class PipelineConfig:
 
     def _check(self, source: str) -> None:
         """Build every stage's spec from placeholders, so a bad setting fails now, not after an hour."""
+        for section, reserved in RESERVED.items():
+            names = ("training", "base", "sparsity", "finetune") if section == "training" else (section,)
+            for name in names:
+                taken = sorted(set(getattr(self, name)) & set(reserved))
+                if taken:
+                    raise SlimYoloError(f"{source}: '{name}.{taken[0]}' is set by the pipeline itself")
         for stage in ("base", "sparsity", "finetune"):
             TrainSpec.from_dict({"cfg": _REF, "data": _DATA, "out": "check/out", **self.train_options(stage)},
                                 f"{source}: {stage}").check(f"{source}: {stage}")
@@ -184,8 +193,8 @@ class PipelineConfig:
 
 
 class StageRunner(Protocol):
-    def run(self, spec: Spec, progress: Progress) -> Any:
-        """Run one stage; returns its StageResult (artifacts by role, metrics)."""
+    def run(self, spec: Spec, progress: Progress) -> StageResult:
+        """Run one stage; returns its artifacts by role and its metrics."""
 
 
 class LocalRunner:
@@ -194,7 +203,7 @@ class LocalRunner:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def run(self, spec: Spec, progress: Progress) -> Any:
+    def run(self, spec: Spec, progress: Progress) -> StageResult:
         from slimyolo.stages.runners import run_stage
 
         return run_stage(self.store, spec, progress)
@@ -219,14 +228,13 @@ class RemoteRunner:
             self._channels[service] = channel
         return self._channels[service]
 
-    def run(self, spec: Spec, progress: Progress) -> Any:
+    def run(self, spec: Spec, progress: Progress) -> StageResult:
         import grpc
 
         from slimyolo.rpc.client import follow_job, remote_error
         from slimyolo.rpc.gen.v1 import converter_pb2_grpc, jobs_pb2, jobs_pb2_grpc, pruner_pb2_grpc, trainer_pb2_grpc
         from slimyolo.rpc.messages import artifact_from_proto, struct_to_dict
         from slimyolo.stages.messages import TO_REQUEST
-        from slimyolo.stages.runners import StageResult
         from slimyolo.stages.workspace import resolve
 
         service, method = REMOTE_METHODS[spec.kind]
@@ -371,7 +379,7 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
     def header(step: str, title: str) -> None:
         say(f"\n== [{steps.index(step) + 1}/{len(steps)}] {title} ==")
 
-    def stage(step: str, title: str, spec: Spec) -> Any:
+    def stage(step: str, title: str, spec: Spec) -> StageResult:
         header(step, title)
         t0 = time.monotonic()
         result = runner.run(spec, report)
@@ -392,7 +400,7 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
     cfg: FileRef = store.put_file(_model_cfg(config, classes, run_dir))
     say(f"uploaded the data set and the cfg to {store.uri}")
 
-    def train(step: str, title: str, **refs: Any) -> Any:
+    def train(step: str, title: str, **refs: Any) -> StageResult:
         options = config.train_options({"sparse": "sparsity"}.get(step, step))
         return stage(step, title, TrainSpec(data=data, out=f"{prefix}/{step}", options=options, **refs))
 
@@ -407,7 +415,8 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
     tuned = train("finetune", "fine-tuning" + (" (distilled from the sparse model)" if config.distill else ""),
                   cfg=pruned.artifacts["cfg"], weights=pruned.artifacts["weights"], **teacher)
 
-    def convert(step: str, title: str, result: Any, name: str, precision: str, evaluate: bool = False) -> Any:
+    def convert(step: str, title: str, result: StageResult, name: str, precision: str,
+                evaluate: bool = False) -> StageResult:
         doc = {"cfg": result.artifacts["cfg"], "weights": result.artifacts["weights"], "name": name,
                "calib_data": data, **config.convert_options(precision), "evaluate": evaluate}
         return stage(step, title, ConvertSpec.from_dict(doc))
@@ -422,7 +431,7 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
         evals[row] = stage(f"eval {row}", f"evaluation of the {row} model", EvalSpec.from_dict(
             {"cfg": result.artifacts["cfg"], "weights": result.artifacts["weights"], "data": data, **config.eval}))
 
-    def row(name: str, metrics: Mapping[str, Any], stats: Mapping[str, Any], size: int, ir: Any,
+    def row(name: str, metrics: Mapping[str, Any], stats: Mapping[str, Any], size: int, ir: StageResult,
             ir_row: str) -> dict[str, Any]:
         bench = ir.metrics.get("bench") or {}
         return {"model": name, "precision": metrics["precision"], "recall": metrics["recall"],

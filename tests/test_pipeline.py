@@ -34,6 +34,8 @@ BASE = {"name": "tiny", "model": "yolov4-tiny", "img_size": 96, "data": {"synth"
     ({"remote": {"trainer": "h:1", "detector": "h:2"}}, "'remote.detector' is not a service"),
     ({"finetune": {"distill": "yes"}}, "'finetune.distill' must be true or false"),
     ({"stages": {}}, "unknown field 'stages'"),
+    ({"convert": {"name": "other"}}, "'convert.name' is set by the pipeline"),
+    ({"finetune": {"teacher_weights": "x"}}, "'finetune.teacher_weights' is set by the pipeline"),
 ])
 def test_config_errors_name_the_setting_before_anything_runs(changes, message):
     with pytest.raises(SlimYoloError, match=message):

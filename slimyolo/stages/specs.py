@@ -113,7 +113,7 @@ def _is_number(value: Any, kind: type) -> bool:
 
 
 class Fields:
-    """Reads the fields of one spec out of a mapping, each checked and named in errors."""
+    """Reads the fields of a spec (or a config) out of a mapping, each checked and named in errors."""
 
     def __init__(self, doc: Any, source: str) -> None:
         if not isinstance(doc, Mapping):
@@ -129,6 +129,10 @@ class Fields:
 
     def where(self, name: str) -> str:
         return f"{self.source}: '{name}'"
+
+    def raw(self, name: str) -> Any:
+        """The value as it is (None when absent), for fields a caller checks itself."""
+        return self._get(name, False)
 
     def file(self, name: str, required: bool = False) -> FileRef | None:
         value = self._get(name, required)
