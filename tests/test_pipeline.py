@@ -92,3 +92,17 @@ def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypa
     stages = json.loads((run_dir / "stages.json").read_text())
     assert stages["prune"]["spec"]["global_percent"] == 0.5  # the configured point, not the sweep's
     assert stages["finetune"]["spec"].get("teacher_weights") is None
+
+
+def test_a_data_set_of_ones_own_travels_as_its_folder(tmp_path):
+    from slimyolo.data.synth import write_synthetic
+    from slimyolo.pipeline import prepare_data
+
+    data_file = write_synthetic(tmp_path / "mine", classes=2, train=3, val=2, size=64, seed=0)
+    config = PipelineConfig.from_dict({**BASE, "data": {"path": str(tmp_path / "mine")}})
+    assert prepare_data(config, tmp_path / "run", print) == (data_file.parent, data_file)
+    outside = tmp_path / "mine" / "train.txt"
+    outside.write_text(outside.read_text() + f"{tmp_path / 'elsewhere.jpg'}\n")
+    (tmp_path / "elsewhere.jpg").write_bytes((tmp_path / "mine/images/train/000000.jpg").read_bytes())
+    with pytest.raises(SlimYoloError, match=r"elsewhere\.jpg lies outside"):
+        prepare_data(config, tmp_path / "run", print)
