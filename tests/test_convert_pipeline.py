@@ -155,20 +155,6 @@ def test_letterbox_inside_the_ir_matches_the_host_letterbox():
         assert (got[:, border] == 114).all()
 
 
-def test_fp16_and_onnx(tiny, tmp_path):
-    cfg, weights = tiny
-    res = convert(cfg, weights, tmp_path, via="torch", precision="fp16", onnx=True)
-    assert sorted(p.name for p in res.path.iterdir()) == ["conversion.json", "model.bin", "model.onnx", "model.xml"]
-    assert 'element_type="f16"' in res.xml.read_text() and res.meta.precision == "fp16"
-    by_name = {c.other: c for c in res.parity.comparisons}
-    assert by_name["ir_fp32"].max_abs <= TOL and by_name["onnxruntime"].max_abs <= TOL
-    assert 1e-5 < by_name["saved_fp16"].max_rel <= 2e-2  # FP16 weights: a small, real difference
-    import onnx
-
-    graph = onnx.load(str(res.path / "model.onnx")).graph
-    assert [i.name for i in graph.input] == ["images"] and [o.name for o in graph.output] == ["yolo_30", "yolo_37"]
-
-
 def test_bad_inputs_write_nothing(tiny, tmp_path):
     cfg, weights = tiny
     out = tmp_path / "out"
@@ -214,14 +200,27 @@ def test_parity_failure_and_cancel_write_nothing(tiny, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli(tiny, tmp_path, run_cli):
+def test_cli_fp16_onnx_and_frames_input(tiny, tmp_path, run_cli):
     cfg, weights = tiny
     code, out, err = run_cli("convert", "--cfg", cfg, "--weights", weights, "--out", tmp_path, "--via", "torch",
-                             "--name", "m", "--ppp")
+                             "--name", "m", "--precision", "fp16", "--onnx", "--ppp")
     assert code == 0, err
-    assert f"wrote {tmp_path / 'm' / '1'} (fp32, via torch" in out and "ir_fp32 vs torch" in out and " ok" in out
+    assert f"wrote {tmp_path / 'm' / '1'} (fp16, via torch" in out and "ir_fp32 vs torch" in out and " ok" in out
     assert "] save" in err  # progress on stderr
-    assert read_meta(ov.Core().read_model(tmp_path / "m" / "1" / "model.xml")).input.resize_inside
+    folder = tmp_path / "m" / "1"
+    assert sorted(p.name for p in folder.iterdir()) == ["conversion.json", "model.bin", "model.onnx", "model.xml"]
+    meta = read_meta(ov.Core().read_model(folder / "model.xml"))
+    assert meta.input.resize_inside and meta.precision == "fp16"
+    assert 'element_type="f16"' in (folder / "model.xml").read_text()
+    by_name = {c["other"]: c for c in json.loads((folder / "conversion.json").read_text())["parity"]["comparisons"]}
+    assert by_name["ir_fp32"]["max_abs"] <= TOL and by_name["onnxruntime"]["max_abs"] <= TOL
+    # FP16 weights and the letterbox inside the IR: small, real differences (reported, not gated)
+    assert 1e-5 < by_name["saved_fp16"]["max_rel"] <= 0.05 and not by_name["saved_fp16"]["gated"]
+    import onnx
+
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["images"] and [o.name for o in graph.output] == ["yolo_30", "yolo_37"]
+
     code, out, err = run_cli("convert", "--cfg", cfg, "--weights", tmp_path / "nope.weights", "--out", tmp_path)
     assert code == 2 and "nope.weights: no such weights file" in err
     code, out, err = run_cli("convert", "--cfg", cfg, "--weights", weights, "--out", tmp_path, "--img-size", "100")
