@@ -202,6 +202,24 @@ def test_keys_resolve_through_tree_manifests_and_downloads_are_verified(store, t
     assert not root.exists()  # the work folder goes with the run
 
 
+def test_data_set_archives_must_be_tar_files_that_stay_in_their_folder(store, tmp_path):
+    import io
+    import tarfile
+
+    (tmp_path / "not.tar").write_bytes(b"no archive here")
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with Workspace(store) as ws:
+        for archive in ("not.tar", "evil.tar"):
+            ref = DataRef(archive=store.put_file(tmp_path / archive))
+            with pytest.raises(SlimYoloError, match=r"data\.archive: not a readable tar archive"):
+                ws.data(ref, "data")
+        assert not (ws.root / "inputs" / "escaped.txt").exists()
+
+
 # -- the runners on a trained model ---------------------------------------------------------------------
 
 

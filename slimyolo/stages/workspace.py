@@ -67,13 +67,14 @@ class Workspace:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.root = Path()
+        self._data_sets = 0
+
+    def __enter__(self) -> Workspace:
         base = os.environ.get(ENV_WORK_DIR) or None
         if base:
             Path(base).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="slimyolo-stage-", dir=base))
-        self._data_sets = 0
-
-    def __enter__(self) -> Workspace:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
