@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,6 @@ from slimyolo.serving.streams import StreamMultiplexer
 log = logging.getLogger(__name__)
 
 
-class TimedEngine(Engine):
-    """An Engine that reports OpenVINO's own duration of every asynchronous inference request.
-
-    The runtime measures each request (``InferRequest.latency``), which is the inference alone,
-    without the wait for a free request or the Python around it.
-    """
-
-    def __init__(self, *args: Any, on_infer: Callable[[float], None], **kwargs: Any) -> None:
-        self._on_infer = on_infer
-        super().__init__(*args, **kwargs)
-
-    def _on_done(self, request: Any, future: Future) -> None:
-        self._on_infer(request.latency / 1000.0)
-        super()._on_done(request, future)
-
-
 class ServedModel:
     """A model version compiled for serving (see the module docstring)."""
 
@@ -50,13 +33,13 @@ class ServedModel:
         self.name, self.version, self.path = name, version, path
         settings = {"device": config.device, "hint": config.hint, "precision": config.precision or None,
                     "core": core, "on_infer": on_infer}
-        self.engine = TimedEngine(path / "model.xml", **settings)
+        self.engine = Engine(path / "model.xml", **settings)
         self.meta: ModelMeta = self.engine.meta
         self.signature: Signature = signature(self.engine.compiled, self.meta.outputs)
         self.defaults = DetectOptions(self.engine.conf_thres, self.engine.iou_thres, self.engine.max_det)
         spec = self.meta.input
         tileable = not spec.resize_inside and spec.layout == "NCHW"
-        mosaics = {k: MosaicDetector(TimedEngine(path / "model.xml", input_size=(k * spec.height, k * spec.width),
+        mosaics = {k: MosaicDetector(Engine(path / "model.xml", input_size=(k * spec.height, k * spec.width),
                                                  **settings), k)
                    for k in range(2, config.mosaic_k + 1)} if tileable else {}
         self.mux = StreamMultiplexer(self.engine, mosaics, config.batch_window, name=f"{name}-{version}")
