@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 
-from slimyolo.errors import Cancelled
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -57,12 +56,9 @@ def _detections(detections, names: tuple[str, ...]) -> list[inference_pb2.Detect
 
 
 def _stream_requests(messages: Iterable[inference_pb2.DetectStreamRequest]) -> Iterator[StreamRequest]:
-    try:
-        for m in messages:
-            yield StreamRequest(m.model_name, m.model_version, m.stream_id, m.frame_id, _image(m.frame),
-                                _thresholds(m.options))
-    except grpc.RpcError:  # gRPC's way of saying the client cancelled while the server waited for its next frame
-        raise Cancelled("the client cancelled the stream") from None
+    for m in messages:
+        yield StreamRequest(m.model_name, m.model_version, m.stream_id, m.frame_id, _image(m.frame),
+                            _thresholds(m.options))
 
 
 def _model_info(info: ModelInfo) -> inference_pb2.ModelInfo:
@@ -180,5 +176,6 @@ def build(server: Server, args_or_config: argparse.Namespace | ServingConfig) ->
         server.set_serving(KSERVE)
         server.set_serving(INFERENCE)
 
+    server.on_shutdown(lambda _deadline: plane.close())
     plane.start(on_ready=ready)
     return plane

@@ -50,7 +50,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
-from slimyolo.errors import SlimYoloError
+from slimyolo.errors import Cancelled, SlimYoloError
 from slimyolo.rpc.status import status_of
 
 log = logging.getLogger(__name__)
@@ -179,9 +179,12 @@ class _StatusInterceptor(grpc.ServerInterceptor):
             return request
 
         def counted() -> Iterator[Any]:
-            for item in request:
-                self.m.received.labels(*labels).inc()
-                yield item
+            try:
+                for item in request:
+                    self.m.received.labels(*labels).inc()
+                    yield item
+            except grpc.RpcError:  # gRPC's way of saying the client cancelled while we waited for a message
+                raise Cancelled("the client cancelled the call") from None
 
         return counted()
 
@@ -290,6 +293,10 @@ class Server:
         add_to_server(servicer, self.grpc)
         self._serving[name] = False
 
+    def on_shutdown(self, hook: Callable[[float], None]) -> None:
+        """Call ``hook(deadline)`` during the drain, after new calls are refused (release resources)."""
+        self._shutdown_hooks.append(hook)
+
     def enable_jobs(self):
         """Serve ``slimyolo.v1.Jobs`` here and return the JobManager for the stage's Start... calls."""
         from slimyolo.rpc.gen.v1 import jobs_pb2_grpc
@@ -298,7 +305,7 @@ class Server:
         manager = JobManager(self.config.job_workers, registry=self.registry)
         self.add_service("slimyolo.v1.Jobs", jobs_pb2_grpc.add_JobsServicer_to_server, JobsServicer(manager))
         self._serving["slimyolo.v1.Jobs"] = True
-        self._shutdown_hooks.append(manager.shutdown)
+        self.on_shutdown(manager.shutdown)
         return manager
 
     def set_serving(self, name: str, serving: bool = True) -> None:
