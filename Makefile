@@ -30,7 +30,7 @@ protos: $(STAMP)
 	$(BIN)/python -m slimyolo.rpc.protogen
 
 lint: $(STAMP)
-	$(BIN)/ruff check slimyolo tests services
+	$(BIN)/ruff check slimyolo tests services benchmarks
 
 clean:
 	rm -rf $(VENV) runs .slimyolo .pytest_cache
