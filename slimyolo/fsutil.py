@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a killed writer) never sees a half-written file.
+"""Atomic file writes (a reader, or a killed writer, never sees a half-written file) and the one
+reader of the YAML files users write (configs, stage specs), whose errors name the file and line.
 
 Checkpoints, weights, cfgs and model repositories are all written through these helpers:
 the bytes go to a temporary file in the same folder, are flushed to disk, and are renamed
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -78,3 +80,19 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The document of a YAML file; a missing file or bad YAML is a SlimYoloError naming file and line."""
+    import yaml
+
+    from slimyolo.errors import SlimYoloError
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SlimYoloError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SlimYoloError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import yaml
 
 from slimyolo.errors import SlimYoloError
+from slimyolo.fsutil import read_yaml
 from slimyolo.stages.runners import StageResult
 from slimyolo.stages.specs import (
     ConvertSpec,
@@ -106,12 +107,7 @@ class PipelineConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
         path = Path(path)
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SlimYoloError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise SlimYoloError(f"{path}: not valid YAML: {exc}") from None
+        doc = read_yaml(path)
         return cls.from_dict(doc, str(path))
 
     @classmethod

@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import grpc
@@ -50,6 +50,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
+from slimyolo.envconfig import config_from_env
 from slimyolo.errors import Cancelled, SlimYoloError
 from slimyolo.rpc.status import status_of
 
@@ -84,17 +85,7 @@ class ServerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServerConfig:
         """Defaults, then the SLIMYOLO_* variables of ``env``, then ``overrides`` that are not None."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(_ENV[f.name])
-            if raw:
-                kind = type(getattr(cls, f.name))
-                try:
-                    values[f.name] = kind(raw)
-                except ValueError:
-                    raise SlimYoloError(f"{_ENV[f.name]}={raw!r}: expected {kind.__name__}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        config = replace(cls(), **values)
+        config = config_from_env(cls, _ENV, env, overrides)
         config._check()
         return config
 

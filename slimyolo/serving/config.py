@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
+from slimyolo.envconfig import config_from_env
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer.engine import HINTS, PRECISIONS
 from slimyolo.infer.mosaic import parse_grid
@@ -84,17 +85,7 @@ class ServingConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServingConfig:
         """Defaults, then the variables of ``env``, then ``overrides`` that are not None."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(_ENV[f.name])
-            if raw:
-                kind = type(getattr(cls, f.name))
-                try:
-                    values[f.name] = kind(raw)
-                except ValueError:
-                    raise SlimYoloError(f"{_ENV[f.name]}={raw!r}: expected {kind.__name__}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        config = replace(cls(), **values)
+        config = config_from_env(cls, _ENV, env, overrides)
         config._check()
         return config
 

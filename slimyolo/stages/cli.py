@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from slimyolo.errors import SlimYoloError
+from slimyolo.fsutil import read_yaml
 from slimyolo.stages.specs import SPECS, parse_spec
 
 
@@ -28,14 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_spec_file(kind: str, path: Path):
     """The spec of stage ``kind`` in a YAML file; errors name the file and the field."""
-    import yaml
-
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SlimYoloError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SlimYoloError(f"{path}: not valid YAML: {exc}") from None
+    doc = read_yaml(path)
     return parse_spec(kind, doc, str(path))
 
 

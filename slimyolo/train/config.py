@@ -20,6 +20,7 @@ import yaml
 
 from slimyolo.data.augment import AugmentConfig
 from slimyolo.errors import SlimYoloError
+from slimyolo.fsutil import read_yaml
 from slimyolo.train.loss import LossGains
 
 OPTIMIZERS = ("sgd", "adam")
@@ -129,14 +130,7 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        try:
-            doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SlimYoloError(f"{path}: cannot read: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise SlimYoloError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        doc = read_yaml(path)
         return cls.from_dict(doc or {}, str(path))
 
     def to_yaml(self) -> str:
