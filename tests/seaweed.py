@@ -38,7 +38,8 @@ def weed_binary() -> str:
     return found
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on 127.0.0.1 (held together while chosen, so they differ)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -54,7 +55,7 @@ class SeaweedServer:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = Path(workdir)
-        self.ports = dict(zip(_PORTS, _free_ports(len(_PORTS)), strict=True))
+        self.ports = dict(zip(_PORTS, free_ports(len(_PORTS)), strict=True))
         self.access_key = "slimyolo-test"
         self.secret_key = secrets.token_hex(16)
         self.proc: subprocess.Popen | None = None

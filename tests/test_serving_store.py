@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import cv2
 import grpc
 import numpy as np
 import pytest
+from seaweed import free_ports
 
 from services.inference.server import build
 from slimyolo.data.dataset import read_data_file
@@ -181,21 +181,10 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def test_serve_inference_runs_without_torch_or_tensorflow(store, mini_ir, image, tmp_path):
     """The deployment's command on the deployment's variables, in a process that cannot import torch."""
     store.put_tree("models/mini/1", mini_ir)
-    port, metrics_port = _free_ports(2)
+    port, metrics_port = free_ports(2)
     env = {**os.environ, "SLIMYOLO_MODEL_REPOSITORY": "models", "SLIMYOLO_INFERENCE_PRECISION": "f32"}
     with open(tmp_path / "server.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", BLOCK_TORCH, "serve", "inference", "--bind", "127.0.0.1",
