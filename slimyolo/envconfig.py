@@ -8,27 +8,46 @@ so a bad value is reported the same way, naming the variable, whichever service 
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from dataclasses import fields, replace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self
 
 from slimyolo.errors import SlimYoloError
 
-T = TypeVar("T")
 
+class EnvConfig:
+    """Base of a frozen dataclass of settings, each field read from its variable in ``VARIABLES``.
 
-def config_from_env(cls: type[T], variables: Mapping[str, str], env: Mapping[str, str], overrides: Mapping[str, Any]
-                    ) -> T:
-    """Defaults of ``cls``, then the variables of ``env`` (``variables``: field → name), then the
-    ``overrides`` (flags) that are not None; each value is converted to its field's default's type."""
-    values: dict[str, Any] = {}
-    for f in fields(cls):  # type: ignore[arg-type]
-        raw = env.get(variables[f.name])
-        if raw:
-            kind = type(getattr(cls, f.name))
-            try:
-                values[f.name] = kind(raw)
-            except ValueError:
-                raise SlimYoloError(f"{variables[f.name]}={raw!r}: expected {kind.__name__}") from None
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return replace(cls(), **values)  # type: ignore[type-var]
+    Subclasses set ``VARIABLES`` (field → environment variable) and check their values in
+    ``_check`` (errors naming the flag and the variable).
+    """
+
+    VARIABLES: ClassVar[Mapping[str, str]] = {}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Self:
+        """Defaults, then the variables of ``env``, then ``overrides`` (flags) that are not None; each
+        value is converted to the type of its field's default."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            name = cls.VARIABLES[f.name]
+            raw = env.get(name)
+            if raw:
+                kind = type(getattr(cls, f.name))
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    raise SlimYoloError(f"{name}={raw!r}: expected {kind.__name__}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = replace(cls(), **values)  # type: ignore[type-var]
+        config._check()
+        return config
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> Self:
+        """The configuration of a ``slimyolo serve`` command: its flags win over the environment."""
+        return cls.from_env(env, **{name: getattr(args, name, None) for name in cls.VARIABLES})
+
+    def _check(self) -> None:
+        """Raise SlimYoloError naming the flag and variable of a value out of range."""

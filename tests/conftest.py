@@ -56,12 +56,17 @@ def _conv(filters: int, size: int, stride: int) -> str:
             "activation=leaky\n\n")
 
 
-# A 121k-parameter detector (one residual unit, one head at stride 16) that learns the synthetic
-# task in seconds: the shared trained model of the conversion, inference and service tests.
-MINI_CFG = ("[net]\nwidth=96\nheight=96\nchannels=3\n\n" + _conv(16, 3, 2) + _conv(32, 3, 2) + _conv(64, 3, 2)
-            + _conv(32, 1, 1) + _conv(64, 3, 1) + "[shortcut]\nfrom=-3\nactivation=linear\n\n" + _conv(128, 3, 2)
-            + "[convolutional]\nsize=1\nstride=1\npad=1\nfilters=21\nactivation=linear\n\n"
+def mini_cfg(size: int) -> str:
+    """A 121k-parameter detector (one residual unit, so both sparsity modes differ; one head at
+    stride 16) that learns the synthetic task in seconds, at ``size`` x ``size``."""
+    return (f"[net]\nwidth={size}\nheight={size}\nchannels=3\n\n" + _conv(16, 3, 2) + _conv(32, 3, 2)
+            + _conv(64, 3, 2) + _conv(32, 1, 1) + _conv(64, 3, 1) + "[shortcut]\nfrom=-3\nactivation=linear\n\n"
+            + _conv(128, 3, 2) + "[convolutional]\nsize=1\nstride=1\npad=1\nfilters=21\nactivation=linear\n\n"
             + "[yolo]\nmask=0,1,2\nanchors=14,14, 30,30, 60,60\nclasses=2\nnum=3\n")
+
+
+# The shared trained model of the conversion, inference and service tests.
+MINI_CFG = mini_cfg(96)
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,7 @@ from slimyolo.train.loss import IOU_LOSSES, LossGains, YoloLoss, bbox_iou, init_
 SIZE = 128
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids OpenMP hand-offs, which cost most when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import mini_cfg
 
 from slimyolo.darknet.cfg import parse_cfg_text
 from slimyolo.darknet.model import Darknet, load_model
@@ -26,27 +27,11 @@ from slimyolo.train.evaluate import evaluate
 from slimyolo.train.sparsity import fraction_below, prunable_bn_layers
 from slimyolo.train.trainer import resume, train
 
-
-def _conv(filters: int, size: int, stride: int) -> str:
-    return (f"[convolutional]\nbatch_normalize=1\nfilters={filters}\nsize={size}\nstride={stride}\npad=1\n"
-            "activation=leaky\n\n")
-
-
-# A 121k-parameter detector with one residual unit (so both sparsity modes differ), one head at stride 16.
-MINI_CFG = ("[net]\nwidth=128\nheight=128\nchannels=3\n\n" + _conv(16, 3, 2) + _conv(32, 3, 2) + _conv(64, 3, 2)
-            + _conv(32, 1, 1) + _conv(64, 3, 1) + "[shortcut]\nfrom=-3\nactivation=linear\n\n" + _conv(128, 3, 2)
-            + "[convolutional]\nsize=1\nstride=1\npad=1\nfilters=21\nactivation=linear\n\n"
-            + "[yolo]\nmask=0,1,2\nanchors=14,14, 30,30, 60,60\nclasses=2\nnum=3\n")
+MINI_CFG = mini_cfg(128)
 NO_MOSAIC = {"mosaic": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models: one thread avoids OpenMP hand-offs, which cost most when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -43,14 +43,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 
-from slimyolo.envconfig import config_from_env
+from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import Cancelled, SlimYoloError
 from slimyolo.rpc.status import status_of
 
@@ -73,7 +73,7 @@ _FLAGS = {"bind": "--bind", "port": "--port", "metrics_port": "--metrics-port",
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class ServerConfig(EnvConfig):
     bind: str = "0.0.0.0"
     port: int = 50051
     metrics_port: int = 8000
@@ -82,17 +82,7 @@ class ServerConfig:
     job_workers: int = 1
     grace_seconds: float = 20.0
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServerConfig:
-        """Defaults, then the SLIMYOLO_* variables of ``env``, then ``overrides`` that are not None."""
-        config = config_from_env(cls, _ENV, env, overrides)
-        config._check()
-        return config
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> ServerConfig:
-        """The configuration for ``slimyolo serve <stage>``: flags from :func:`add_arguments` win."""
-        return cls.from_env(env, **{name: getattr(args, name, None) for name in _ENV})
+    VARIABLES: ClassVar[Mapping[str, str]] = _ENV
 
     def _check(self) -> None:
         def where(name: str) -> str:

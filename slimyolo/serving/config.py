@@ -25,9 +25,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import ClassVar
 
-from slimyolo.envconfig import config_from_env
+from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer.engine import HINTS, PRECISIONS
 from slimyolo.infer.mosaic import parse_grid
@@ -60,7 +60,7 @@ _HELP = {
 
 
 @dataclass(frozen=True)
-class ServingConfig:
+class ServingConfig(EnvConfig):
     """What the inference service serves and how (see the module docstring for each field)."""
 
     model_repository: str = "models"
@@ -82,17 +82,7 @@ class ServingConfig:
     def batch_window(self) -> float:
         return self.batch_window_ms / 1000.0
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServingConfig:
-        """Defaults, then the variables of ``env``, then ``overrides`` that are not None."""
-        config = config_from_env(cls, _ENV, env, overrides)
-        config._check()
-        return config
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> ServingConfig:
-        """The configuration of ``slimyolo serve inference``: flags from :func:`add_arguments` win."""
-        return cls.from_env(env, **{name: getattr(args, name, None) for name in _ENV})
+    VARIABLES: ClassVar[Mapping[str, str]] = _ENV
 
     def _check(self) -> None:
         def where(name: str) -> str:
