@@ -391,16 +391,42 @@ def test_a_client_that_stops_sending_does_not_stall_the_others(served, images):
         next(gone)
     assert err.value.code() == grpc.StatusCode.CANCELLED
 
-    def counted(code: str) -> float:
-        key = ("slimyolo_inference_requests_total", frozenset({"model": "mini", "api": "detect_stream",
-                                                               "code": code}.items()))
-        return _metrics(server).get(key, 0.0) - before.get(key, 0.0)
+    assert _streams_counted(server, before, 3) == {"CANCELLED": 1, "OK": 2}
 
+
+def _streams_counted(server, before: dict, calls: int) -> dict[str, float]:
+    """DetectStream calls of "mini" counted since ``before``, by code, once ``calls`` of them are.
+
+    A stream is counted when grpc ends the call, which can be just after the client saw its end.
+    """
     deadline = time.monotonic() + 60
-    while counted("CANCELLED") < 1:  # the server learns of the cancellation on its own schedule
-        assert time.monotonic() < deadline, "the cancelled stream was not counted"
-        time.sleep(0.1)
-    assert (counted("CANCELLED"), counted("OK"), counted("INTERNAL")) == (1, 2, 0)
+    while True:
+        after = _metrics(server)
+        counts = {labels["code"]: value - before.get((name, key), 0.0) for (name, key), value in after.items()
+                  if name == "slimyolo_inference_requests_total"
+                  and (labels := dict(key))["api"] == "detect_stream" and labels["model"] == "mini"}
+        counts = {code: n for code, n in counts.items() if n}
+        if sum(counts.values()) >= calls:
+            return counts
+        assert time.monotonic() < deadline, f"only {counts} of {calls} streams counted"
+        time.sleep(0.05)
+
+
+def test_every_cancelled_stream_is_counted_cancelled(served, images):
+    """A cancel reaches the servicer either as a failed read or, about one time in seven, as the normal
+    end of the frames (grpc cannot tell them apart then): only the end of the call says which."""
+    server, _, channel = served
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    before = _metrics(server)
+    frame = _frame("cam", 0, images[0])
+    for _ in range(20):
+        outbox: queue.Queue = queue.Queue()
+        outbox.put(frame)
+        call = stub.DetectStream(iter(outbox.get, None), timeout=60)
+        assert next(call).frame_id == 0
+        call.cancel()  # while the server waits for the next frame
+        outbox.put(None)  # ends the client's sending thread
+    assert _streams_counted(server, before, 20) == {"CANCELLED": 20}
 
 
 def test_bad_stream_frames_end_the_call_naming_the_frame(served, images):
@@ -450,7 +476,7 @@ def test_metrics_show_fps_latency_and_outcomes(served, images):
     assert delta(requests, model="mini", api="detect", code="OK") == 2
     assert delta(requests, model="", api="detect", code="NOT_FOUND") == 1  # unknown names do not become labels
     assert delta(requests, model="mini", api="model_infer", code="OK") == 1
-    assert delta(requests, model="mini", api="detect_stream", code="OK") == 1
+    assert _streams_counted(server, before, 1) == {"OK": 1}
     assert delta("slimyolo_inference_frames_total", model="mini") == 2 + 3 + 2
     e2e = "slimyolo_inference_end_to_end_duration_seconds_count"
     assert (delta(e2e, model="mini", api="detect"), delta(e2e, model="mini", api="model_infer"),

@@ -19,7 +19,7 @@ import grpc
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from slimyolo.rpc.server import Server
+from slimyolo.rpc.server import Server, on_call_end
 from slimyolo.rpc.status import status_of
 from slimyolo.serving import config as serving_config
 from slimyolo.serving.config import ServingConfig
@@ -55,8 +55,12 @@ def _detections(detections, names: tuple[str, ...]) -> list[inference_pb2.Detect
             for b, s, c in zip(detections.boxes.tolist(), detections.scores, detections.classes, strict=True)]
 
 
-def _stream_requests(messages: Iterable[inference_pb2.DetectStreamRequest]) -> Iterator[StreamRequest]:
+def _stream_requests(messages: Iterable[inference_pb2.DetectStreamRequest], first_model: list[str]
+                     ) -> Iterator[StreamRequest]:
+    """The call's frames; ``first_model`` gets the model the first one names (the call's metric label)."""
     for m in messages:
+        if not first_model:
+            first_model.append(m.model_name)
         yield StreamRequest(m.model_name, m.model_version, m.stream_id, m.frame_id, _image(m.frame),
                             _thresholds(m.options))
 
@@ -87,7 +91,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     def DetectStream(self, request_iterator: Iterable[inference_pb2.DetectStreamRequest],
                      context: grpc.ServicerContext) -> Iterator[inference_pb2.DetectStreamResponse]:
-        for r in self.plane.detect_stream(_stream_requests(request_iterator)):
+        first_model: list[str] = []
+        on_call_end(context, lambda code: self.plane.count_stream(first_model[0] if first_model else "", code.name))
+        for r in self.plane.detect_stream(_stream_requests(request_iterator, first_model)):
             yield inference_pb2.DetectStreamResponse(stream_id=r.stream_id, frame_id=r.frame_id,
                                                      detections=_detections(r.detections, r.names),
                                                      model_version=r.model_version, mosaic_streams=r.mosaic_frames)

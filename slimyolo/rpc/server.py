@@ -13,7 +13,10 @@ translation between its protobuf messages and the core library:
   servers can share a test process): ``grpc_server_started_total``, ``grpc_server_handled_total``
   (by ``grpc_code``), ``grpc_server_msg_received_total``, ``grpc_server_msg_sent_total`` and the
   ``grpc_server_handling_seconds`` histogram, labelled by ``grpc_type``, ``grpc_service`` and
-  ``grpc_method`` as go-grpc-prometheus names them, plus ``process_*`` and the servicer's own;
+  ``grpc_method`` as go-grpc-prometheus names them, plus ``process_*`` and the servicer's own.
+  A stream that ends without error is counted when grpc ends the call (OK, or CANCELLED if the
+  client cancelled: grpc can present a cancel as the normal end of the requests); a servicer that
+  counts its streams learns their final code from :func:`on_call_end`;
 - an interceptor that turns exceptions into status codes (:func:`slimyolo.rpc.status.status_of`):
   SlimYoloError → INVALID_ARGUMENT, NotFoundError → NOT_FOUND, UnavailableError → UNAVAILABLE,
   Cancelled → CANCELLED, anything else → INTERNAL with the traceback in the log;
@@ -40,6 +43,7 @@ import logging
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, fields
@@ -209,25 +213,111 @@ class _StatusInterceptor(grpc.ServerInterceptor):
 
         def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             self.m.started.labels(*labels).inc()
-            start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+            start = time.perf_counter()
+
+            def record(code: grpc.StatusCode) -> None:
+                self.m.handled.labels(*labels, code.name).inc()
+                self.m.seconds.labels(*labels).observe(time.perf_counter() - start)
+
+            outcome = _StreamOutcome(record)
+            _STREAMS[context] = outcome
+            if not context.add_callback(lambda: outcome.over(context)):
+                outcome.over(context)  # the call ended before it started (the client went away)
+            return responses(request, context, outcome)
+
+        def responses(request: Any, context: grpc.ServicerContext, outcome: _StreamOutcome) -> Iterator[Any]:
             try:
                 for response in behavior(self._count_requests(request, labels, streaming_in), context):
                     self.m.sent.labels(*labels).inc()
                     yield response
-                code = context.code() or (grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
             except GeneratorExit:  # the client went away, or the drain's grace period ended
-                code = grpc.StatusCode.CANCELLED
+                outcome.finish(grpc.StatusCode.CANCELLED)
                 raise
             except Exception as exc:
                 code, message = self._status(exc, context, labels)
+                outcome.finish(code)
                 if message is None:
                     raise
                 context.abort(code, message)  # raises; grpc sends the status without logging a traceback
-            finally:
-                self.m.handled.labels(*labels, code.name).inc()
-                self.m.seconds.labels(*labels).observe(time.perf_counter() - start)
+            else:
+                code = context.code()
+                if code not in (None, grpc.StatusCode.OK):
+                    outcome.finish(code)  # the servicer's own status (context.set_code)
+                # Otherwise OK, unless the client cancelled: grpc knows once the call is over (outcome.over).
 
         return call
+
+
+def _client_cancelled(context: grpc.ServicerContext) -> bool:
+    """Whether the client cancelled the call (or its deadline passed); final once the call is over.
+
+    grpc's sync server has no public accessor for it: the transport's verdict (RECV_CLOSE_ON_SERVER
+    ``cancelled``) is kept in the call's private state, ``_state.client == "cancelled"``. This is the
+    one place that reads it; tests/test_serving_api.py fails if a grpc release moves it.
+    """
+    return getattr(getattr(context, "_state", None), "client", None) == "cancelled"
+
+
+class _StreamOutcome:
+    """The status of one streaming call: final when its servicer fails, else when grpc ends the call.
+
+    A stream whose servicer ends without error is not known to be OK at that moment: grpc's sync
+    server presents a client's cancel as the normal end of the request stream when the failed read
+    of the next message reaches the servicer before the cancel itself (about one cancel in seven on
+    a busy machine), and it stops iterating, without closing, the responses of a client that went
+    away. Only when the call is over (``context.add_callback``) does grpc know whether the client
+    cancelled. Listeners (:func:`on_call_end`) get the final code once.
+    """
+
+    def __init__(self, record: Callable[[grpc.StatusCode], None]) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[grpc.StatusCode], None]] = [record]
+        self._code: grpc.StatusCode | None = None
+
+    def listen(self, callback: Callable[[grpc.StatusCode], None]) -> None:
+        with self._lock:
+            if self._code is None:
+                self._listeners.append(callback)
+                return
+            code = self._code
+        callback(code)
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        with self._lock:
+            if self._code is not None:
+                return
+            self._code = code
+            listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            try:
+                listener(code)
+            except Exception:  # a listener's bug must not hide the others' counts
+                log.exception("a listener of a call's end failed")
+
+    def over(self, context: grpc.ServicerContext) -> None:
+        """grpc ended the call: OK unless the client cancelled (the servicer's error was final already)."""
+        if not _client_cancelled(context):
+            self.finish(grpc.StatusCode.OK)
+        elif context.time_remaining() <= 0:
+            self.finish(grpc.StatusCode.DEADLINE_EXCEEDED)
+        else:
+            self.finish(grpc.StatusCode.CANCELLED)
+
+
+# The outcome of every streaming call in progress, by its context (see on_call_end).
+_STREAMS: weakref.WeakKeyDictionary[grpc.ServicerContext, _StreamOutcome] = weakref.WeakKeyDictionary()
+
+
+def on_call_end(context: grpc.ServicerContext, callback: Callable[[grpc.StatusCode], None]) -> None:
+    """Call ``callback(code)`` once the streaming call of ``context`` has the status it ends with.
+
+    For a servicer that counts its streams by outcome: the end of its generator is too early to
+    tell (see :class:`_StreamOutcome`). The callback may run on one of grpc's threads: keep it short.
+    """
+    outcome = _STREAMS.get(context)
+    if outcome is None:
+        raise RuntimeError("on_call_end: not a streaming call of a slimyolo Server")
+    outcome.listen(callback)
 
 
 # -- the server ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from slimyolo import __version__
-from slimyolo.errors import Cancelled, SlimYoloError
+from slimyolo.errors import SlimYoloError
 from slimyolo.infer.engine import Detections
 from slimyolo.serving.config import ServingConfig
 from slimyolo.serving.images import (
@@ -230,7 +230,8 @@ class DataPlane:
         The model named on the call's first frame serves every frame that names none. Each frame
         takes its own lease, so a long stream moves to a new version as soon as it is swapped in.
         A frame that cannot be used (no model, an undecodable image) ends the call with the
-        error, naming its stream and frame, after the results of the frames before it.
+        error, naming its stream and frame, after the results of the frames before it. The caller
+        counts the call once it knows its outcome (:meth:`count_stream`).
         """
         first: list[StreamRequest] = []
 
@@ -253,18 +254,15 @@ class DataPlane:
                 raise
             return _StreamFrame(self, request, lease, pending, t0)
 
-        code = "OK"
-        try:
-            yield from pipelined(requests, start, self.max_in_flight)
-        except GeneratorExit:  # the consumer (the client's call) went away
-            code = self.code_of(Cancelled("the client ended the stream"))
-            raise
-        except BaseException as exc:
-            code = self.code_of(exc)
-            raise
-        finally:
-            self.metrics.requests.labels(self._label(first[0].model_name if first else ""), "detect_stream",
-                                         code).inc()
+        yield from pipelined(requests, start, self.max_in_flight)
+
+    def count_stream(self, model_name: str, code: str) -> None:
+        """Count a :meth:`detect_stream` call by its outcome, which its transport learns only at its end.
+
+        ``model_name`` is the one the call's first frame named. Over gRPC a client's cancel can end
+        the frames like a normal end of stream; only the end of the call tells them apart.
+        """
+        self.metrics.requests.labels(self._label(model_name), "detect_stream", code).inc()
 
     # -- the model repository ---------------------------------------------------------------------
 
