@@ -90,3 +90,38 @@ def test_detect_finds_a_planted_box():
     assert empty.shape == (0, 6)
     np.testing.assert_allclose(det[0, :4], [48 - 48, 80 - 48, 48 + 48, 80 + 48], atol=1e-4)
     assert det[0, 5] == 2
+
+
+def _greedy(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> list[int]:
+    """The textbook greedy NMS, one box at a time, per class (the reference for OpenCV's)."""
+    keep: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        same = [k for k in keep if classes[k] == classes[i]]
+        if not same or box_iou(boxes[i:i + 1], boxes[same]).max() <= iou:
+            keep.append(int(i))
+    return keep
+
+
+@pytest.mark.parametrize("max_det", [5, 300, 5000])
+def test_nms_matches_the_greedy_loop_per_class_across_chunks(max_det):
+    rng = np.random.default_rng(1)
+    n = 1500  # two OpenCV chunks; boxes reach past the top-left corner (negative coordinates)
+    xy = rng.uniform(-40, 400, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(4, 80, (n, 2))], axis=1).astype(np.float32)
+    scores = np.round(rng.random(n), 2).astype(np.float32)  # many equal scores: ties keep input order
+    classes = rng.integers(0, 3, n)
+    expected = _greedy(boxes, scores, classes, 0.45)
+    assert len(expected) > 300
+    assert nms(boxes, scores, 0.45, max_det, classes).tolist() == expected[:max_det]
+    agnostic = _greedy(boxes, scores, np.zeros(n, int), 0.45)
+    assert nms(boxes, scores, 0.45, max_det).tolist() == agnostic[:max_det]
+
+
+def test_postprocess_caps_the_candidates_before_nms():
+    # 50 disjoint boxes: NMS keeps them all, unless only the best max_nms of them go in.
+    k = np.arange(50, dtype=np.float32)
+    pred = np.stack([k * 40 + 10, np.full(50, 10.0), np.full(50, 8.0), np.full(50, 8.0), 0.5 + k / 100,
+                     np.ones(50), np.zeros(50)], axis=1)[None].astype(np.float32)
+    assert len(postprocess(pred, conf_thres=0.1)[0]) == 50
+    (det,) = postprocess(pred, conf_thres=0.1, max_nms=7)
+    np.testing.assert_allclose(det[:, 4], 0.5 + np.arange(49, 42, -1) / 100, rtol=1e-6)

@@ -1,4 +1,4 @@
-"""YOLO decode and NMS in NumPy: one implementation for evaluation, inference and serving.
+"""YOLO decode (NumPy) and NMS (OpenCV): one implementation for evaluation, inference and serving.
 
 The raw heads of every runtime (PyTorch, Keras, OpenVINO, ONNX Runtime) are decoded here, so
 the same detections come out whatever ran the network. Everything is vectorised over the
@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from slimyolo.darknet.graph import Head
 
-MAX_WH = 8192.0  # box offset per class for class-aware NMS in one pass (larger than any image)
+# Most candidates that go into NMS, highest scores first (ultralytics' ``max_nms``): a weak or
+# freshly pruned model at a low threshold scores nearly every box, and the work per image must
+# stay bounded whatever thresholds a request sends.
+MAX_NMS = 30000
+NMS_CHUNK = 1024  # candidates per OpenCV NMS call (see :func:`nms`)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -81,27 +86,49 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_det: int = 300) -> np.ndarray:
-    """Greedy NMS; returns the indices kept, highest score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_det: int = 300,
+        classes: np.ndarray | None = None) -> np.ndarray:
+    """Greedy NMS, per class when ``classes`` is given; the indices kept, highest score first.
+
+    OpenCV's compiled ``NMSBoxesBatched`` does the work: the same greedy rule as the textbook
+    loop (a box survives when its IoU with every kept box is at most ``iou_thres``; equal scores
+    keep their input order; any score, zero included, takes part), but in C++. OpenCV has no
+    early stop at ``max_det``, and its cost grows with candidates × boxes kept, so the
+    candidates go in by chunks of the highest scores,
+    each run together with the boxes kept so far (they outrank the chunk, so they stay kept and
+    suppress exactly what they would in one run); it stops once ``max_det`` boxes are kept.
+    """
+    n = len(scores)
+    if not n or max_det < 1:
+        return np.zeros(0, np.int64)
     order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size and len(keep) < max_det:
-        i = order[0]
-        keep.append(int(i))
-        rest = order[1:]
-        if not rest.size:
+    rects = boxes[order].astype(np.float64)
+    rects[:, 2:] -= rects[:, :2]  # x, y, w, h as OpenCV's Rect2d
+    # OpenCV separates classes by an offset of (largest coordinate + 1) per class id, which only
+    # works for coordinates >= 0; boxes may reach past the image's top-left corner.
+    rects[:, :2] -= min(float(rects[:, :2].min()), 0.0)
+    # OpenCV sorts by score again and drops scores <= 0: it gets ranks instead (n … 1, exact in float32).
+    ranked = np.arange(n, 0, -1, dtype=np.float32)
+    ids = np.zeros(n, np.int32) if classes is None else classes[order].astype(np.int32)
+    chunk = max(NMS_CHUNK, 2 * max_det)
+    keep = np.zeros(0, np.int64)  # positions in ``order``
+    for start in range(0, n, chunk):
+        candidates = np.concatenate([keep, np.arange(start, min(start + chunk, n))])
+        kept = cv2.dnn.NMSBoxesBatched(rects[candidates], ranked[candidates], ids[candidates], 0.0, iou_thres)
+        keep = candidates[np.asarray(kept, np.int64).reshape(-1)]
+        if len(keep) >= max_det:
             break
-        order = rest[box_iou(boxes[i:i + 1], boxes[rest])[0] <= iou_thres]
-    return np.asarray(keep, dtype=np.int64)
+    return order[keep[:max_det]]
 
 
 def postprocess(decoded: np.ndarray, conf_thres: float = 0.25, iou_thres: float = 0.45,
-                multi_label: bool = False, max_det: int = 300, agnostic: bool = False) -> list[np.ndarray]:
+                multi_label: bool = False, max_det: int = 300, agnostic: bool = False,
+                max_nms: int = MAX_NMS) -> list[np.ndarray]:
     """Decoded boxes (N, K, 5+C) → per image (M, 6) float32: x1, y1, x2, y2, score, class.
 
     score = objectness × class probability. ``multi_label`` keeps every class above the
     threshold for a box (what mAP evaluation at conf 0.001 uses); otherwise the best class.
-    NMS is per class unless ``agnostic``.
+    NMS is per class unless ``agnostic``, over the ``max_nms`` best-scoring candidates.
     """
     results = []
     for pred in decoded:
@@ -110,20 +137,22 @@ def postprocess(decoded: np.ndarray, conf_thres: float = 0.25, iou_thres: float 
             results.append(np.zeros((0, 6), np.float32))
             continue
         scores = pred[:, 5:] * pred[:, 4:5]
-        boxes = xywh_to_xyxy(pred[:, :4])
         if multi_label:
             i, j = np.nonzero(scores > conf_thres)
-            det = np.concatenate([boxes[i], scores[i, j, None], j[:, None].astype(np.float32)], axis=1)
+            best = scores[i, j]
         else:
             j = scores.argmax(axis=1)
             best = scores[np.arange(len(j)), j]
-            ok = best > conf_thres
-            det = np.concatenate([boxes[ok], best[ok, None], j[ok, None].astype(np.float32)], axis=1)
-        if not det.shape[0]:
+            i = np.nonzero(best > conf_thres)[0]
+            j, best = j[i], best[i]
+        if len(best) > max_nms:
+            top = np.sort(np.argpartition(-best, max_nms - 1)[:max_nms])  # input order kept for ties
+            i, j, best = i[top], j[top], best[top]
+        if not len(best):
             results.append(np.zeros((0, 6), np.float32))
             continue
-        offset = 0.0 if agnostic else det[:, 5:6] * MAX_WH
-        keep = nms(det[:, :4] + offset, det[:, 4], iou_thres, max_det)
+        det = np.concatenate([xywh_to_xyxy(pred[i, :4]), best[:, None], j[:, None].astype(np.float32)], axis=1)
+        keep = nms(det[:, :4], det[:, 4], iou_thres, max_det, None if agnostic else j)
         results.append(det[keep].astype(np.float32))
     return results
 
