@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,21 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from slimyolo.cpuinfo import cpu_info
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, the SIMD extensions that matter to OpenVINO, library versions, load."""
-    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in text.splitlines()
-                           if line.startswith("model name"))
-        flags = set(next(line for line in text.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
-        info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-                                   "amx_int8") if f in flags]
-    except (OSError, StopIteration):
-        pass
+    info = cpu_info()
     import openvino
 
     info["openvino"] = openvino.__version__.split("-")[0]
