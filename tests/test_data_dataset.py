@@ -46,6 +46,44 @@ def test_read_data_file_resolves_lists_and_folders(darknet_set, tmp_path, monkey
         assert spec.split("val") == spec.valid
 
 
+def test_a_users_own_data_set_may_name_any_path_a_checked_one_only_its_own(darknet_set, tmp_path):
+    """The CLI reads a user's data set as darknet does; a data set from a request (``root``) stays in its folder."""
+    outside = tmp_path / "elsewhere.names"
+    outside.write_text("secret-1\nsecret-2\n")
+    data = darknet_set / "obj.data"
+    data.write_text(f"classes = 2\ntrain = train.txt\nvalid = images/valid\nnames = {outside}\n")
+    assert read_data_file(data).names == ["secret-1", "secret-2"]  # the user's own files: any path
+    cases = {
+        f"names = {outside}": "obj.data:3: 'names' names '" + str(outside) + "', an absolute path",
+        "names = ../elsewhere.names": "'names' names '../elsewhere.names', which leads outside",
+        "names = ~/obj.names": "'names' names '~/obj.names', an absolute path",
+        "train = ../set/../../x": "'train' names '../set/../../x', which leads outside",
+        "valid = link": "'valid' names 'link', which leads outside",
+        "train = missing.txt": "'train' names 'missing.txt', which does not exist (missing.txt)",
+    }
+    (darknet_set / "link").symlink_to(tmp_path)  # a folder of images outside, through a link
+    for line, message in cases.items():
+        key = line.split(" = ")[0]
+        lines = {"classes": "classes = 2", "train": "train = train.txt", "names": "names = obj.names", key: line}
+        data.write_text("\n".join(lines.values()) + "\n")
+        with pytest.raises(SlimYoloError) as err:
+            read_data_file(data, root=darknet_set)
+        assert message in str(err.value), str(err.value)
+        assert str(tmp_path) not in str(err.value).replace(str(outside), "") and "secret-1" not in str(err.value)
+    # List entries: each must be a file of the data set (the working directory is never searched).
+    (darknet_set / "train.txt").write_text("images/train/0.png\n../elsewhere.names\n")
+    data.write_text("classes = 2\ntrain = train.txt\n")
+    with pytest.raises(SlimYoloError, match=r"^train\.txt:2: an image of 'train' names '\.\./elsewhere\.names', "
+                                            "which leads outside"):
+        read_data_file(data, root=darknet_set)
+    (darknet_set / "train.txt").write_text("images/train/0.png\nimages/train/7.png\n")
+    with pytest.raises(NotFoundError, match=r"^train\.txt:2: an image of 'train' names 'images/train/7\.png', "
+                                            "which is not a file of the data set"):
+        read_data_file(data, root=darknet_set)
+    (darknet_set / "train.txt").write_text("images/train/0.png\n")
+    assert read_data_file(darknet_set, root=darknet_set).train == [(darknet_set / "images/train/0.png").resolve()]
+
+
 def test_label_path_follows_darknet():
     assert label_path("/d/images/train/a.jpg").as_posix() == "/d/labels/train/a.txt"
     assert label_path("/images/x/images/b.png").as_posix() == "/images/x/labels/b.txt"  # the last one

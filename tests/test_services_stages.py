@@ -213,11 +213,64 @@ def test_data_set_archives_must_be_tar_files_that_stay_in_their_folder(store, tm
         info.size = 2
         tar.addfile(info, io.BytesIO(b"hi"))
     with Workspace(store) as ws:
-        for archive in ("not.tar", "evil.tar"):
+        for archive, message in (("not.tar", "not a readable tar archive"), ("evil.tar", "leads out of the data set")):
             ref = DataRef(archive=store.put_file(tmp_path / archive))
-            with pytest.raises(SlimYoloError, match=r"data\.archive: not a readable tar archive"):
+            with pytest.raises(SlimYoloError, match=rf"data\.archive: .*{message}"):
                 ws.data(ref, "data")
         assert not (ws.root / "inputs" / "escaped.txt").exists()
+
+
+# A stage run in another process: it opens a work folder, prints it, and waits to be killed.
+HOLD_WORK_FOLDER = """
+import sys, time
+from slimyolo.stages.workspace import Workspace
+from slimyolo.store import LocalStore
+print(Workspace(LocalStore(sys.argv[1])).__enter__().root, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_service_starting_removes_the_work_folders_of_killed_runs_only(store, tmp_path, monkeypatch):
+    """SIGKILL leaves a run's folder behind; the next service start removes it, and keeps the live ones."""
+    import argparse
+    import signal
+    import tempfile
+
+    import services.pruner.server as pruner
+    from slimyolo.rpc.server import Server, ServerConfig
+
+    runs = [subprocess.Popen([sys.executable, "-c", HOLD_WORK_FOLDER, str(store.root)], stdout=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    try:
+        killed, alive = (Path(run.stdout.readline().strip()) for run in runs)
+        runs[0].send_signal(signal.SIGKILL)
+        runs[0].wait(30)
+        (killed / "inputs").mkdir()
+        (killed / "inputs" / "data.tar").write_bytes(b"left behind")
+        work = killed.parent
+        unlocked = Path(tempfile.mkdtemp(prefix="slimyolo-stage-", dir=work))  # as earlier releases made them
+        (work / "slimyolo-stage-link").symlink_to(tmp_path / "keep", target_is_directory=True)
+        (tmp_path / "keep").mkdir()
+        with Workspace(store) as mine:  # a run in progress in this process
+            server = Server("pruner", ServerConfig(bind="127.0.0.1", port=0, metrics_port=0))
+            monkeypatch.setenv("SLIMYOLO_STORE", str(store.root))
+            pruner.build(server, argparse.Namespace())
+            assert not killed.exists() and not unlocked.exists()
+            assert alive.is_dir() and mine.root.is_dir() and (tmp_path / "keep").is_dir()
+        assert runs[1].poll() is None
+    finally:
+        for run in runs:
+            run.kill()
+            run.wait(30)
+
+
+def test_bad_archive_limits_stop_a_service_at_start_up(run_cli, monkeypatch):
+    monkeypatch.setenv("SLIMYOLO_ARCHIVE_MAX_MEMBERS", "0")
+    code, _, err = run_cli("serve", "pruner", "--port", "0", "--metrics-port", "0")
+    assert code == 2 and "SLIMYOLO_ARCHIVE_MAX_MEMBERS: must be at least 1, got 0" in err
+    monkeypatch.setenv("SLIMYOLO_ARCHIVE_MAX_MEMBERS", "many")
+    code, _, err = run_cli("serve", "trainer", "--port", "0", "--metrics-port", "0")
+    assert code == 2 and "SLIMYOLO_ARCHIVE_MAX_MEMBERS='many': expected int" in err
 
 
 # -- the runners on a trained model ---------------------------------------------------------------------

@@ -21,6 +21,7 @@ from slimyolo.serving.config import ENV_MODEL_REPOSITORY, ServingConfig
 from slimyolo.stages.jobs import submit_stage
 from slimyolo.stages.messages import convert_from_request
 from slimyolo.stages.runners import model_repository
+from slimyolo.stages.workspace import remove_stale_work_dirs
 from slimyolo.store import Store, open_store
 
 SERVICE = "slimyolo.v1.Converter"
@@ -46,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Converter and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
     repository = model_repository(args.model_repository, "--model-repository")
+    remove_stale_work_dirs()  # the work folders of jobs killed with an earlier process
     jobs = server.enable_jobs()
     server.add_service(SERVICE, converter_pb2_grpc.add_ConverterServicer_to_server,
                        ConverterServicer(open_store(), jobs, repository))

@@ -16,6 +16,7 @@ from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.stages.jobs import submit_stage
 from slimyolo.stages.messages import prune_from_request, sweep_from_request
+from slimyolo.stages.workspace import remove_stale_work_dirs
 from slimyolo.store import Store, open_store
 
 SERVICE = "slimyolo.v1.Pruner"
@@ -36,6 +37,7 @@ class PrunerServicer(pruner_pb2_grpc.PrunerServicer):
 
 def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Pruner and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
+    remove_stale_work_dirs()  # the work folders of jobs killed with an earlier process
     jobs = server.enable_jobs()
     server.add_service(SERVICE, pruner_pb2_grpc.add_PrunerServicer_to_server, PrunerServicer(open_store(), jobs))
     server.set_serving(SERVICE)

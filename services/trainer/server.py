@@ -19,6 +19,7 @@ from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.stages.jobs import submit_stage
 from slimyolo.stages.messages import eval_from_request, train_from_request
+from slimyolo.stages.workspace import remove_stale_work_dirs
 from slimyolo.store import Store, open_store
 
 SERVICE = "slimyolo.v1.Trainer"
@@ -82,6 +83,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
 def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Trainer and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
+    remove_stale_work_dirs()  # the work folders of jobs killed with an earlier process
     jobs = server.enable_jobs()
     servicer = TrainerServicer(open_store(), jobs, TrainMetrics(server.registry))
     server.add_service(SERVICE, trainer_pb2_grpc.add_TrainerServicer_to_server, servicer)

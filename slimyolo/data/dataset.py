@@ -66,12 +66,57 @@ class LabelReport:
         return f"{len(self.bad_lines)} malformed label lines skipped, {self.missing} images without a label file"
 
 
-def _find_single_data_file(folder: Path) -> Path:
+def _find_single_data_file(folder: Path, scope: _Scope) -> Path:
     found = sorted(folder.glob("*.data"))
     if len(found) != 1:
         what = "no .data file" if not found else f"{len(found)} .data files ({', '.join(p.name for p in found)})"
-        raise SlimYoloError(f"{folder}: a data set folder must hold exactly one .data file; found {what}")
+        raise SlimYoloError(f"{scope.show(folder)}: a data set folder must hold exactly one .data file; found {what}")
     return found[0]
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Where a data set's paths may lead: anywhere (a user's own files), or only inside ``root``.
+
+    A data set that arrived in a request or an archive (``root`` set) names its files by
+    relative paths that stay inside its folder once symbolic links are resolved; the working
+    directory is never searched; every image its lists name must exist (so that any later
+    reader of the same ``.data`` file, without ``root``, finds the same files); and errors show
+    paths relative to ``root``, never the server's own paths.
+    """
+
+    root: Path | None = None
+
+    def show(self, path: Path) -> str:
+        """``path`` as an error shows it: relative to ``root`` when there is one."""
+        if self.root is None:
+            return str(path)
+        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else "(outside)"
+
+    def resolve(self, entry: str, where: str, *bases: Path) -> Path:
+        """The first existing candidate of ``entry`` under ``bases`` (then the working directory, for a user's own
+        data set), else the candidate under the first base."""
+        if self.root is None:
+            return _resolve(entry, *bases, Path.cwd())
+        if entry.startswith("~") or Path(entry).is_absolute():
+            raise SlimYoloError(f"{where} names {entry!r}, an absolute path; a data set names its files relative to "
+                                "its folder")
+        candidates = [(base / entry).resolve() for base in bases]
+        if not all(c.is_relative_to(self.root) for c in candidates):
+            raise SlimYoloError(f"{where} names {entry!r}, which leads outside the data set's folder")
+        return next((c for c in candidates if c.exists()), candidates[0])
+
+    def check_image(self, image: Path, where: str, entry: str) -> None:
+        """An image of a checked data set exists, and its label file lies in the data set too."""
+        if self.root is None:
+            return
+        if not image.is_relative_to(self.root):
+            raise SlimYoloError(f"{where}: {entry!r} leads outside the data set's folder")
+        if not image.is_file():
+            raise NotFoundError(f"{where} names {entry!r}, which is not a file of the data set")
+        if not label_path(image).resolve().is_relative_to(self.root):
+            raise SlimYoloError(f"{where}: the label file of {entry!r} would lie outside the data set's folder "
+                                "(darknet's rule: the last images/ folder of its path becomes labels/)")
 
 
 def _resolve(entry: str, *bases: Path) -> Path:
@@ -86,82 +131,101 @@ def _resolve(entry: str, *bases: Path) -> Path:
     return (bases[0] / p).resolve()
 
 
-def _list_images(entry: str, key: str, data_path: Path, line: int) -> list[Path]:
+def _list_images(entry: str, key: str, data_path: Path, line: int, scope: _Scope) -> list[Path]:
     base = data_path.parent
-    target = _resolve(entry, base, Path.cwd())
+    where = f"{scope.show(data_path)}:{line}: '{key}'"
+    target = scope.resolve(entry, where, base)
     if target.is_dir():
-        return sorted(p.resolve() for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p.resolve() for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        for image in images:
+            scope.check_image(image, where, scope.show(image))
+        return images
     if not target.is_file():
-        raise NotFoundError(f"{data_path}:{line}: '{key}' names {entry!r}, which does not exist ({target})")
+        raise NotFoundError(f"{where} names {entry!r}, which does not exist ({scope.show(target)})")
     if target.suffix.lower() in IMAGE_SUFFIXES:
+        scope.check_image(target, where, entry)
         return [target]
     try:
         lines = target.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise SlimYoloError(f"{target}: cannot read the image list of '{key}': {exc}") from None
-    return [_resolve(s, base, target.parent, Path.cwd()) for s in (raw.strip() for raw in lines)
-            if s and not s.startswith("#")]
+        raise SlimYoloError(f"{scope.show(target)}: cannot read the image list of '{key}': "
+                            f"{getattr(exc, 'strerror', None) or exc}") from None
+    images = []
+    for n, raw in enumerate(lines, 1):
+        s = raw.strip()
+        if s and not s.startswith("#"):
+            at = f"{scope.show(target)}:{n}: an image of '{key}'"
+            images.append(scope.resolve(s, at, base, target.parent))
+            scope.check_image(images[-1], at, s)
+    return images
 
 
-def read_data_file(path: str | Path) -> DataSpec:
+def read_data_file(path: str | Path, root: str | Path | None = None) -> DataSpec:
     """Read a darknet ``.data`` file (or a folder holding exactly one) into a :class:`DataSpec`.
 
     ``names`` must list as many names as ``classes`` says (when both are given; either one
     alone is enough). ``valid`` may be absent (training without evaluation); ``train`` may
     not. Errors name the file and line.
+
+    ``root``: the data set arrived in a request or an archive, and must stay inside this
+    folder (see :class:`_Scope`); a user's own data set (the CLI) may name any path.
     """
+    scope = _Scope(Path(root).resolve() if root is not None else None)
     path = Path(path).expanduser()
     if path.is_dir():
-        path = _find_single_data_file(path)
+        path = _find_single_data_file(path, scope)
+    if scope.root is not None and not path.resolve().is_relative_to(scope.root):
+        raise SlimYoloError(f"{path.name}: the .data file leads outside the data set's folder")
     if not path.is_file():
-        raise NotFoundError(f"{path}: no such data file")
+        raise NotFoundError(f"{scope.show(path)}: no such data file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise SlimYoloError(f"{path}: cannot read: {exc}") from None
+        raise SlimYoloError(f"{scope.show(path)}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
     path = path.resolve()
+    shown = scope.show(path)
     entries: dict[str, tuple[str, int]] = {}
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
         if "=" not in line:
-            raise SlimYoloError(f"{path}:{n}: expected 'key = value', got {raw.strip()!r}")
+            raise SlimYoloError(f"{shown}:{n}: expected 'key = value', got {raw.strip()!r}")
         key, value = (s.strip() for s in line.split("=", 1))
         entries[key] = (value, n)
 
     names: list[str] = []
     if "names" in entries:
         value, n = entries["names"]
-        names_path = _resolve(value, path.parent, Path.cwd())
+        names_path = scope.resolve(value, f"{shown}:{n}: 'names'", path.parent)
         try:
             names = [s.strip() for s in names_path.read_text(encoding="utf-8").splitlines() if s.strip()]
         except (OSError, UnicodeDecodeError) as exc:
-            raise SlimYoloError(f"{path}:{n}: cannot read the names file {names_path}: "
+            raise SlimYoloError(f"{shown}:{n}: cannot read the names file {scope.show(names_path)}: "
                                 f"{getattr(exc, 'strerror', None) or exc}") from None
     if "classes" in entries:
         value, n = entries["classes"]
         try:
             classes = int(value)
         except ValueError:
-            raise SlimYoloError(f"{path}:{n}: 'classes' must be an integer, got {value!r}") from None
+            raise SlimYoloError(f"{shown}:{n}: 'classes' must be an integer, got {value!r}") from None
         if classes < 1:
-            raise SlimYoloError(f"{path}:{n}: 'classes' must be at least 1, got {classes}")
+            raise SlimYoloError(f"{shown}:{n}: 'classes' must be at least 1, got {classes}")
         if names and len(names) != classes:
-            raise SlimYoloError(f"{path}:{entries['names'][1]}: the names file lists {len(names)} names "
+            raise SlimYoloError(f"{shown}:{entries['names'][1]}: the names file lists {len(names)} names "
                                 f"but classes = {classes} (line {n})")
     elif names:
         classes = len(names)
     else:
-        raise SlimYoloError(f"{path}: needs 'classes' or 'names'")
+        raise SlimYoloError(f"{shown}: needs 'classes' or 'names'")
     if not names:
         names = [str(i) for i in range(classes)]
 
     if "train" not in entries:
-        raise SlimYoloError(f"{path}: missing 'train' (an image list file or a folder of images)")
-    train = _list_images(entries["train"][0], "train", path, entries["train"][1])
+        raise SlimYoloError(f"{shown}: missing 'train' (an image list file or a folder of images)")
+    train = _list_images(entries["train"][0], "train", path, entries["train"][1], scope)
     valid_entry = entries.get("valid") or entries.get("val") or entries.get("test")
-    valid = _list_images(valid_entry[0], "valid", path, valid_entry[1]) if valid_entry else []
+    valid = _list_images(valid_entry[0], "valid", path, valid_entry[1], scope) if valid_entry else []
     return DataSpec(path=path, classes=classes, names=names, train=train, valid=valid)
 
 

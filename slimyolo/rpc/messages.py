@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.rpc.gen.v1 import common_pb2
@@ -34,15 +34,21 @@ def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a dict; whole numbers come back as int (a Struct stores every number as a double)."""
-    return _ints(json_format.MessageToDict(struct))
+    """A Struct as a dict; whole numbers come back as int (a Struct stores every number as a double).
+
+    Read value by value rather than through JSON: a NaN or an infinity (which JSON cannot spell)
+    comes back as a float, for the caller to refuse naming its field, instead of failing here.
+    """
+    return {key: _plain(value) for key, value in struct.fields.items()}
 
 
-def _ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
+def _plain(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain(v) for v in value.list_value.values]
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    return None if kind in (None, "null_value") else getattr(value, kind)

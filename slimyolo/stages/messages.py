@@ -31,6 +31,7 @@ from slimyolo.stages.specs import (
     Spec,
     SweepSpec,
     TrainSpec,
+    out_key,
     parse_spec,
 )
 from slimyolo.store import Artifact
@@ -49,9 +50,18 @@ _PRECISION_OF = {"fp32": common_pb2.PRECISION_FP32, "fp16": common_pb2.PRECISION
 _VIAS = {converter_pb2.CONVERSION_PATH_UNSPECIFIED: "tf", converter_pb2.CONVERSION_PATH_TF: "tf",
          converter_pb2.CONVERSION_PATH_TORCH: "torch"}
 _VIA_OF = {"tf": converter_pb2.CONVERSION_PATH_TF, "torch": converter_pb2.CONVERSION_PATH_TORCH}
+# The training setting ``prune`` of each sparsity mode (0: every BN layer, 1: all but those feeding a shortcut).
+_SPARSITY = {trainer_pb2.SPARSITY_MODE_UNSPECIFIED: 1, trainer_pb2.SPARSITY_MODE_EXCEPT_SHORTCUT: 1,
+             trainer_pb2.SPARSITY_MODE_ALL: 0}
 
 
 # -- request → spec ----------------------------------------------------------------------------------
+
+
+def _enum(values: dict[int, Any], number: int) -> Any:
+    """The spec's value of a proto enum number; an unknown number goes on as it is, so the spec refuses it
+    naming the field, with the message the same value gets in a YAML spec."""
+    return values.get(number, number)
 
 
 def _ref(msg: Message, field: str) -> Artifact | None:
@@ -75,8 +85,11 @@ def _square(msg: Message, field: str = "img_size") -> int | None:
     return size.width or None
 
 
-def _out(name: str, kind: str) -> str:
-    return f"{RUNS}/{name}" if name else f"{RUNS}/{kind}-{uuid.uuid4().hex[:12]}"
+def _out(request: Message, kind: str) -> str:
+    """``runs/<name>`` (a fresh name when the request has none), checked as the output prefix it becomes."""
+    if not request.name:
+        return f"{RUNS}/{kind}-{uuid.uuid4().hex[:12]}"
+    return out_key(f"{RUNS}/{request.name}", f"{type(request).__name__}: 'name'")
 
 
 def _spec(kind: str, request: Message, config: dict[str, Any], typed: dict[str, Any]) -> Spec:
@@ -92,13 +105,13 @@ def _config(request: Message) -> dict[str, Any]:
 def train_from_request(request: trainer_pb2.StartTrainingRequest) -> TrainSpec:
     config = _config(request)
     typed: dict[str, Any] = {"cfg": _ref(request, "cfg"), "weights": _ref(request, "weights"),
-                             "data": _data(request, "data"), "out": _out(request.name, "train"),
+                             "data": _data(request, "data"), "out": _out(request, "train"),
                              "epochs": request.epochs, "batch_size": request.batch_size,
                              "img_size": _square(request), "warmup_epochs": request.warmup_epochs,
                              "lr0": request.learning_rate, "seed": request.seed}
     if request.HasField("sparsity") and request.sparsity.s:
         typed.update(sr=True, s=request.sparsity.s,
-                     prune=0 if request.sparsity.mode == trainer_pb2.SPARSITY_MODE_ALL else 1)
+                     prune=_enum(_SPARSITY, request.sparsity.mode))
     if request.HasField("distillation"):
         d = request.distillation
         typed.update(teacher_cfg=_ref(d, "teacher_cfg"), teacher_weights=_ref(d, "teacher_weights"),
@@ -119,10 +132,10 @@ def eval_from_request(request: trainer_pb2.StartEvaluationRequest) -> EvalSpec:
 
 def prune_from_request(request: pruner_pb2.StartPruneRequest) -> PruneSpec:
     return _spec("prune", request, _config(request), {
-        "cfg": _ref(request, "cfg"), "weights": _ref(request, "weights"), "method": _METHODS[request.method],
+        "cfg": _ref(request, "cfg"), "weights": _ref(request, "weights"), "method": _enum(_METHODS, request.method),
         "global_percent": request.channel.global_percent, "layer_keep": request.channel.layer_keep,
         "round_to": request.channel.round_to, "shortcuts": request.layer.shortcuts, "data": _data(request, "data"),
-        "img_size": _square(request), "out": _out(request.name, "prune")})
+        "img_size": _square(request), "out": _out(request, "prune")})
 
 
 def _grid(points: list[float] | list[int], field: str, integer: bool) -> list | None:
@@ -144,10 +157,12 @@ def _grid(points: list[float] | list[int], field: str, integer: bool) -> list | 
 
 
 def sweep_from_request(request: pruner_pb2.StartSweepRequest) -> SweepSpec:
-    method = _METHODS[request.method]
+    method = _enum(_METHODS, request.method)
     if method == "layer":
         raise SlimYoloError("method: the sweep searches channels, or channels and residual units "
                             "(PRUNE_METHOD_CHANNEL_AND_LAYER); a layer-only sweep is not offered")
+    if method not in ("channel", "both"):
+        raise SlimYoloError(f"{type(request).__name__}: 'method' must be one of channel, both, got {method!r}")
     shortcuts = _grid(list(request.shortcuts), "shortcuts", True)
     if (method == "both") != (shortcuts is not None):
         raise SlimYoloError("shortcuts: give the residual-unit points with PRUNE_METHOD_CHANNEL_AND_LAYER, "
@@ -156,13 +171,13 @@ def sweep_from_request(request: pruner_pb2.StartSweepRequest) -> SweepSpec:
         "cfg": _ref(request, "cfg"), "weights": _ref(request, "weights"), "data": _data(request, "data"),
         "percents": _grid(list(request.global_percents), "global_percents", False), "shortcuts": shortcuts,
         "layer_keep": request.layer_keep, "round_to": request.round_to, "max_map_drop": request.max_map_drop,
-        "img_size": _square(request), "batch_size": request.batch_size, "out": _out(request.name, "sweep")})
+        "img_size": _square(request), "batch_size": request.batch_size, "out": _out(request, "sweep")})
 
 
 def convert_from_request(request: converter_pb2.StartConversionRequest) -> ConvertSpec:
     return _spec("convert", request, _config(request), {
-        "cfg": _ref(request, "cfg"), "weights": _ref(request, "weights"), "via": _VIAS[request.via],
-        "precision": _PRECISIONS[request.precision], "calib_data": _data(request, "calibration"),
+        "cfg": _ref(request, "cfg"), "weights": _ref(request, "weights"), "via": _enum(_VIAS, request.via),
+        "precision": _enum(_PRECISIONS, request.precision), "calib_data": _data(request, "calibration"),
         "calib_images": request.calibration_images, "name": request.name, "version": request.version,
         "img_size": _square(request), "names": tuple(request.class_names),
         "model_repository": request.model_repository})

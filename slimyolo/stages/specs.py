@@ -32,12 +32,13 @@ training configuration (``slimyolo train --config``), for example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from slimyolo.errors import SlimYoloError
-from slimyolo.store import Artifact, validate_key
+from slimyolo.store import MAX_KEY_BYTES, Artifact, validate_key
 
 FileRef = Artifact | str
 """A stored file: an Artifact, or the key of a file inside a complete tree of the store."""
@@ -48,6 +49,8 @@ PRECISIONS = ("fp32", "fp16", "int8")
 PPP_MODES = ("resize", "fixed")
 # Keys of a training spec that are store references; every other key is a training setting.
 TRAIN_REFS = ("data", "cfg", "weights", "teacher_cfg", "teacher_weights", "out")
+MAX_SEGMENT_BYTES = 255  # a file name, on the local store's file systems and on S3 servers that keep files
+MAX_OUT_BYTES = MAX_KEY_BYTES - 256  # the rest is room for the paths inside the tree published there
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,36 @@ def file_ref(value: Any, where: str) -> FileRef:
     raise SlimYoloError(f"{where}: expected a store key or {{uri, sha256, size_bytes}}, got {value!r}")
 
 
+def out_key(value: Any, where: str) -> str:
+    """A store prefix that a stage publishes a tree under: a key with room for every key of the tree.
+
+    Checked when the spec is built, so a name too long for the store fails before the work,
+    not at the upload after it.
+    """
+    key = validate_key(str(value), where)
+    size = len(key.encode())
+    if size > MAX_OUT_BYTES:
+        raise SlimYoloError(f"{where}: {size} bytes is too long; an output prefix has at most {MAX_OUT_BYTES} bytes "
+                            f"(the store's keys have at most {MAX_KEY_BYTES}, and the tree's own paths need the rest)")
+    longest = max(len(segment.encode()) for segment in key.split("/"))
+    if longest > MAX_SEGMENT_BYTES:
+        raise SlimYoloError(f"{where}: a segment of {longest} bytes is too long; a segment of a store key is a file "
+                            f"name, at most {MAX_SEGMENT_BYTES} bytes")
+    return key
+
+
+def data_file_path(value: Any, where: str) -> str:
+    """The ``.data`` file's path inside a data set: relative, with no ``..``."""
+    if not isinstance(value, str) or value.startswith("/") or ".." in value.split("/"):
+        raise SlimYoloError(f"{where}: {value!r} must be a relative path inside the data set (no leading '/', "
+                            "no '..')")
+    return validate_key(value, where)
+
+
 def data_ref(value: Any, where: str) -> DataRef:
     """A DataRef from YAML/JSON: a tree key, or a mapping with ``tree`` or ``archive`` (and ``data_file``)."""
-    if isinstance(value, DataRef):
-        return value
+    if isinstance(value, DataRef):  # from a request: checked as the same fields in YAML would be
+        value = {"tree": value.tree, "archive": value.archive, "data_file": value.data_file}
     if isinstance(value, str):
         return DataRef(tree=validate_key(value, where))
     if not isinstance(value, Mapping):
@@ -99,7 +128,7 @@ def data_ref(value: Any, where: str) -> DataRef:
         raise SlimYoloError(f"{where}: give exactly one of tree (a store key) and archive (a tar file)")
     data_file = value.get("data_file") or ""
     if data_file:
-        validate_key(data_file, f"{where}.data_file")
+        data_file_path(data_file, f"{where}.data_file")
     return DataRef(tree=validate_key(tree, f"{where}.tree") if tree is not None else None,
                    archive=file_ref(archive, f"{where}.archive") if archive is not None else None,
                    data_file=data_file)
@@ -145,6 +174,10 @@ class Fields:
     def key(self, name: str, required: bool = False) -> str | None:
         value = self._get(name, required)
         return None if value is None else validate_key(str(value), self.where(name))
+
+    def out(self, name: str) -> str:
+        """A required output prefix (see :func:`out_key`)."""
+        return out_key(self._get(name, True), self.where(name))
 
     def number(self, name: str, kind: type, default: Any, low: float | None = None, high: float | None = None,
                low_open: bool = False) -> Any:
@@ -238,7 +271,7 @@ class TrainSpec:
     @classmethod
     def from_dict(cls, doc: Any, source: str = "train spec") -> TrainSpec:
         f = Fields(doc, source)
-        spec = cls(data=f.data("data", True), out=f.key("out", True), cfg=f.file("cfg"), weights=f.file("weights"),
+        spec = cls(data=f.data("data", True), out=f.out("out"), cfg=f.file("cfg"), weights=f.file("weights"),
                    teacher_cfg=f.file("teacher_cfg"), teacher_weights=f.file("teacher_weights"), options=f.rest())
         if spec.cfg is None and spec.weights is None:
             raise SlimYoloError(f"{source}: 'cfg' is required unless 'weights' is a .pt checkpoint holding its cfg")
@@ -307,7 +340,7 @@ class PruneSpec:
     @classmethod
     def from_dict(cls, doc: Any, source: str = "prune spec") -> PruneSpec:
         f = Fields(doc, source)
-        spec = cls(weights=f.file("weights", True), out=f.key("out", True), cfg=f.file("cfg"),
+        spec = cls(weights=f.file("weights", True), out=f.out("out"), cfg=f.file("cfg"),
                    method=f.choice("method", PRUNE_METHODS, "channel"),
                    global_percent=f.number("global_percent", float, None, 0, 1, low_open=True),
                    shortcuts=f.number("shortcuts", int, 0, 0), layer_keep=f.number("layer_keep", float, 0.01, 0, 1),
@@ -351,7 +384,7 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, doc: Any, source: str = "sweep spec") -> SweepSpec:
         f = Fields(doc, source)
-        spec = cls(weights=f.file("weights", True), data=f.data("data", True), out=f.key("out", True),
+        spec = cls(weights=f.file("weights", True), data=f.data("data", True), out=f.out("out"),
                    cfg=f.file("cfg"), percents=f.numbers("percents", float, 3, (0.5, 0.95, 0.05)),
                    shortcuts=f.numbers("shortcuts", int, 3, None),
                    max_map_drop=f.number("max_map_drop", float, 0.01, 0, 1),
@@ -413,7 +446,7 @@ class ConvertSpec:
         if not name:
             raise SlimYoloError(f"{source}: 'name' (the model's name in the repository) is required")
         version = f.text("version")
-        spec = cls(weights=f.file("weights", True), name=validate_key(name, f.where("name")), cfg=f.file("cfg"),
+        spec = cls(weights=f.file("weights", True), name=out_key(name, f.where("name")), cfg=f.file("cfg"),
                    version=version, model_repository=f.key("model_repository"), via=f.choice("via", VIAS, "tf"),
                    precision=f.choice("precision", PRECISIONS, "fp32"), calib_data=f.data("calib_data"),
                    calib_images=f.number("calib_images", int, 300, 1), img_size=_img_size(f),
@@ -449,7 +482,22 @@ def parse_spec(kind: str, doc: Any, source: str | None = None) -> Spec:
     """The spec of stage ``kind`` ("train", "eval", "prune", "sweep", "convert") from YAML/JSON data."""
     if kind not in SPECS:
         raise SlimYoloError(f"unknown stage {kind!r} (stages: {', '.join(SPECS)})")
-    return SPECS[kind].from_dict(doc if doc is not None else {}, source or f"{kind} spec")
+    source = source or f"{kind} spec"
+    _check_finite(doc, source)
+    return SPECS[kind].from_dict(doc if doc is not None else {}, source)
+
+
+def _check_finite(value: Any, source: str, where: str = "") -> None:
+    """Refuse NaN and infinities anywhere in a spec (its settings included): no stage takes one, and a NaN
+    passes every range check (every comparison with it is false), so it would fail deep inside the work."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SlimYoloError(f"{source}: '{where}' must be a finite number, got {value}")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, source, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite(item, source, f"{where}[{i}]")
 
 
 def _plain(value: Any) -> Any:
