@@ -57,7 +57,7 @@ TINY = {"name": "tiny", "data": {"synth": {"classes": 2, "train": 48, "val": 16,
         "base": {"epochs": 4}, "sparsity": {"epochs": 2, "s": 0.01}, "finetune": {"epochs": 2},
         "sweep": {"percents": [0.3, 0.9, 0.3], "max_map_drop": 0.5},
         "convert": {"via": "torch", "calib_images": 16, "parity_images": 1, "bench_seconds": 0.3},
-        "eval": {"batch_size": 16}}
+        "eval": {"batch_size": 16}, "reference": {"epochs": 1}}
 
 
 @dataclass
@@ -109,8 +109,8 @@ def cluster(s3, tmp_path_factory):
                 assert time.monotonic() < deadline, f"{stage} did not start: {logs[stage].read_text()[-3000:]}"
                 time.sleep(0.2)
             address[stage], metrics_port[stage] = f"127.0.0.1:{found.group(1)}", int(found.group(2))
-            with connect(address[stage]) as channel:
-                wait_ready(channel, "", timeout=120)
+            with connect(address[stage]) as channel:  # inference is ready only once a model is (the pipeline's)
+                wait_ready(channel, "liveness" if stage == "inference" else "", timeout=120)
         yield Cluster(env, address, metrics_port, procs, logs)
     finally:
         for proc in procs.values():
@@ -142,11 +142,11 @@ def pipeline_run(cluster, tmp_path_factory):
 
 def test_the_pipeline_runs_through_the_services_and_ends_with_a_served_model(pipeline_run, cluster):
     proc, results, stages = pipeline_run
-    assert "== [2/13] base training ==" in proc.stderr
-    assert "== [13/13] evaluation of the fine-tuned model" in proc.stderr
+    assert "== [2/15] base training ==" in proc.stderr
+    assert "== [15/15] evaluation of the fine-tuned model" in proc.stderr
     assert re.search(r"sparsity epoch 2/2 +loss", proc.stderr)  # the trainer's lines, streamed from the job
     assert re.search(r"sweep channel +percent", proc.stderr)
-    assert [r["model"] for r in results["rows"]] == ["baseline", "sparse", "pruned", "fine-tuned", "int8"]
+    assert [r["model"] for r in results["rows"]] == ["baseline", "reference", "sparse", "pruned", "fine-tuned", "int8"]
     rows = {r["model"]: r for r in results["rows"]}
     assert rows["pruned"]["params"] < rows["baseline"]["params"]
     assert rows["pruned"]["params"] == rows["fine-tuned"]["params"] == rows["int8"]["params"]
@@ -173,7 +173,7 @@ def test_the_pipeline_runs_through_the_services_and_ends_with_a_served_model(pip
         assert answer.model_version == "1" and answer.image_width == 96 and answer.detections
 
 
-def test_health_and_reflection_answer_on_every_service(cluster, run_cli):
+def test_health_and_reflection_answer_on_every_service(pipeline_run, cluster, run_cli):
     services = {"trainer": {"slimyolo.v1.Trainer", "slimyolo.v1.Jobs"},
                 "pruner": {"slimyolo.v1.Pruner", "slimyolo.v1.Jobs"},
                 "converter": {"slimyolo.v1.Converter", "slimyolo.v1.Jobs"},

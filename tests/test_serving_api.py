@@ -108,9 +108,10 @@ def test_kserve_metadata_and_infer_agree_with_the_engine(served, mini_ir, images
     ks = kserve_pb2_grpc.GRPCInferenceServiceStub(channel)
     assert ks.ServerLive(kserve_pb2.ServerLiveRequest()).live
     assert ks.ServerReady(kserve_pb2.ServerReadyRequest()).ready
-    ready = [ks.ModelReady(kserve_pb2.ModelReadyRequest(name=n, version=v)).ready
-             for n, v in (("mini", ""), ("mini", "1"), ("mini", "2"), ("nothing", ""))]
-    assert ready == [True, True, False, False]
+    ready = [ks.ModelReady(kserve_pb2.ModelReadyRequest(name="mini", version=v)).ready for v in ("", "1", "2")]
+    assert ready == [True, True, False]  # a version not (yet) served is not ready
+    code, details = _code(ks.ModelReady, kserve_pb2.ModelReadyRequest(name="nothing"))
+    assert code == grpc.StatusCode.NOT_FOUND and "'nothing' is not in the model repository" in details  # as metadata
     meta = ks.ServerMetadata(kserve_pb2.ServerMetadataRequest())
     assert (meta.name, meta.version) == ("slimyolo", __version__)
     model = ks.ModelMetadata(kserve_pb2.ModelMetadataRequest(name="mini"))
@@ -489,8 +490,12 @@ def test_metrics_show_fps_latency_and_outcomes(served, images):
                  grpc_code="NOT_FOUND") == 1
 
 
-def test_not_serving_until_the_repository_is_scanned_and_loaded(mini_ir, tmp_path):
+def test_ready_while_at_least_one_model_is_loaded(mini_ir, tmp_path):
+    """NOT_SERVING (health "", both services; KServe ServerReady) until a model is loaded, and again
+    once none is (unloaded, or gone from the repository); liveness SERVING throughout."""
     import shutil
+
+    from test_serving_repository import _corrupt
 
     repo = tmp_path / "not-yet"  # the folder (a volume being mounted, say) is not there yet
     server, plane = _start(repo, poll_seconds=0.2)
@@ -498,18 +503,46 @@ def test_not_serving_until_the_repository_is_scanned_and_loaded(mini_ir, tmp_pat
     try:
         with connect(f"127.0.0.1:{server.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-
-            def check(service: str) -> int:
-                return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status
-
-            assert [check(s) for s in ("", KSERVE, INFERENCE, LIVENESS)] == [status.NOT_SERVING] * 3 + [status.SERVING]
             ks = kserve_pb2_grpc.GRPCInferenceServiceStub(channel)
+            stub = inference_pb2_grpc.InferenceStub(channel)
+
+            def statuses() -> list[int]:
+                return [health.Check(health_pb2.HealthCheckRequest(service=s), timeout=30).status
+                        for s in ("", KSERVE, INFERENCE, LIVENESS)]
+
+            def wait_for(what: str, predicate) -> None:
+                deadline = time.monotonic() + 120
+                while not predicate():
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    time.sleep(0.05)
+
+            unready = [status.NOT_SERVING] * 3 + [status.SERVING]
+            assert statuses() == unready
             assert ks.ServerLive(kserve_pb2.ServerLiveRequest()).live
             assert not ks.ServerReady(kserve_pb2.ServerReadyRequest()).ready
+            # A repository whose one model fails to load: scanned, nothing to answer for.
             shutil.copytree(mini_ir, repo / "mini" / "1")
+            _corrupt(repo / "mini" / "1")
+            wait_for("the broken version to fail", lambda: [m.state for m in stub.ListModels(
+                inference_pb2.ListModelsRequest(), timeout=30).models] == [inference_pb2.MODEL_STATE_FAILED])
+            assert statuses() == unready
+            assert not ks.ServerReady(kserve_pb2.ServerReadyRequest()).ready
+            assert not ks.ModelReady(kserve_pb2.ModelReadyRequest(name="mini")).ready  # known, not loaded
+            shutil.copytree(mini_ir, repo / "mini" / "2")
             wait_ready(channel, "", timeout=120)
+            assert statuses() == [status.SERVING] * 4
             assert ks.ServerReady(kserve_pb2.ServerReadyRequest()).ready
             assert ks.ModelReady(kserve_pb2.ModelReadyRequest(name="mini")).ready
+            stub.UnloadModel(inference_pb2.UnloadModelRequest(name="mini"), timeout=60)
+            assert statuses() == unready  # at once: the last model went
+            assert not ks.ServerReady(kserve_pb2.ServerReadyRequest()).ready
+            stub.LoadModel(inference_pb2.LoadModelRequest(name="mini"), timeout=120)
+            assert statuses() == [status.SERVING] * 4
+            shutil.rmtree(repo / "mini")
+            wait_for("the removed model to be unloaded", lambda: statuses() == unready)
+            assert not ks.ServerReady(kserve_pb2.ServerReadyRequest()).ready
+            code, details = _code(ks.ModelReady, kserve_pb2.ModelReadyRequest(name="mini"))
+            assert code == grpc.StatusCode.NOT_FOUND and "not in the model repository" in details
     finally:
         server.stop(0)
         plane.close()

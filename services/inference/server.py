@@ -4,7 +4,10 @@
 Thin servicers: each call's protobuf becomes the plain arguments of
 :class:`slimyolo.serving.dataplane.DataPlane`, and its result the response; the model
 repository, hot reloads, the stream multiplexer and the metrics live there. Both services
-report SERVING once the repository has been scanned and the models found in it loaded.
+(and so the server's overall health, service ``""``) report SERVING while the server can answer
+for at least one model (:attr:`slimyolo.serving.manager.ModelManager.ready`), NOT_SERVING
+otherwise; ``liveness`` stays SERVING. KServe's ServerReady says the same; ModelReady answers
+NOT_FOUND for a model the repository does not have, as ModelMetadata does.
 Nothing imported here pulls in PyTorch or TensorFlow (the inference image has neither).
 """
 
@@ -166,7 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build(server: Server, args_or_config: argparse.Namespace | ServingConfig) -> DataPlane:
-    """Serve both APIs on ``server``; SERVING once the repository's models are loaded.
+    """Serve both APIs on ``server``; SERVING while at least one model is loaded (NOT_SERVING before the first
+    and after the last leaves: Kubernetes then routes no traffic here).
 
     ``args_or_config`` is the parsed flags of :func:`add_arguments` (the environment fills the rest)
     or a ready :class:`~slimyolo.serving.config.ServingConfig`. Returns the data plane, whose
@@ -178,9 +182,9 @@ def build(server: Server, args_or_config: argparse.Namespace | ServingConfig) ->
     server.add_service(KSERVE, kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, KServeServicer(plane))
     server.add_service(INFERENCE, inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(plane))
 
-    def ready() -> None:
-        server.set_serving(KSERVE)
-        server.set_serving(INFERENCE)
+    def ready(serving: bool) -> None:
+        server.set_serving(KSERVE, serving)
+        server.set_serving(INFERENCE, serving)
 
     server.on_shutdown(lambda _deadline: plane.close())
     plane.start(on_ready=ready)

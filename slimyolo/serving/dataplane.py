@@ -4,10 +4,21 @@ The gRPC servicers (``services/inference/server.py``) only translate protobuf me
 arguments below and the results back, as KServe's own server splits servicer and data plane.
 Every call takes a lease on the model version it runs on (:mod:`slimyolo.serving.manager`), so
 hot reloads never cut a request short, and is counted in the ``slimyolo_inference_*`` metrics.
+
+Backpressure: a Detect or ModelInfer call is *queued* from the moment it is admitted until its
+tensor runs on an OpenVINO inference request (decoding, letterboxing, waiting for a free
+request). At most ``max_queue`` calls are queued; a call that finds the queue full is answered
+RESOURCE_EXHAUSTED at once instead of waiting, so latency stays bounded under overload and a
+client (or the load balancer) can go to another replica. A call is only refused when
+``max_queue`` others are queued, so N clients with one call outstanding each are never refused
+while N <= ``max_queue``. The server's worker threads must exceed ``max_queue`` plus the
+inference requests, or calls would wait in gRPC's own queue before the data plane sees them.
+Video streams push back per call instead (``max_in_flight`` frames each).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,7 +28,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from slimyolo import __version__
-from slimyolo.errors import SlimYoloError
+from slimyolo.errors import ResourceExhausted, SlimYoloError
 from slimyolo.infer.engine import Detections
 from slimyolo.serving.config import ServingConfig
 from slimyolo.serving.images import (
@@ -124,9 +135,12 @@ class DataPlane:
     """
 
     def __init__(self, manager: ModelManager, metrics: InferenceMetrics, limits: ImageLimits,
-                 code_of: Callable[[BaseException], str], max_in_flight: int = 8) -> None:
+                 code_of: Callable[[BaseException], str], max_in_flight: int = 8,
+                 max_queue: int = ServingConfig.max_queue) -> None:
         self.manager, self.metrics, self.limits, self.code_of = manager, metrics, limits, code_of
-        self.max_in_flight = max_in_flight
+        self.max_in_flight, self.max_queue = max_in_flight, max_queue
+        self._queued = 0
+        self._admission = threading.Lock()
 
     @classmethod
     def from_config(cls, config: ServingConfig, registry: CollectorRegistry, env: Mapping[str, str],
@@ -145,10 +159,12 @@ class DataPlane:
         manager = ModelManager(repository, load, config.poll_seconds, metrics)
         limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
         # A stream call keeps up to two full mosaics in flight: enough to fill every mosaic with its own frames.
-        return cls(manager, metrics, limits, code_of, max_in_flight=2 * config.mosaic_k ** 2)
+        return cls(manager, metrics, limits, code_of, max_in_flight=2 * config.mosaic_k ** 2,
+                   max_queue=config.max_queue)
 
-    def start(self, on_ready: Callable[[], None] | None = None) -> None:
-        """Scan the repository and load its models in the background; ``on_ready`` once done."""
+    def start(self, on_ready: Callable[[bool], None] | None = None) -> None:
+        """Scan the repository and load its models in the background; ``on_ready(ready)`` on each change
+        of readiness (:attr:`ModelManager.ready`: at least one model can be answered for)."""
         self.manager.start(on_ready)
 
     def close(self) -> None:
@@ -173,6 +189,34 @@ class DataPlane:
         if timed:
             self.metrics.end_to_end.labels(label, api).observe(time.perf_counter() - t0)
 
+    @contextmanager
+    def _admit(self) -> Iterator[Callable[[], None]]:
+        """Queue the call, or refuse it when ``max_queue`` calls are queued; yields ``running()``,
+        to be called once its tensor runs on an inference request (it leaves the queue then)."""
+        with self._admission:
+            if self._queued >= self.max_queue:
+                raise ResourceExhausted(f"the server is at capacity: {self._queued} calls wait for inference "
+                                        f"(SLIMYOLO_INFERENCE_MAX_QUEUE={self.max_queue}); retry later or on "
+                                        "another replica")
+            self._queued += 1
+        self.metrics.queued.inc()
+        self.metrics.in_flight.inc()
+        queued = [True]
+
+        def running() -> None:
+            with self._admission:
+                if not queued[0]:
+                    return
+                queued[0] = False
+                self._queued -= 1
+            self.metrics.queued.dec()
+
+        try:
+            yield running
+        finally:
+            running()
+            self.metrics.in_flight.dec()
+
     # -- Open Inference Protocol (KServe v2) ---------------------------------------------------------
 
     def live(self) -> bool:
@@ -195,12 +239,15 @@ class DataPlane:
     def model_infer(self, name: str, version: str, inputs: Sequence[InputTensor], raw_contents: Sequence[bytes],
                     outputs: Sequence[str] = (), request_id: str = "") -> InferResult:
         """Run the IR on the request's tensors; the raw heads it returns, or those of ``outputs``."""
-        with self._track("model_infer", name), self.manager.acquire(name, version) as model:
+        with self._track("model_infer", name), self._admit() as running, \
+                self.manager.acquire(name, version) as model:
             sig = model.signature
             arrays = decode_inputs(sig.inputs, inputs, raw_contents)
             chosen = select_outputs(sig.outputs, outputs)
             tensor = arrays[sig.inputs[0].name]  # a SlimYOLO IR has one input (the engine checks)
-            heads = model.engine.submit(tensor).result()
+            future = model.engine.submit(tensor)  # returns once a free inference request took it
+            running()
+            heads = future.result()
             self.metrics.count_frames(name, int(tensor.shape[0]))
             return InferResult(name, model.version, request_id,
                                tuple(encode_output(sig.outputs[i].name, heads[i]) for i in chosen))
@@ -215,11 +262,13 @@ class DataPlane:
     def detect(self, name: str, version: str, image: EncodedImage | RawImage | None,
                thresholds: Thresholds | None = None) -> DetectResult:
         """Boxes of one image, in its pixels (the native-size engine, as ``Engine.detect``)."""
-        with self._track("detect", name), self.manager.acquire(name, version) as model:
+        with self._track("detect", name), self._admit() as running, self.manager.acquire(name, version) as model:
             options = self._options(model, thresholds, "options")
             bgr = decode_image(image, self.limits, "image")
             tensor, lb = model.engine.prepare(bgr)
-            raws = model.engine.submit(tensor).result()
+            future = model.engine.submit(tensor)
+            running()
+            raws = future.result()
             detections = detections_from_heads(raws, model.meta.heads, lb, options)
             self.metrics.count_frames(name)
             return DetectResult(name, model.version, detections, model.meta.names, bgr.shape[1], bgr.shape[0])

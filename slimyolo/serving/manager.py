@@ -17,8 +17,11 @@ Which version is served, per model:
   with the reason and not retried by the poll; the version served before keeps serving.
   A storage outage is not a failure of the version: the next poll retries.
 
-The server is *ready* once the repository has been scanned and every model found has been
-loaded or has failed to load (a broken model must not keep a whole deployment unready).
+The server is *ready* when it can answer for at least one model: the repository has been
+scanned, every model found in that first scan has been loaded or has failed to load (a broken
+model must not keep a whole deployment unready), and at least one version is loaded. It turns
+unready again when its last model leaves the repository or is unloaded, and ready when one is
+loaded again; ``start(on_ready)`` reports each change, for the health service.
 """
 
 from __future__ import annotations
@@ -118,7 +121,10 @@ class ModelManager:
         self._failed: dict[tuple[str, str], str] = {}
         self._pins: dict[str, tuple[str, str | None]] = {}  # name → (version, newest when pinned)
         self._held: set[str] = set()  # unloaded on request: not reloaded by the poll
-        self._ready = threading.Event()
+        self._scanned = threading.Event()  # the first scan is done
+        self._notify_lock = threading.Lock()  # readiness changes are reported in order
+        self._reported: bool | None = None
+        self._on_ready: Callable[[bool], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if metrics is not None:
@@ -126,8 +132,13 @@ class ModelManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, on_ready: Callable[[], None] | None = None) -> None:
-        """Scan and load in the background now, then every ``poll_seconds``; ``on_ready`` once ready."""
+    def start(self, on_ready: Callable[[bool], None] | None = None) -> None:
+        """Scan and load in the background now, then every ``poll_seconds``; ``on_ready(ready)`` on each change.
+
+        ``on_ready(False)`` comes at once (nothing is loaded yet), ``on_ready(True)`` once ready.
+        """
+        self._on_ready = on_ready
+        self._report()
         def run() -> None:
             while not self._stop.is_set():
                 try:
@@ -139,9 +150,8 @@ class ModelManager:
                 self._stop.wait(self.poll_seconds or INITIAL_RETRY_SECONDS)
             if self._stop.is_set():
                 return
-            self._ready.set()
-            if on_ready is not None:
-                on_ready()
+            self._scanned.set()
+            self._report()
             while self.poll_seconds and not self._stop.wait(self.poll_seconds):
                 try:
                     self.poll()
@@ -153,10 +163,17 @@ class ModelManager:
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        """Whether the server can answer for at least one model (see the module docstring)."""
+        with self._lock:
+            return self._scanned.is_set() and bool(self._slots)
 
-    def wait_ready(self, timeout: float | None = None) -> bool:
-        return self._ready.wait(timeout)
+    def _report(self) -> None:
+        """Tell ``on_ready`` if readiness changed (after every change of what is served)."""
+        with self._notify_lock:
+            ready = self.ready
+            if ready != self._reported and self._on_ready is not None:
+                self._reported = ready
+                self._on_ready(ready)
 
     def close(self) -> None:
         """Stop polling and release every loaded version (requests in flight keep theirs until done)."""
@@ -188,8 +205,16 @@ class ModelManager:
             return Lease(self, slot)
 
     def is_ready(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` (``version``: that one) is served; NotFoundError when the repository has no such model.
+
+        A model of the repository that is not loaded (yet, or any more, or that failed to load), or a
+        version of it not served (yet: a client may wait for one), is not ready; a model that is neither in
+        the repository nor served is unknown, as for :meth:`acquire`.
+        """
         with self._lock:
             slot = self._slots.get(name)
+            if slot is None and name not in self._available:
+                raise NotFoundError(f"model {name!r} is not in the model repository")
             return slot is not None and (not version or slot.model.version == version)
 
     def knows(self, name: str) -> bool:
@@ -352,6 +377,7 @@ class ModelManager:
             self._close(old)
         if slot is None and self.metrics is not None:
             self.metrics.forget(name)
+        self._report()
         return busy
 
     def _retire(self, slot: _Slot) -> bool:
