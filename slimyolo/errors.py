@@ -42,5 +42,9 @@ class UnavailableError(SlimYoloError):
     """A dependency (object storage, a service) is down; retrying later may succeed."""
 
 
+class ResourceExhausted(UnavailableError):
+    """A server is at capacity (its queue is full): retry later, or on another replica."""
+
+
 class Cancelled(SlimYoloError):
     """Raised by a progress callback to stop a long job (training, sweep, conversion) cleanly."""

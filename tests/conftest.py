@@ -112,3 +112,25 @@ def mini_ir(trained_mini, tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("mini-ir")
     return convert(None, trained_mini.weights, repo, name="mini", version=1, via="torch",
                    calib_data=trained_mini.data).path
+
+
+@pytest.fixture(scope="session")
+def start_inference():
+    """``start(repo, server=None, **serving)`` → (Server, DataPlane): the inference service on 127.0.0.1.
+
+    Free gRPC and metrics ports, f32 inference, the repository folder ``repo``; ``server`` holds
+    ServerConfig fields (``max_message_bytes``, ``max_connection_age``...) and ``serving`` the
+    ServingConfig ones. The caller stops what it started: ``server.stop(0)``, then ``plane.close()``.
+    """
+    from services.inference.server import build
+    from slimyolo.rpc.server import Server, ServerConfig
+    from slimyolo.serving.config import ServingConfig
+
+    def start(repo: Path, server: dict | None = None, **serving):
+        config = ServerConfig(bind="127.0.0.1", port=0, metrics_port=0, **(server or {}))
+        instance = Server("inference", config)
+        plane = build(instance, ServingConfig(model_repository=str(repo), precision="f32", **serving))
+        instance.start()
+        return instance, plane
+
+    return start

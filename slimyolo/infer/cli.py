@@ -1,4 +1,8 @@
-"""``slimyolo detect`` and ``slimyolo bench``: the OpenVINO inference side on the command line."""
+"""``slimyolo detect`` and ``slimyolo bench``: the OpenVINO inference side on the command line.
+
+``bench --remote TARGET`` loads a running inference service instead of a local IR
+(:mod:`slimyolo.rpc.loadgen`); ``--model`` is then the model's name in the service's repository.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +32,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.set_defaults(func=_detect)
 
-    p = sub.add_parser("bench", help="FPS and latency of an IR, end to end and inference only")
+    p = sub.add_parser("bench", help="FPS and latency of an IR, end to end and inference only; or of an "
+                                      "inference service under load (--remote)")
     _engine_args(p)
+    remote = p.add_argument_group("load on a running inference service")
+    remote.add_argument("--remote", metavar="TARGET",
+                        help="the service: HOST:PORT, dns:///NAME:PORT or ipv4:A:P,B:P (round-robin over all); "
+                             "--model is then the model's name")
+    load = remote.add_mutually_exclusive_group()
+    load.add_argument("--concurrency", type=int, default=1, help="clients, each with one call outstanding (default 1)")
+    load.add_argument("--rate", type=float, default=0.0, help="calls per second, sent whatever the answers (open loop)")
+    remote.add_argument("--api", choices=["infer", "detect"], default="infer",
+                        help="KServe ModelInfer with a raw tensor, or Detect with a JPEG frame (default infer)")
+    remote.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
     p.add_argument("--hint", choices=["latency", "throughput"], default="throughput")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement (default 10)")
-    p.add_argument("--image", type=Path, help="benchmark on this image (default: a random 640x480 frame)")
+    p.add_argument("--image", type=Path, help="benchmark on this image (default: a random 640x480 frame; with "
+                                               "--remote --api detect it is sent as it is)")
     p.add_argument("--compare", action="store_true", help="also run PyTorch and ONNX Runtime in the same run")
     p.add_argument("--cfg", type=Path, help="with --compare: the cfg for PyTorch")
     p.add_argument("--weights", type=Path, help="with --compare: the weights for PyTorch")
@@ -56,12 +72,48 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_remote(args: argparse.Namespace) -> int:
+    from slimyolo.errors import SlimYoloError
+    from slimyolo.rpc.loadgen import LoadSpec, run_load
+
+    if args.compare:
+        raise SlimYoloError("--compare: compares runtimes on a local IR, not with --remote")
+    image = b""
+    if args.image:
+        try:
+            image = args.image.read_bytes()
+        except OSError as exc:
+            raise SlimYoloError(f"--image {args.image}: {exc.strerror}") from None
+    spec = LoadSpec(args.remote, args.model, args.api, args.concurrency, args.rate, args.seconds, args.warmup,
+                    image=image)
+
+    def show(r: dict) -> None:
+        print(f"\r{r['elapsed_s']:6.1f} s  {r['ok']} ok  {sum(r['errors'].values())} errors  {r['fps']:.1f} FPS  "
+              f"p50 {r['latency_ms']['p50']:.1f} ms", end="", file=sys.stderr, flush=True)
+
+    result = run_load(spec, progress=show)
+    print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    load = f"rate {result['rate']:g}/s" if "rate" in result else f"{result['concurrency']} clients"
+    lat = result["latency_ms"]
+    print(f"{result['api']} {result['model']} on {result['target']} ({load}, {result['elapsed_s']:.1f} s): "
+          f"{result['fps']:.1f} FPS, p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  p99 {lat['p99']:.2f} ms")
+    print(f"  errors: {', '.join(f'{k} {v}' for k, v in result['errors'].items()) or 'none'}")
+    for server, n in result["by_server"].items():
+        print(f"  {server}: {n} calls ({100 * n / max(result['ok'], 1):.0f} %)")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import cv2
 
     from slimyolo.errors import SlimYoloError
     from slimyolo.infer.bench import run_bench
 
+    if args.remote:
+        return _bench_remote(args)
     image = None
     if args.image:
         image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)

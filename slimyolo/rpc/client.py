@@ -3,7 +3,15 @@
 ``slimyolo pipeline run --remote`` and the tests drive the services through these, so a
 remote failure surfaces as the same exception (and the same one-line CLI message) as a local
 one: INVALID_ARGUMENT → SlimYoloError, NOT_FOUND → NotFoundError, UNAVAILABLE →
-UnavailableError (retry later), CANCELLED → Cancelled.
+UnavailableError (retry later), RESOURCE_EXHAUSTED → ResourceExhausted (a full server; retry
+later), CANCELLED → Cancelled.
+
+Every channel balances its calls round-robin over all the addresses its target resolves to
+(gRPC's ``round_robin`` policy instead of the default ``pick_first``): ``host:port`` and
+``dns:///host:port`` (every A record: a Kubernetes headless Service lists one per ready pod),
+``ipv4:10.0.0.1:50051,10.0.0.2:50051`` (a fixed list). A replica that goes away drops out of the
+rotation, and a re-resolution (when a connection closes, e.g. at the server's maximum
+connection age) brings new replicas in.
 """
 
 from __future__ import annotations
@@ -20,10 +28,12 @@ from slimyolo.rpc.server import ServerConfig
 from slimyolo.rpc.status import code_from_number, error_for
 
 
-def connect(address: str, max_message_bytes: int = ServerConfig.max_message_bytes) -> grpc.Channel:
-    """An insecure channel to ``host:port`` with the servers' message-size limit."""
-    return grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", max_message_bytes),
-                                                   ("grpc.max_send_message_length", max_message_bytes)])
+def connect(target: str, max_message_bytes: int = ServerConfig.max_message_bytes) -> grpc.Channel:
+    """An insecure channel to ``target`` (see the module docstring), round-robin over its addresses,
+    with the servers' message-size limit."""
+    return grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", max_message_bytes),
+                                                  ("grpc.max_send_message_length", max_message_bytes),
+                                                  ("grpc.lb_policy_name", "round_robin")])
 
 
 def remote_error(exc: grpc.RpcError) -> SlimYoloError:

@@ -21,6 +21,10 @@ translation between its protobuf messages and the core library:
   SlimYoloError → INVALID_ARGUMENT, NotFoundError → NOT_FOUND, UnavailableError → UNAVAILABLE,
   Cancelled → CANCELLED, anything else → INTERNAL with the traceback in the log;
 - limits on message sizes, both ways;
+- a maximum connection age (with a grace for the calls on it), off by default: clients are made
+  to reconnect, re-resolve their target and so spread over replicas added since they connected;
+- every unary answer names the replica that served it: trailing metadata ``slimyolo-server``
+  = ``hostname:port`` (how ``slimyolo bench`` counts calls per replica behind one target);
 - SIGTERM (and SIGINT) → graceful drain: health turns NOT_SERVING, new calls are refused, calls
   in flight (and running jobs) get the grace period to finish, then the process exits.
 
@@ -31,9 +35,11 @@ Configuration comes from environment variables, and command-line flags override 
     SLIMYOLO_GRPC_PORT               50051     gRPC port (0: any free port)
     SLIMYOLO_METRICS_PORT            8000      Prometheus /metrics port (0: any free port)
     SLIMYOLO_GRPC_MAX_MESSAGE_BYTES  67108864  largest message received or sent
-    SLIMYOLO_GRPC_WORKERS            32        threads serving calls (each stream holds one)
+    SLIMYOLO_GRPC_WORKERS            64        threads serving calls (each stream holds one)
     SLIMYOLO_JOB_WORKERS             1         jobs running at once (more wait, QUEUED)
     SLIMYOLO_SHUTDOWN_GRACE_SECONDS  20        drain time after SIGTERM
+    SLIMYOLO_GRPC_MAX_CONNECTION_AGE_SECONDS        0   close connections older (GOAWAY; 0: never)
+    SLIMYOLO_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS  30  time left to the calls on a closed connection
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import socket
 import threading
 import time
 import weakref
@@ -61,6 +68,7 @@ from slimyolo.rpc.status import status_of
 log = logging.getLogger(__name__)
 
 LIVENESS = "liveness"
+SERVED_BY = "slimyolo-server"  # trailing metadata of unary answers: hostname:port of the replica
 
 _ENV = {
     "bind": "SLIMYOLO_BIND_ADDRESS",
@@ -70,10 +78,13 @@ _ENV = {
     "workers": "SLIMYOLO_GRPC_WORKERS",
     "job_workers": "SLIMYOLO_JOB_WORKERS",
     "grace_seconds": "SLIMYOLO_SHUTDOWN_GRACE_SECONDS",
+    "max_connection_age": "SLIMYOLO_GRPC_MAX_CONNECTION_AGE_SECONDS",
+    "max_connection_age_grace": "SLIMYOLO_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
 }
 _FLAGS = {"bind": "--bind", "port": "--port", "metrics_port": "--metrics-port",
           "max_message_bytes": "--max-message-bytes", "workers": "--workers", "job_workers": "--job-workers",
-          "grace_seconds": "--grace-seconds"}
+          "grace_seconds": "--grace-seconds", "max_connection_age": "--max-connection-age",
+          "max_connection_age_grace": "--max-connection-age-grace"}
 
 
 @dataclass(frozen=True)
@@ -82,9 +93,12 @@ class ServerConfig(EnvConfig):
     port: int = 50051
     metrics_port: int = 8000
     max_message_bytes: int = 64 * 1024 * 1024
-    workers: int = 32
+    # The inference service's calls beyond its queue must reach it to be refused (SLIMYOLO_INFERENCE_MAX_QUEUE 32).
+    workers: int = 64
     job_workers: int = 1
     grace_seconds: float = 20.0
+    max_connection_age: float = 0.0
+    max_connection_age_grace: float = 30.0
 
     VARIABLES: ClassVar[Mapping[str, str]] = _ENV
 
@@ -100,15 +114,19 @@ class ServerConfig(EnvConfig):
         for name in ("max_message_bytes", "workers", "job_workers"):
             if getattr(self, name) < 1:
                 raise SlimYoloError(f"{where(name)}: must be at least 1, got {getattr(self, name)}")
-        if self.grace_seconds < 0:
-            raise SlimYoloError(f"{where('grace_seconds')}: must not be negative")
+        for name in ("grace_seconds", "max_connection_age", "max_connection_age_grace"):
+            if getattr(self, name) < 0:
+                raise SlimYoloError(f"{where(name)}: must not be negative")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags every ``slimyolo serve <stage>`` takes; each overrides its environment variable."""
     helps = {"bind": "address to listen on", "port": "gRPC port", "metrics_port": "Prometheus /metrics port",
              "max_message_bytes": "largest gRPC message", "workers": "threads serving calls",
-             "job_workers": "jobs running at once", "grace_seconds": "drain time after SIGTERM"}
+             "job_workers": "jobs running at once", "grace_seconds": "drain time after SIGTERM",
+             "max_connection_age": "seconds after which a client connection is closed, so that clients "
+                                   "re-resolve and spread over new replicas (0: never)",
+             "max_connection_age_grace": "seconds the calls of a closed connection get to finish"}
     for f in fields(ServerConfig):
         parser.add_argument(_FLAGS[f.name], dest=f.name, type=type(f.default), default=None,
                             help=f"{helps[f.name]} (env {_ENV[f.name]}, default {f.default})")
@@ -142,6 +160,7 @@ class _StatusInterceptor(grpc.ServerInterceptor):
 
     def __init__(self, metrics: _GrpcMetrics) -> None:
         self.m = metrics
+        self.served_by = ""  # hostname:port, once the server listens
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -191,6 +210,7 @@ class _StatusInterceptor(grpc.ServerInterceptor):
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             self.m.started.labels(*labels).inc()
             start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+            context.set_trailing_metadata(((SERVED_BY, self.served_by),))
             try:
                 response = behavior(self._count_requests(request, labels, streaming_in), context)
                 code = context.code() or grpc.StatusCode.OK
@@ -344,8 +364,12 @@ class Server:
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes),
                    ("grpc.so_reuseport", 0)]  # a second server on a busy port must fail, not share it
+        if config.max_connection_age:  # grpc adds ±10 % jitter, so that clients do not all reconnect at once
+            options += [("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
+                        ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace * 1000))]
+        self._interceptor = _StatusInterceptor(_GrpcMetrics(self.registry))
         self.grpc = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix=f"{name}-rpc"),
-                                interceptors=[_StatusInterceptor(_GrpcMetrics(self.registry))], options=options)
+                                interceptors=[self._interceptor], options=options)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         self.port = self.metrics_port = 0
@@ -410,6 +434,7 @@ class Server:
             raise SlimYoloError(f"--metrics-port / SLIMYOLO_METRICS_PORT: cannot listen on "
                                 f"{self.config.bind}:{self.config.metrics_port} ({exc})") from None
         self.metrics_port = self._http.server_port
+        self._interceptor.served_by = f"{socket.gethostname()}:{self.port}"
         with self._lock:
             self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
             self._publish_health()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from slimyolo.errors import Cancelled, NotFoundError, SlimYoloError, UnavailableError
+from slimyolo.errors import Cancelled, NotFoundError, ResourceExhausted, SlimYoloError, UnavailableError
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -20,6 +20,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """
     if isinstance(exc, NotFoundError):
         return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, ResourceExhausted):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, UnavailableError):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, Cancelled):
@@ -41,7 +43,7 @@ def error_for(code: grpc.StatusCode, message: str) -> SlimYoloError:
     """The SlimYOLO error a status stands for (the inverse of :func:`status_of`)."""
     kind = {grpc.StatusCode.NOT_FOUND: NotFoundError, grpc.StatusCode.UNAVAILABLE: UnavailableError,
             grpc.StatusCode.CANCELLED: Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
-            }.get(code, SlimYoloError)
+            grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted}.get(code, SlimYoloError)
     if kind is SlimYoloError and code != grpc.StatusCode.INVALID_ARGUMENT:
         message = f"{code.name}: {message}"
     return kind(message)

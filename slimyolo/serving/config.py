@@ -13,6 +13,8 @@ every service), each setting has an environment variable (what deployments set) 
     SLIMYOLO_INFERENCE_BATCH_WINDOW_MS --batch-window-ms   10      how long a stream frame waits for others
     SLIMYOLO_MAX_IMAGE_BYTES           --max-image-bytes   16777216  largest encoded image accepted
     SLIMYOLO_MAX_IMAGE_PIXELS          --max-image-pixels  50000000  largest image (width × height) accepted
+    SLIMYOLO_INFERENCE_MAX_QUEUE       --max-queue         32      Detect/ModelInfer calls that may wait for
+                                                                   inference; beyond: RESOURCE_EXHAUSTED
 
 The model repository is ``s3://bucket/prefix`` (trees in that S3 location), a local folder
 (``/abs/path``, ``./rel/path``, ``../rel``, ``~/path`` or ``file:///path``: as ``convert``
@@ -44,6 +46,7 @@ _ENV = {
     "batch_window_ms": "SLIMYOLO_INFERENCE_BATCH_WINDOW_MS",
     "max_image_bytes": "SLIMYOLO_MAX_IMAGE_BYTES",
     "max_image_pixels": "SLIMYOLO_MAX_IMAGE_PIXELS",
+    "max_queue": "SLIMYOLO_INFERENCE_MAX_QUEUE",
 }
 _HELP = {
     "model_repository": "s3://bucket/prefix, a local folder (/abs, ./rel, file:///abs) or a key prefix in "
@@ -56,6 +59,8 @@ _HELP = {
     "batch_window_ms": "milliseconds a stream frame waits for frames of other streams to share its inference",
     "max_image_bytes": "largest encoded image accepted (beyond it: INVALID_ARGUMENT)",
     "max_image_pixels": "largest image accepted, in pixels (width x height)",
+    "max_queue": "Detect and ModelInfer calls that may wait for an inference request at once; a call beyond "
+                 "them is answered RESOURCE_EXHAUSTED at once (keep --workers above it)",
 }
 
 
@@ -73,6 +78,8 @@ class ServingConfig(EnvConfig):
     batch_window_ms: float = 10.0
     max_image_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    # 32 concurrent clients, each with one call outstanding, never fill it (see slimyolo.serving.dataplane).
+    max_queue: int = 32
 
     @property
     def mosaic_k(self) -> int:
@@ -102,7 +109,7 @@ class ServingConfig(EnvConfig):
             raise SlimYoloError(f"{where('mosaic')}: {exc}") from None
         if self.batch_window_ms < 0:
             raise SlimYoloError(f"{where('batch_window_ms')}: must not be negative")
-        for name in ("max_image_bytes", "max_image_pixels"):
+        for name in ("max_image_bytes", "max_image_pixels", "max_queue"):
             if getattr(self, name) < 1:
                 raise SlimYoloError(f"{where(name)}: must be at least 1, got {getattr(self, name)}")
 

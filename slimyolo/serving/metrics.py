@@ -11,7 +11,12 @@
   YOLO decode and NMS;
 - ``slimyolo_inference_fps{model}``: frames per second over the last ``fps_window`` seconds;
 - ``slimyolo_inference_models_loaded``; ``slimyolo_inference_model_loads_total{model,result}``
-  (``result`` is ``ok`` or ``failed``: a hot reload that did not happen shows here).
+  (``result`` is ``ok`` or ``failed``: a hot reload that did not happen shows here);
+- ``slimyolo_inference_queued_requests``: Detect and ModelInfer calls admitted but not yet running
+  on an inference request (decoding, or waiting for a free one), the quantity that
+  ``SLIMYOLO_INFERENCE_MAX_QUEUE`` bounds and a HorizontalPodAutoscaler can scale on (as OVMS'
+  ``ovms_current_requests`` or Triton's pending-request count);
+- ``slimyolo_inference_in_flight_requests``: Detect and ModelInfer calls being served, queued or running.
 
 ``model`` is a model name of the repository; requests naming a model the server does not know
 are counted with ``model=""``, so that clients cannot grow the label's cardinality.
@@ -74,6 +79,10 @@ class InferenceMetrics:
                                    registry=registry)
         self.loads = Counter("slimyolo_inference_model_loads_total", "Model version loads, by result (ok, failed).",
                              ["model", "result"], registry=registry)
+        self.queued = Gauge("slimyolo_inference_queued_requests",
+                            "Detect and ModelInfer calls waiting to run on an inference request.", registry=registry)
+        self.in_flight = Gauge("slimyolo_inference_in_flight_requests",
+                               "Detect and ModelInfer calls being served (queued or running).", registry=registry)
         self.fps_window, self._clock = fps_window, clock
         self._meters: dict[str, _FpsMeter] = {}
         self._lock = threading.Lock()

@@ -1,0 +1,206 @@
+"""Inference that scales out, on 127.0.0.1: one client target over three replicas (round-robin,
+losing a replica mid-run), backpressure (RESOURCE_EXHAUSTED from a full queue, and recovery),
+and ``slimyolo bench --remote``, the load generator that measures both."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from slimyolo.rpc.client import connect, wait_ready
+from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
+from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
+from slimyolo.rpc.loadgen import LoadSpec, run_load
+from slimyolo.rpc.server import SERVED_BY
+
+Tensor = kserve_pb2.ModelInferRequest.InferInputTensor
+
+
+@pytest.fixture(scope="module")
+def repo(mini_ir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scaleout")
+    shutil.copytree(mini_ir, root / "mini" / "1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def replicas(repo, start_inference):
+    """Three replicas of the service (no mosaic engines: only unary calls here), each SERVING."""
+    started = [start_inference(repo, poll_seconds=0, mosaic="1x1") for _ in range(3)]
+    try:
+        for server, _ in started:
+            with connect(f"127.0.0.1:{server.port}") as channel:
+                wait_ready(channel, "", timeout=120)
+        yield [server for server, _ in started]
+    finally:
+        for server, plane in started:
+            server.stop(0)
+            plane.close()
+
+
+def _target(servers) -> str:
+    return "ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+
+
+def _name(server) -> str:
+    """How a replica names itself in its answers (the ``slimyolo-server`` trailing metadata)."""
+    import socket
+
+    return f"{socket.gethostname()}:{server.port}"
+
+
+def _metrics(server) -> dict[tuple[str, frozenset], float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30).read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _handled(server, code: str = "OK") -> float:
+    labels = {"grpc_type": "unary", "grpc_service": "inference.GRPCInferenceService", "grpc_method": "ModelInfer",
+              "grpc_code": code}
+    key = ("grpc_server_handled_total", frozenset(labels.items()))
+    return _metrics(server).get(key, 0.0)
+
+
+def _infer_request(batch: int = 1) -> kserve_pb2.ModelInferRequest:
+    x = np.random.default_rng(0).random((batch, 3, 96, 96), dtype=np.float32)
+    return kserve_pb2.ModelInferRequest(model_name="mini", inputs=[Tensor(name="images", datatype="FP32",
+                                                                          shape=x.shape)],
+                                        raw_input_contents=[x.tobytes()])
+
+
+def test_one_target_spreads_the_calls_evenly_over_three_replicas(replicas, run_cli):
+    before = [_handled(s) for s in replicas]
+    code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--concurrency", "6",
+                             "--seconds", "2", "--warmup", "0.2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["errors"] == {} and result["ok"] >= 150, result
+    assert set(result["by_server"]) == {_name(s) for s in replicas}
+    for server, was in zip(replicas, before, strict=True):
+        share = result["by_server"][_name(server)] / result["ok"]
+        assert abs(share - 1 / 3) <= 0.10, result["by_server"]
+        # What the answers said agrees with what each replica counted (the warm-up's calls included).
+        assert _handled(server) - was >= result["by_server"][_name(server)]
+    assert result["latency_ms"]["p99"] >= result["latency_ms"]["p50"] > 0
+
+
+def test_losing_a_replica_mid_run_fails_only_its_calls_in_flight(replicas, repo, start_inference):
+    extra, plane = start_inference(repo, poll_seconds=0, mosaic="1x1")  # the one this test stops
+    servers = [*replicas[:2], extra]
+    outcomes: list[tuple[int, str, str]] = []  # (epoch at the call's start, code, replica)
+    lock = threading.Lock()
+    epoch, stop = [0], threading.Event()
+    try:
+        with connect(f"127.0.0.1:{extra.port}") as channel:
+            wait_ready(channel, "", timeout=120)
+        with connect(_target(servers)) as channel:
+            infer = kserve_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+            request = _infer_request()
+
+            def client() -> None:
+                while not stop.is_set():
+                    started = epoch[0]
+                    try:
+                        _, call = infer.with_call(request, timeout=60)
+                        code = "OK"
+                    except grpc.RpcError as exc:
+                        call, code = exc, exc.code().name
+                    server = next((v for k, v in call.trailing_metadata() or () if k == SERVED_BY), "")
+                    with lock:
+                        outcomes.append((started, code, server))
+
+            def answered(after: int) -> int:
+                with lock:
+                    return sum(1 for e, c, _ in outcomes if e == after and c == "OK")
+
+            threads = [threading.Thread(target=client) for _ in range(4)]
+            for t in threads:
+                t.start()
+            try:
+                deadline = time.monotonic() + 120
+                while answered(0) < 90:
+                    assert time.monotonic() < deadline, "the replicas did not answer"
+                    time.sleep(0.01)
+                extra.stop(0)  # gone at once: its calls in flight fail
+                epoch[0] = 1
+                while answered(1) < 90:
+                    assert time.monotonic() < deadline, "the two replicas left did not answer"
+                    time.sleep(0.01)
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join(60)
+    finally:
+        extra.stop(0)
+        plane.close()
+    before = [o for o in outcomes if o[0] == 0]
+    after = [o for o in outcomes if o[0] == 1]
+    assert {s for _, c, s in before if c == "OK"} == {_name(s) for s in servers}
+    errors = [c for _, c, _ in before if c != "OK"]
+    assert len(errors) <= 4, errors  # at most the one call in flight per client
+    assert [o for o in after if o[1] != "OK"] == []
+    served = {s for _, _, s in after}
+    assert served == {_name(s) for s in replicas[:2]}, served
+
+
+def test_a_full_queue_answers_resource_exhausted_at_once_and_recovers(repo, start_inference):
+    server, plane = start_inference(repo, poll_seconds=0, mosaic="1x1", max_queue=2)
+    try:
+        with connect(f"127.0.0.1:{server.port}") as channel:
+            wait_ready(channel, "", timeout=120)
+            infer = kserve_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+            # Batches of 64 keep every inference request busy, so that the 16 clients' calls queue.
+            heavy = _infer_request(batch=64)
+            outcomes: list[tuple[str, float, str]] = []
+            lock = threading.Lock()
+
+            def client() -> None:
+                for _ in range(6):
+                    t = time.monotonic()
+                    try:
+                        infer(heavy, timeout=120)
+                        code, details = "OK", ""
+                    except grpc.RpcError as exc:
+                        code, details = exc.code().name, exc.details()
+                    with lock:
+                        outcomes.append((code, time.monotonic() - t, details))
+
+            threads = [threading.Thread(target=client) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(300)
+            codes = {c for c, _, _ in outcomes}
+            assert codes == {"OK", "RESOURCE_EXHAUSTED"}, codes
+            refused = [(s, d) for c, s, d in outcomes if c == "RESOURCE_EXHAUSTED"]
+            # Refused at once, not after waiting its turn: far within the call's deadline.
+            assert max(s for s, _ in refused) < 10, refused
+            assert "SLIMYOLO_INFERENCE_MAX_QUEUE=2" in refused[0][1]
+            # Load gone: the queue is empty and the next call is served.
+            assert infer(_infer_request(), timeout=60).model_name == "mini"
+        metrics = _metrics(server)
+        assert metrics[("slimyolo_inference_queued_requests", frozenset())] == 0
+        assert metrics[("slimyolo_inference_in_flight_requests", frozenset())] == 0
+        exhausted = ("slimyolo_inference_requests_total", frozenset({"model": "mini", "api": "model_infer",
+                                                                     "code": "RESOURCE_EXHAUSTED"}.items()))
+        assert metrics[exhausted] == len(refused)
+        assert _handled(server, "RESOURCE_EXHAUSTED") == len(refused)
+    finally:
+        server.stop(0)
+        plane.close()
+
+
+def test_the_default_queue_serves_32_clients_without_errors(replicas):
+    one = replicas[0]
+    result = run_load(LoadSpec(f"127.0.0.1:{one.port}", "mini", "detect", concurrency=32, seconds=2, warmup=0))
+    assert result["errors"] == {} and result["ok"] >= 32, result
+    assert result["by_server"] == {_name(one): result["ok"]}
