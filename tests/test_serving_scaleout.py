@@ -5,6 +5,7 @@ and ``slimyolo bench --remote``, the load generator that measures both."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -204,3 +205,26 @@ def test_the_default_queue_serves_32_clients_without_errors(replicas):
     result = run_load(LoadSpec(f"127.0.0.1:{one.port}", "mini", "detect", concurrency=32, seconds=2, warmup=0))
     assert result["errors"] == {} and result["ok"] >= 32, result
     assert result["by_server"] == {_name(one): result["ok"]}
+
+
+def test_the_manifests_offer_a_headless_service_and_the_queue_gauge_the_hpa_rule_names():
+    from pathlib import Path
+
+    import yaml
+    from prometheus_client import CollectorRegistry
+
+    from slimyolo.serving.metrics import InferenceMetrics
+
+    base = Path(__file__).resolve().parent.parent / "k8s" / "base"
+    docs = list(yaml.safe_load_all((base / "inference.yaml").read_text()))
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (headless,) = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+    assert headless["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert [p["port"] for p in headless["spec"]["ports"]] == [50051]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert float(env["SLIMYOLO_GRPC_MAX_CONNECTION_AGE_SECONDS"]) > 0
+    registry = CollectorRegistry()
+    InferenceMetrics(registry)
+    served = {m.name for m in registry.collect()}
+    named = set(re.findall(r"slimyolo_inference_\w+", (base / "inference-hpa.yaml").read_text()))
+    assert named and named <= served, named - served
