@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= train,convert,serve,dev
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean protos
+.PHONY: demo test lint venv clean protos images test-images
 
 venv: $(STAMP)
 
@@ -30,7 +30,23 @@ protos: $(STAMP)
 	$(BIN)/python -m slimyolo.rpc.protogen
 
 lint: $(STAMP)
-	$(BIN)/ruff check slimyolo tests services benchmarks
+	$(BIN)/ruff check slimyolo tests services benchmarks deploy
+
+# Container images (README, Deployment; needs Docker, not part of `make test`). `make images` builds
+# slimyolo/{trainer,converter,inference}:0.1.0 (the pruner runs the trainer image) on BASE_IMAGE;
+# TORCH_WHEELS=DIR installs PyTorch from DIR's wheels instead of its CPU index (air-gapped sites).
+# `make test-images` also builds the stand-ins of deploy/, runs each image hardened with one real job,
+# then the compose file with `pipeline run --remote`, and prints the table.
+BASE_IMAGE    ?= python:3.11.11-slim-bookworm
+TORCH_WHEELS  ?=
+BUILD_NETWORK ?= host
+IMAGE_ARGS     = --base-image '$(BASE_IMAGE)' --build-network '$(BUILD_NETWORK)' $(if $(TORCH_WHEELS),--torch-wheels '$(TORCH_WHEELS)')
+
+images:
+	$(PYTHON) deploy/images.py build $(IMAGE_ARGS)
+
+test-images: $(STAMP)
+	$(BIN)/python deploy/images.py test $(IMAGE_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .slimyolo .pytest_cache

@@ -17,6 +17,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("trainer", "pruner", "converter", "inference")
+# The image each stage runs: the trainer and the pruner install the same (.[train,rpc]) and share one.
+IMAGE_OF = {"trainer": "trainer", "pruner": "trainer", "converter": "converter", "inference": "inference"}
+DOCKERFILES = ("trainer", "converter", "inference")
 KUSTOMIZATIONS = ("k8s/base", "k8s/jobs", "k8s/distributed")
 K8S_VERSION = "1.32.0"
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|TOKEN", re.IGNORECASE)
@@ -58,8 +61,8 @@ def containers(doc: dict) -> list[dict]:
     return [c for spec in pod_specs(doc) for c in spec.get("containers", []) + spec.get("initContainers", [])]
 
 
-def dockerfile(stage: str) -> str:
-    return (ROOT / "services" / stage / "Dockerfile").read_text()
+def dockerfile(image: str) -> str:
+    return (ROOT / "services" / image / "Dockerfile").read_text()
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -159,17 +162,18 @@ def _extras_closure(extra: str, extras: dict[str, list[str]]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_dockerfile_basics(stage):
-    text = dockerfile(stage)
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_dockerfile_basics(image):
+    text = dockerfile(image)
+    (base,) = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, re.M)  # a build argument: air-gapped sites name theirs
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), f"pinned base, got {base}"
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert len(froms) >= 2, "multi-stage"
-    for image in froms:
-        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), f"pinned base, got {image}"
+    assert len(froms) >= 2 and set(froms) == {"${BASE_IMAGE}"}, f"multi-stage on the one base, got {froms}"
     assert re.search(r"^USER\s+10001", text, re.M), "runs as a non-root user"
     assert "EXPOSE 50051 8000" in text
-    assert re.search(rf'^CMD \["serve", "{stage}"\]', text, re.M)
-    assert f"-f services/{stage}/Dockerfile -t slimyolo/{stage}:0.1.0 ." in text
+    assert re.search(rf'^CMD \["serve", "{image}"\]', text, re.M)
+    assert f"-f services/{image}/Dockerfile -t slimyolo/{image}:0.1.0 ." in text
+    assert not re.search(r"^# syntax=", text, re.M), "a syntax line makes BuildKit fetch its frontend from a registry"
     # The build context holds every package the wheel is made of (the servicers included).
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     ignore = (ROOT / ".dockerignore").read_text().split()
@@ -197,16 +201,16 @@ def test_images_ports_and_env_names_agree():
             if c["image"].startswith("slimyolo/"):
                 k8s_images.setdefault(c["image"], []).append(c)
     for stage in STAGES:
-        image = f"slimyolo/{stage}:0.1.0"
+        image = f"slimyolo/{IMAGE_OF[stage]}:0.1.0"
         assert compose[stage]["image"] == image
-        assert compose[stage]["build"]["dockerfile"] == f"services/{stage}/Dockerfile"
+        assert compose[stage]["build"]["dockerfile"] == f"services/{IMAGE_OF[stage]}/Dockerfile"
         assert compose[stage]["command"] == ["serve", stage]
         assert compose[stage]["ports"][0].endswith(":50051")
         assert image in k8s_images
-    assert set(k8s_images) == {f"slimyolo/{s}:0.1.0" for s in STAGES}
+    assert set(k8s_images) == {f"slimyolo/{i}:0.1.0" for i in DOCKERFILES}
     for image, cs in k8s_images.items():
-        stage = image.split("/")[1].split(":")[0]
-        exposed = {int(p) for p in re.findall(r"^EXPOSE (.*)$", dockerfile(stage), re.M)[0].split()}
+        exposed = {int(p) for p in re.findall(r"^EXPOSE (.*)$", dockerfile(image.split("/")[1].split(":")[0]),
+                                              re.M)[0].split()}
         for c in cs:
             assert {p["containerPort"] for p in c.get("ports", []) if p["name"] != "rendezvous"} <= exposed
     # Every SLIMYOLO_* variable the deployments set is one the code reads.
@@ -216,7 +220,7 @@ def test_images_ports_and_env_names_agree():
     used |= {k for _, d in all_docs() if d["kind"] == "ConfigMap" for k in d["data"] if k.startswith("SLIMYOLO_")}
     used |= {e["name"] for _, d in all_docs() for c in containers(d) for e in c.get("env", [])
              if e["name"].startswith("SLIMYOLO_")}
-    used |= set(re.findall(r"SLIMYOLO_[A-Z0-9_]+", " ".join(dockerfile(s) for s in STAGES)))
+    used |= set(re.findall(r"SLIMYOLO_[A-Z0-9_]+", " ".join(dockerfile(i) for i in DOCKERFILES)))
     used.discard("SLIMYOLO_BUCKET")  # compose's own .env variable, expanded by compose itself
     assert used and used <= known, sorted(used - known)
 
@@ -248,10 +252,95 @@ def test_commands_the_deployments_run_exist():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     runs += [("docker-compose.yml", compose[s]["command"]) for s in STAGES]
     runs += [("docker-compose.yml", compose[s]["healthcheck"]["test"][2:]) for s in STAGES]  # CMD slimyolo ...
-    for stage in STAGES:
-        text = dockerfile(stage)
-        runs.append((f"services/{stage}/Dockerfile", re.findall(r'^CMD \["(\w+)"', text, re.M)))
-        runs.append((f"services/{stage}/Dockerfile", re.findall(r'CMD \["slimyolo", "(\w+)"', text)))
+    for image in DOCKERFILES:
+        text = dockerfile(image)
+        runs.append((f"services/{image}/Dockerfile", re.findall(r'^CMD \["(\w+)"', text, re.M)))
+        runs.append((f"services/{image}/Dockerfile", re.findall(r'CMD \["slimyolo", "(\w+)"', text)))
     assert len(runs) > 10
     for where, argv in runs:
         assert argv and argv[0] in commands, f"{where}: 'slimyolo {' '.join(argv)}' is not a slimyolo command"
+
+
+def test_no_two_images_differ_only_in_their_command():
+    """Stages whose images would install the same share one (the pruner runs the trainer's)."""
+    def body(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if line and not line.startswith(("#", "CMD ")))
+
+    bodies = [body(dockerfile(i)) for i in DOCKERFILES]
+    assert len(set(bodies)) == len(bodies)
+    assert not (ROOT / "services/pruner/Dockerfile").exists()
+
+
+@pytest.mark.parametrize("image", ["trainer", "converter"])
+def test_pytorch_comes_from_its_cpu_index_or_offered_wheels(image, tmp_path):
+    """The install line as the build's shell runs it: the CPU index by default; TORCH_INDEX= leaves
+    pip's own index (PyPI or a site's mirror) and the wheels `make images TORCH_WHEELS=DIR` offers."""
+    text = dockerfile(image)
+    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text
+    assert "COPY deploy/wheels/ /tmp/wheels/" in text
+    assert "!deploy/wheels/" in (ROOT / ".dockerignore").read_text().split()
+    assert (ROOT / "deploy/wheels").is_dir()  # committed (its README), so the COPY finds it
+    (run,) = [line.removeprefix("RUN ") for line in text.splitlines() if "torch==" in line]
+    echo = tmp_path / "pip"
+    echo.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    echo.chmod(0o755)
+
+    def argv(index: str) -> list[str]:
+        env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "TORCH_INDEX": index}
+        return subprocess.run(["sh", "-c", run], env=env, capture_output=True, text=True, check=True).stdout.split()
+
+    assert argv("https://download.pytorch.org/whl/cpu") == [
+        "install", "--no-cache-dir", "--find-links", "/tmp/wheels", "--index-url",
+        "https://download.pytorch.org/whl/cpu", "torch==2.13.0"]
+    assert argv("") == ["install", "--no-cache-dir", "--find-links", "/tmp/wheels", "torch==2.13.0"]
+
+
+def test_third_party_images_are_configurable_with_upstream_defaults():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert re.fullmatch(r"\$\{S3_IMAGE:-minio/minio:RELEASE\.[\w.-]+\}", compose["minio"]["image"])
+    assert re.fullmatch(r"\$\{S3_INIT_IMAGE:-minio/mc:RELEASE\.[\w.-]+\}", compose["minio-init"]["image"])
+    assert re.fullmatch(r"\$\{PROMETHEUS_IMAGE:-prom/prometheus:v[\d.]+\}", compose["prometheus"]["image"])
+    for standin in ("deploy/s3/Dockerfile", "deploy/prometheus/Dockerfile"):  # on the services' base
+        text = (ROOT / standin).read_text()
+        assert re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, re.M) == re.findall(
+            r"^ARG BASE_IMAGE=(\S+)$", dockerfile("inference"), re.M), standin
+        assert re.search(r"^USER (?!root|0)", text, re.M), standin
+
+
+def test_the_s3_standin_runs_the_compose_bucket_init_and_health_check(seaweed, tmp_path):
+    """The stand-in's `mc` against a real S3 server, with the very commands docker-compose.yml runs."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    (init,) = compose["minio-init"]["command"]
+    init = init.replace("$$", "$").replace("http://minio:9000", seaweed.endpoint)  # compose's escape; its host
+    health = compose["minio"]["healthcheck"]["test"]
+    assert health[:2] == ["CMD", "mc"]
+    (tmp_path / "bin").mkdir()
+    mc = tmp_path / "bin" / "mc"
+    mc.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "deploy/s3/mc"}" "$@"\n')
+    mc.chmod(0o755)
+    bucket = f"init-{tmp_path.name[-12:].lower().replace('_', '-')}"
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "MINIO_ROOT_USER": seaweed.access_key,
+           "MINIO_ROOT_PASSWORD": seaweed.secret_key, "SLIMYOLO_BUCKET": bucket}
+
+    def sh(command: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", "-c", command], env={**env, **extra}, capture_output=True, text=True)
+
+    for _ in range(2):  # the init runs at every `up`: an existing bucket is fine
+        done = sh(init)
+        assert done.returncode == 0, done.stderr
+    assert seaweed.client().bucket_exists(bucket)
+    ready = sh(" ".join(health[1:]))  # `mc ready local`, through the alias the init stored
+    assert ready.returncode == 0, ready.stderr
+    wrong = sh(f'mc alias set local {seaweed.endpoint} "$MINIO_ROOT_USER" wrong && mc ready local')
+    assert wrong.returncode != 0 and "SignatureDoesNotMatch" in wrong.stderr
+
+
+def test_make_test_needs_no_docker_and_images_take_a_wheel_folder():
+    def dry(*args: str) -> str:
+        return subprocess.run(["make", "-n", "-C", str(ROOT), *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    assert "docker" not in dry("test") and "images" not in dry("test")
+    assert "deploy/images.py build" in dry("images") and "--torch-wheels" not in dry("images")
+    assert "--torch-wheels '/srv/wheels'" in dry("images", "TORCH_WHEELS=/srv/wheels")
+    assert "deploy/images.py test" in dry("test-images", "TORCH_WHEELS=/srv/wheels")
