@@ -15,3 +15,13 @@
 Nothing here imports PyTorch, TensorFlow or gRPC: the inference image carries only OpenVINO,
 OpenCV, NumPy and the transport.
 """
+
+import os as _os
+
+# OpenCV reads its decode limit once, as cv2 loads: give it the service's before anything imports cv2
+# (the images' own header checks come first; this backs them up). A malformed value is left to the
+# service's configuration check, which names it.
+if _os.environ.get("SLIMYOLO_MAX_IMAGE_PIXELS", "").isdigit():
+    _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", _os.environ["SLIMYOLO_MAX_IMAGE_PIXELS"])
+else:
+    _os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "50000000")  # ServingConfig.max_image_pixels

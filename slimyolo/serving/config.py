@@ -13,8 +13,15 @@ every service), each setting has an environment variable (what deployments set) 
     SLIMYOLO_INFERENCE_BATCH_WINDOW_MS --batch-window-ms   10      how long a stream frame waits for others
     SLIMYOLO_MAX_IMAGE_BYTES           --max-image-bytes   16777216  largest encoded image accepted
     SLIMYOLO_MAX_IMAGE_PIXELS          --max-image-pixels  50000000  largest image (width × height) accepted
+    SLIMYOLO_MAX_DECODE_BYTES          --max-decode-bytes  1073741824  memory images being decoded take at once
+                                                                   (12 bytes per pixel; more requests wait)
     SLIMYOLO_INFERENCE_MAX_QUEUE       --max-queue         32      Detect/ModelInfer calls that may wait for
                                                                    inference; beyond: RESOURCE_EXHAUSTED
+
+``SLIMYOLO_MAX_IMAGE_PIXELS`` also becomes OpenCV's own decode limit ``OPENCV_IO_MAX_IMAGE_PIXELS``
+(unless that is set): OpenCV reads it once, as it loads (:mod:`slimyolo.serving`), so the flag
+does not change it; images are refused from their header first anyway
+(:mod:`slimyolo.serving.images`).
 
 The model repository is ``s3://bucket/prefix`` (trees in that S3 location), a local folder
 (``/abs/path``, ``./rel/path``, ``../rel``, ``~/path`` or ``file:///path``: as ``convert``
@@ -46,6 +53,7 @@ _ENV = {
     "batch_window_ms": "SLIMYOLO_INFERENCE_BATCH_WINDOW_MS",
     "max_image_bytes": "SLIMYOLO_MAX_IMAGE_BYTES",
     "max_image_pixels": "SLIMYOLO_MAX_IMAGE_PIXELS",
+    "max_decode_bytes": "SLIMYOLO_MAX_DECODE_BYTES",
     "max_queue": "SLIMYOLO_INFERENCE_MAX_QUEUE",
 }
 _HELP = {
@@ -59,6 +67,7 @@ _HELP = {
     "batch_window_ms": "milliseconds a stream frame waits for frames of other streams to share its inference",
     "max_image_bytes": "largest encoded image accepted (beyond it: INVALID_ARGUMENT)",
     "max_image_pixels": "largest image accepted, in pixels (width x height)",
+    "max_decode_bytes": "memory that images being decoded may take at once (12 bytes per pixel; more wait)",
     "max_queue": "Detect and ModelInfer calls that may wait for an inference request at once; a call beyond "
                  "them is answered RESOURCE_EXHAUSTED at once (keep --workers above it)",
 }
@@ -78,6 +87,7 @@ class ServingConfig(EnvConfig):
     batch_window_ms: float = 10.0
     max_image_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    max_decode_bytes: int = 1024 ** 3
     # 32 concurrent clients, each with one call outstanding, never fill it (see slimyolo.serving.dataplane).
     max_queue: int = 32
 
@@ -109,7 +119,7 @@ class ServingConfig(EnvConfig):
             raise SlimYoloError(f"{where('mosaic')}: {exc}") from None
         if self.batch_window_ms < 0:
             raise SlimYoloError(f"{where('batch_window_ms')}: must not be negative")
-        for name in ("max_image_bytes", "max_image_pixels", "max_queue"):
+        for name in ("max_image_bytes", "max_image_pixels", "max_decode_bytes", "max_queue"):
             if getattr(self, name) < 1:
                 raise SlimYoloError(f"{where(name)}: must be at least 1, got {getattr(self, name)}")
 

@@ -157,7 +157,7 @@ class DataPlane:
             return ServedModel(name, version, path, config, core, on_infer=observe)
 
         manager = ModelManager(repository, load, config.poll_seconds, metrics)
-        limits = ImageLimits(config.max_image_bytes, config.max_image_pixels)
+        limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.max_decode_bytes)
         # A stream call keeps up to two full mosaics in flight: enough to fill every mosaic with its own frames.
         return cls(manager, metrics, limits, code_of, max_in_flight=2 * config.mosaic_k ** 2,
                    max_queue=config.max_queue)

@@ -1,14 +1,29 @@
 """Images from requests, checked before they cost memory, and per-request detection options.
 
-An encoded image is refused beyond ``max_bytes``, and beyond ``max_pixels`` *before* it is
-decoded when its header says so (PNG and JPEG: a few kilobytes of PNG can decode to gigabytes),
-after decoding otherwise. Every error names the request field at fault.
+An encoded image is refused (SlimYoloError naming the request field, INVALID_ARGUMENT) unless
+
+- it is at most ``max_bytes`` long;
+- it is a JPEG, PNG or BMP whose header this module reads the size from *without decoding*
+  (:func:`header_size`): any other format, a header cut short or malformed, an animated PNG, is
+  refused before the decoder sees it, because a decoder trusts the size its header declares
+  (a few hundred bytes of JPEG can declare 20000×20000 and make OpenCV allocate gigabytes);
+- that size is at most ``max_pixels``.
+
+The JPEG header is read the way libjpeg reads it (bytes other than a marker between segments are
+skipped, as the decoder skips them), so the size checked is the size the decoder will allocate.
+Decoding then takes its memory from a budget shared by the server's requests (``max_decode_bytes``:
+:data:`DECODE_BYTES_PER_PIXEL` per declared pixel), so that many large images at once wait for
+each other instead of exhausting memory. OpenCV's own limit, ``OPENCV_IO_MAX_IMAGE_PIXELS``,
+backs this up (set by :mod:`slimyolo.serving` before OpenCV loads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -19,14 +34,24 @@ from slimyolo.errors import SlimYoloError
 from slimyolo.infer.decode import decode, postprocess
 from slimyolo.infer.engine import Detections
 
+FORMATS = "JPEG, PNG or BMP"
+# The most memory decoding takes per pixel: the BGR result (3 bytes) and, for a progressive JPEG,
+# every DCT coefficient of up to 4 components (2 bytes each) until the last scan.
+DECODE_BYTES_PER_PIXEL = 12
+
 _PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+_BMP = b"BM"
 # JPEG start-of-frame markers (they carry the size): C0-CF except DHT (C4), JPG (C8) and DAC (CC).
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM and RST0-7: markers without a segment
+# BMP info-header sizes OpenCV reads (OS/2 1.x core, Windows v1, v2, v3, OS/2 2.x, v4, v5).
+_BMP_CORE, _BMP_INFO = 12, frozenset([40, 52, 56, 64, 108, 124])
 
 
 @dataclass(frozen=True)
 class EncodedImage:
-    data: bytes  # JPEG, PNG, BMP or any format OpenCV decodes
+    data: bytes  # JPEG, PNG or BMP
 
 
 @dataclass(frozen=True)
@@ -36,33 +61,102 @@ class RawImage:
     bgr: bytes  # uint8 height×width×3, row-major, no padding
 
 
-@dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int
-    max_pixels: int
+    """One server's limits on request images, and the decode memory its requests share."""
+
+    def __init__(self, max_bytes: int, max_pixels: int, max_decode_bytes: int) -> None:
+        self.max_bytes, self.max_pixels, self.max_decode_bytes = max_bytes, max_pixels, max_decode_bytes
+        self._free = max_decode_bytes
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def decoding(self, pixels: int) -> Iterator[None]:
+        """Hold the decode memory of an image of ``pixels``, waiting until the budget has it.
+
+        An image that needs more than the whole budget waits until it has all of it, and decodes alone.
+        """
+        need = min(pixels * DECODE_BYTES_PER_PIXEL, self.max_decode_bytes)
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= need)
+            self._free -= need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += need
+                self._cond.notify_all()
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header, without decoding; None for other formats."""
-    if data.startswith(_PNG) and data[12:16] == b"IHDR" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    i = 2
-    while i + 9 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
+class _Header(Exception):
+    """Why a header gives no size (the caller names the field)."""
+
+
+def _int(data: bytes, at: int, size: int, order: Literal["big", "little"] = "big", signed: bool = False) -> int:
+    if at + size > len(data):
+        raise _Header("its header is cut short")
+    return int.from_bytes(data[at:at + size], order, signed=signed)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """The frame header's size, finding markers as libjpeg's next_marker() does."""
+    i = 2  # after SOI
+    while True:
+        while i < len(data) and data[i] != 0xFF:  # bytes between segments: libjpeg skips them
             i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
+        while i < len(data) and data[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= len(data):
+            raise _Header("the JPEG ends before its frame header")
+        marker, i = data[i], i + 1
+        if marker == 0x00 or marker in _JPEG_NO_LENGTH:  # a stuffed 0xFF (skipped as junk) or a lone marker
             continue
         if marker in _JPEG_SOF:
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
+            return _int(data, i + 5, 2), _int(data, i + 3, 2)
+        if marker in (0xD8, 0xD9, 0xDA):  # SOI again, EOI, SOS: no frame header came first
+            raise _Header(f"the JPEG has no frame header before marker 0x{marker:02X}")
+        length = _int(data, i, 2)
+        if length < 2:
+            raise _Header(f"JPEG segment 0x{marker:02X} has a bad length {length}")
+        i += length
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    """IHDR's size; animated PNGs (an acTL chunk before the image data) are refused."""
+    if data[12:16] != b"IHDR":
+        raise _Header("the PNG does not start with its IHDR chunk" if len(data) >= 16 else "its header is cut short")
+    width, height = _int(data, 16, 4), _int(data, 20, 4)
+    i = 8
+    while i + 8 <= len(data) and data[i + 4:i + 8] != b"IDAT":
+        if data[i + 4:i + 8] == b"acTL":
+            raise _Header("animated PNGs are not accepted")
+        i += 12 + _int(data, i, 4)
+    return width, height
+
+
+def _bmp_size(data: bytes) -> tuple[int, int]:
+    header = _int(data, 14, 4, "little")
+    if header == _BMP_CORE:
+        return _int(data, 18, 2, "little"), _int(data, 20, 2, "little")
+    if header in _BMP_INFO:
+        return abs(_int(data, 18, 4, "little", signed=True)), abs(_int(data, 22, 4, "little", signed=True))
+    raise _Header(f"the BMP info header has an unknown size {header}")
+
+
+def header_size(data: bytes, field: str = "image.encoded") -> tuple[int, int]:
+    """(width, height) from the header of a JPEG, PNG or BMP, without decoding; SlimYoloError naming ``field``
+    for any other format, or a header that gives no size."""
+    readers = ((_JPEG, _jpeg_size, "JPEG"), (_PNG, _png_size, "PNG"), (_BMP, _bmp_size, "BMP"))
+    for magic, read, name in readers:
+        if data.startswith(magic):
+            try:
+                width, height = read(data)
+            except _Header as exc:
+                raise SlimYoloError(f"{field}: not a decodable image: {exc} ({name}, {len(data):,} bytes)") from None
+            if width < 1 or height < 1:
+                raise SlimYoloError(f"{field}: not a decodable image: its {name} header declares {width}x{height}")
+            return width, height
+    raise SlimYoloError(f"{field}: not a decodable image ({len(data):,} bytes): the server accepts {FORMATS}, "
+                        "whose header gives the size before decoding")
 
 
 def _check_pixels(width: int, height: int, limits: ImageLimits, field: str) -> None:
@@ -87,13 +181,16 @@ def decode_image(image: EncodedImage | RawImage | None, limits: ImageLimits, fie
     if len(data) > limits.max_bytes:
         raise SlimYoloError(f"{field}.encoded: {len(data):,} bytes, more than the {limits.max_bytes:,} this server "
                             "accepts (SLIMYOLO_MAX_IMAGE_BYTES)")
-    size = header_size(data)
-    if size is not None:
-        _check_pixels(*size, limits, f"{field}.encoded")
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    width, height = header_size(data, f"{field}.encoded")
+    _check_pixels(width, height, limits, f"{field}.encoded")
+    with limits.decoding(width * height):
+        try:
+            decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:  # OpenCV's own checks (OPENCV_IO_MAX_IMAGE_PIXELS) raise rather than return None
+            decoded = None
     if decoded is None:
-        raise SlimYoloError(f"{field}.encoded: not a decodable image ({len(data):,} bytes; JPEG, PNG, BMP, TIFF, "
-                            "WebP and the other formats of OpenCV are)")
+        raise SlimYoloError(f"{field}.encoded: not a decodable image: its {width}x{height} data is damaged "
+                            f"({len(data):,} bytes)")
     _check_pixels(decoded.shape[1], decoded.shape[0], limits, f"{field}.encoded")
     return decoded
 
