@@ -19,7 +19,6 @@ from slimyolo.darknet.graph import Head
 # freshly pruned model at a low threshold scores nearly every box, and the work per image must
 # stay bounded whatever thresholds a request sends.
 MAX_NMS = 30000
-NMS_CHUNK = 1024  # candidates per OpenCV NMS call (see :func:`nms`)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -94,7 +93,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_det: int = 
     loop (a box survives when its IoU with every kept box is at most ``iou_thres``; equal scores
     keep their input order; any score, zero included, takes part), but in C++. OpenCV has no
     early stop at ``max_det``, and its cost grows with candidates × boxes kept, so the
-    candidates go in by chunks of the highest scores,
+    candidates go in by chunks of the highest scores (``max_det`` of them first, then twice as
+    many each time: few calls when most boxes are suppressed, little wasted work when few are),
     each run together with the boxes kept so far (they outrank the chunk, so they stay kept and
     suppress exactly what they would in one run); it stops once ``max_det`` boxes are kept.
     """
@@ -110,14 +110,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_det: int = 
     # OpenCV sorts by score again and drops scores <= 0: it gets ranks instead (n … 1, exact in float32).
     ranked = np.arange(n, 0, -1, dtype=np.float32)
     ids = np.zeros(n, np.int32) if classes is None else classes[order].astype(np.int32)
-    chunk = max(NMS_CHUNK, 2 * max_det)
     keep = np.zeros(0, np.int64)  # positions in ``order``
-    for start in range(0, n, chunk):
+    start, chunk = 0, max_det
+    while start < n and len(keep) < max_det:
         candidates = np.concatenate([keep, np.arange(start, min(start + chunk, n))])
         kept = cv2.dnn.NMSBoxesBatched(rects[candidates], ranked[candidates], ids[candidates], 0.0, iou_thres)
         keep = candidates[np.asarray(kept, np.int64).reshape(-1)]
-        if len(keep) >= max_det:
-            break
+        start, chunk = start + chunk, 2 * chunk
     return order[keep[:max_det]]
 
 
