@@ -26,8 +26,8 @@ def test_zoo_info_init(run_cli, tmp_path):
     code, _, err = run_cli("init", cfg_path, "--out", weights, "--seed", "3")
     assert code == 0 and weights.stat().st_size == info["weights_bytes"]
     code, out, _ = run_cli("info", cfg_path, "--weights", weights, "--layers", "--size", "416")
-    assert code == 0 and out.splitlines()[-1].endswith("6.790 BFLOPs, 23,539,796 bytes of .weights, input 416x416; "
-                                                      f"{weights} fits")
+    assert code == 0 and out.splitlines()[-1].endswith("6.790 BFLOPs, 101.2 MB of activation traffic (f32), "
+                                                      f"23,539,796 bytes of .weights, input 416x416; {weights} fits")
     assert "route 2" in out and "416x416x3" in out
 
 
@@ -64,3 +64,58 @@ def test_init_sparse_gives_the_stated_gamma_distribution(run_cli, tmp_path):
     assert gammas[~near_zero].min() >= 0.05 and gammas.max() <= 1.5
     code, _, err = run_cli("init", cfg_path, "--out", tmp_path / "x.weights", "--sparse", "2")
     assert code == 2 and "--sparse is a fraction" in err
+
+
+# conv A → conv B → shortcut(A + B) → head → yolo at 16x16: A is written once and read by B and
+# the shortcut, B and the shortcut once each, the head by the yolo layer (as the decode reads it),
+# which writes nothing; the image is read by A.
+SHORTCUT_CFG = """[net]
+width=16
+height=16
+channels=3
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+[convolutional]
+batch_normalize=1
+filters=8
+size=1
+stride=1
+pad=1
+activation=leaky
+[shortcut]
+from=-2
+activation=linear
+[convolutional]
+filters=21
+size=1
+stride=1
+pad=1
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=2,3,4,5,6,7
+classes=2
+num=3
+"""
+
+
+def test_info_activation_traffic(run_cli, tmp_path):
+    cfg_path = tmp_path / "s.cfg"
+    cfg_path.write_text(SHORTCUT_CFG)
+    plane = 4 * 16 * 16  # one f32 channel
+    expected = [8 * plane * 3 + 3 * plane, 8 * plane * 2, 8 * plane * 2, 21 * plane * 2, 0]
+    code, out, _ = run_cli("info", cfg_path, "--json", "--layers")
+    assert code == 0
+    info = json.loads(out)
+    assert info["activation_mb"] == round(sum(expected) / 1e6, 3)
+    assert [round(r["activation_mb"] * 1e6) for r in info["layers"]] == expected
+    assert [r["kind"] for r in info["layers"]] == ["conv", "conv", "shortcut", "conv", "yolo"]
+    code, out, _ = run_cli("info", cfg_path, "--layers", "--size", "32")
+    assert code == 0
+    assert out.splitlines()[0].split()[-3:] == ["BFLOPs", "act", "MB"]  # the per-layer column
+    assert f"{4 * sum(expected) / 1e6:.1f} MB of activation traffic" in out.splitlines()[-1]  # 4x the pixels

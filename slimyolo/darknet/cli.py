@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from slimyolo.darknet.cfg import parse_cfg
-from slimyolo.darknet.flops import layer_flops, model_stats
+from slimyolo.darknet.flops import layer_activation_bytes, layer_flops, model_stats
 from slimyolo.darknet.graph import Conv, MaxPool, Route, Shortcut, Upsample, build_graph
 from slimyolo.darknet.zoo import ZOO, make_cfg, parse_size
 
@@ -23,11 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="cfg file to write (default: standard output)")
     p.set_defaults(func=_zoo)
 
-    p = sub.add_parser("info", help="layers, params, BFLOPs and .weights size of a cfg")
+    p = sub.add_parser("info", help="layers, params, BFLOPs, activation traffic and .weights size of a cfg")
     p.add_argument("cfg", type=Path)
     p.add_argument("--weights", type=Path, help="also check that these weights fit the cfg")
     p.add_argument("--size", help="input size N or WxH (default: the cfg's [net] size)")
-    p.add_argument("--layers", action="store_true", help="print the per-layer table")
+    p.add_argument("--layers", action="store_true",
+                   help="per-layer table (with --json: a 'layers' list with each layer's BFLOPs and activation MB)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
 
@@ -62,18 +63,24 @@ def _info(args: argparse.Namespace) -> int:
         from slimyolo.darknet.model import load_model
 
         load_model(cfg, args.weights, (h, w))  # raises with expected/actual sizes on a mismatch
+    traffic = layer_activation_bytes(graph)
     if args.json:
         out = stats.as_dict()
         out["heads"] = [{"layer": i, "stride": graph.stride_of(i), "shape": list(graph.shapes[i])}
                         for i in graph.yolo_layers()]
+        if args.layers:
+            out["layers"] = [{"layer": i, "kind": type(spec).__name__.lower(), "shape": list(graph.shapes[i]),
+                              "bflops": layer_flops(graph, i) / 1e9, "activation_mb": traffic[i] / 1e6}
+                             for i, spec in enumerate(graph.specs)]
         print(json.dumps(out))
         return 0
     if args.layers:
         print(f"{'layer':>5} {'kind':<14} {'filters':>7} {'size/str':>9} {'input':>14} -> "
-              f"{'output':<14} {'BFLOPs':>7}")
+              f"{'output':<14} {'BFLOPs':>7} {'act MB':>7}")
         for i, spec in enumerate(graph.specs):
-            print(_layer_row(graph, i, spec))
+            print(f"{_layer_row(graph, i, spec)} {traffic[i] / 1e6:>7.2f}")
     print(f"{args.cfg}: {stats.layers} layers, {stats.params:,} params, {stats.bflops:.3f} BFLOPs, "
+          f"{stats.activation_mb:.1f} MB of activation traffic (f32), "
           f"{stats.weights_bytes:,} bytes of .weights, input {w}x{h}"
           + (f"; {args.weights} fits" if args.weights else ""))
     return 0
