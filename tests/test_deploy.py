@@ -4,6 +4,7 @@ agreement of images, ports and environment names between Dockerfiles, compose, k
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -344,3 +345,29 @@ def test_make_test_needs_no_docker_and_images_take_a_wheel_folder():
     assert "deploy/images.py build" in dry("images") and "--torch-wheels" not in dry("images")
     assert "--torch-wheels '/srv/wheels'" in dry("images", "TORCH_WHEELS=/srv/wheels")
     assert "deploy/images.py test" in dry("test-images", "TORCH_WHEELS=/srv/wheels")
+
+
+def test_inference_image_probes_its_own_port_and_declines_openvino_telemetry(tmp_path, monkeypatch):
+    """The HEALTHCHECK is liveness on the port the container is configured with (the health command's
+    default follows SLIMYOLO_GRPC_PORT), and `import openvino` neither warns nor writes in a read-only
+    container: telemetry is declined in a HOME of the image's own, where no volume is mounted."""
+    from slimyolo.cli import build_parser
+
+    text = dockerfile("inference")
+    (healthcheck,) = re.findall(r"^HEALTHCHECK .*\\\n\s+CMD (\[.*\])$", text, re.M)
+    assert yaml.safe_load(healthcheck) == ["slimyolo", "health", "--service", "liveness"]
+    monkeypatch.setenv("SLIMYOLO_GRPC_PORT", "7001")
+    assert build_parser().parse_args(["health"]).address == "127.0.0.1:7001"
+    (home,) = re.findall(r"^\s+HOME=(\S+) \\$", text, re.M)
+    assert f"echo 0 > {home}/intel/openvino_telemetry" in text
+    for doc in render("k8s/base"):
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "inference":
+            mounts = [m["mountPath"] for c in containers(doc) for m in c.get("volumeMounts", [])]
+            assert mounts and not [m for m in mounts if home == m or home.startswith(m.rstrip("/") + "/")], mounts
+    (tmp_path / "intel").mkdir()
+    (tmp_path / "intel" / "openvino_telemetry").write_text("0\n")
+    done = subprocess.run([sys.executable, "-c", "import logging; logging.basicConfig(); import openvino; "
+                           "openvino.Core()"], env={**os.environ, "HOME": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "telemetry" not in done.stderr.lower() + done.stdout.lower(), done.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["intel", "openvino_telemetry"]  # nothing written

@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_serve)
 
     h = sub.add_parser("health", help="exit 0 when a server (or one of its services) reports SERVING")
-    h.add_argument("--address", default="127.0.0.1:50051", help="HOST:PORT of the server (default 127.0.0.1:50051)")
+    local = f"127.0.0.1:{os.environ.get('SLIMYOLO_GRPC_PORT') or 50051}"  # the port a server here listens on
+    h.add_argument("--address", default=local, help=f"HOST:PORT of the server (default {local}: "
+                                                    "127.0.0.1 and SLIMYOLO_GRPC_PORT, else 50051)")
     h.add_argument("--service", default="", help="a service name (default: the whole server); 'liveness' for "
                                                 "liveness")
     h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
