@@ -325,7 +325,12 @@ class PipelineResult:
         return "\n".join(lines)
 
     def notes(self) -> list[str]:
-        return ["size: the darknet .weights file; for int8 the IR's model.bin.",
+        pruned = (self.stages.get("prune", {}).get("metrics") or {}).get("channel_report")
+        channels = [] if not pruned else [
+            f"pruned: asked {pruned['asked']:.1%} of {pruned['prunable']:,} prunable channels, removed "
+            f"{pruned['removed_fraction']:.1%} (kept back: "
+            + (", ".join(f"{k} {v:,}" for k, v in pruned["kept_back"].items() if v) or "none") + ")."]
+        return [*channels, "size: the darknet .weights file; for int8 the IR's model.bin.",
                 "OpenVINO FPS: inference-only throughput of the IR on this machine (throughput hint); "
                 "end to end adds letterbox, decode and NMS.",
                 "* the same network as the row it is measured on (sparse: baseline, pruned: fine-tuned); "

@@ -243,9 +243,9 @@ def zero_random_classes(model, seed: int, fraction: float = 0.5) -> tuple[set[in
 
 
 def percent_for_zeros(model) -> float:
-    """A global percent whose threshold is the smallest non-zero |γ|: exactly the zeros go."""
+    """A global percent whose threshold is 0: exactly the zeros are selected."""
     values = prunable_gammas(build_groups(model.graph), bn_gammas(model))
-    return (int((values == 0).sum()) + 0.5) / len(values)
+    return int((values == 0).sum()) / len(values)
 
 
 @pytest.mark.parametrize("name", ["yolov3", "yolov3-spp", "yolov3-tiny", "yolov4", "yolov4-tiny", "edge"])
@@ -266,7 +266,7 @@ def test_channel_pruning_of_zero_gamma_channels_is_exact(name):
 
     # The β kept above really travels through the network: undoing the fold breaks exactness.
     assert folded > 0
-    masks = channel_masks(model, channel_threshold(model, percent))
+    masks, _ = channel_masks(model, percent)
     blocks = dict(model.conv_blocks())
     with torch.no_grad():
         for (i, mask), (_, block) in zip(sorted(masks.items()), result.model.conv_blocks(), strict=True):

@@ -66,7 +66,7 @@ def test_channel_sweep_finds_the_strongest_point_within_the_drop(model):
     assert [r.global_percent for r in fine] == [round(coarse[-2].global_percent + 0.01 * (k + 1), 6)
                                                 for k in range(len(fine))]
     within = [r for r in rows if r.within and r.stage != "baseline"]
-    assert result.best is min(within, key=lambda r: r.params)
+    assert result.best is min(within, key=lambda r: (r.bflops, r.params))
     assert result.best.params >= COLLAPSE * base
     assert not fine[-1].within or fine[-1].global_percent == round(coarse[-1].global_percent - 0.01, 6)
     assert sum(p.numel() for p in best_model.model.parameters()) == result.best.params
@@ -75,7 +75,9 @@ def test_channel_sweep_finds_the_strongest_point_within_the_drop(model):
     assert [e["row"] for e in events if "row" in e] == [r.__dict__ for r in rows]
     assert events[-1]["best"] == result.best.__dict__
     table = result.table()
-    assert "<- best" in table and "best pruning point: global percent" in table
+    assert "<- best" in table and "best pruning point by bflops: global percent" in table
+    assert all(0 < r.removed_fraction < 1 for r in channel) and "asked removed" in table
+    assert "sparsity: 80" in table
 
 
 def test_sweep_with_shortcuts_searches_units_and_both(model):
@@ -87,7 +89,7 @@ def test_sweep_with_shortcuts_searches_units_and_both(model):
     assert [r.shortcuts for r in result.rows if r.stage == "layer"][:3] == [2, 4, 5]
     assert all(r.latency_ms is None for r in result.rows)
     within = [r for r in result.rows if r.within and r.stage != "baseline"]
-    assert result.best is min(within, key=lambda r: (r.params, r.bflops))
+    assert result.best is min(within, key=lambda r: (r.bflops, r.params))
 
 
 def test_cancel_stops_the_sweep(model, tmp_path):
@@ -129,7 +131,10 @@ def test_sweep_command_with_real_evaluation(run_cli, model, tmp_path):
     assert rows[0]["stage"] == "baseline"
     assert {r["stage"] for r in rows} >= {"channel", "layer"}
     best = saved["best"]
-    assert best == min((r for r in rows if r["within"] and r["stage"] != "baseline"), key=lambda r: r["params"])
+    chosen = min((r for r in rows if r["within"] and r["stage"] != "baseline"), key=lambda r: r["bflops"])
+    assert best == {k: v for k, v in chosen.items() if k != "pareto"}
+    assert saved["objective"] == "bflops" and list(saved["choices"]) == ["bflops"]
+    assert all(r["fps"] is None and not r["pareto"] for r in rows)
     assert json.loads((out / "best" / "summary.json").read_text())["after"]["params"] == best["params"]
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len((out / "sweep.csv").read_text().splitlines()) == len(rows) + 1
@@ -140,3 +145,114 @@ def test_sweep_command_with_real_evaluation(run_cli, model, tmp_path):
                               "--data", data, "--percents", "0.9:0.3", "--out", tmp_path / "x")
     assert code == 2 and "--percents '0.9:0.3': need LO <= HI" in stderr
     assert not (tmp_path / "x").exists()
+
+
+def fake_fps(base_params: int):
+    """FPS that peaks at 60% of the parameters and falls beyond (thin layers wait on memory), so
+    the fastest point is not the one with the fewest BFLOPs; each distinct model measured once."""
+    seen = []
+
+    def fps(m):
+        frac = sum(p.numel() for p in m.parameters()) / base_params
+        seen.append(frac)
+        return 100.0 - 80.0 * abs(frac - 0.6)
+
+    return fps, seen
+
+
+def test_sweep_by_fps_picks_the_fastest_row_within_the_drop(model, tmp_path):
+    from slimyolo.prune.sweep import choose, pareto
+
+    base = sum(p.numel() for p in model.parameters())
+    evaluate, _ = fake_evaluate(base)
+    fps, seen = fake_fps(base)
+    with pytest.raises(SlimYoloError, match="the fps objective needs an FPS measurement"):
+        sweep(model, evaluate, percents=(0.1, 0.9, 0.2), latency_runs=0, objective="fps")
+    result, best_model = sweep(model, evaluate, percents=(0.1, 0.9, 0.2), latency_runs=0, objective="fps",
+                               measure_fps=fps)
+    rows = result.rows
+    assert len(seen) == len(rows) and all(r.fps is not None for r in rows)
+    within = [r for r in rows if r.within and r.stage != "baseline"]
+    assert result.best is max(within, key=lambda r: r.fps)
+    by_bflops = choose(rows, "bflops")
+    assert by_bflops is min(within, key=lambda r: r.bflops) and by_bflops is not result.best
+    assert result.best.fps > by_bflops.fps and result.best.map50 >= by_bflops.map50
+    assert sum(p.numel() for p in best_model.model.parameters()) == result.best.params
+    front = pareto(rows)
+    for r, on in zip(rows, front, strict=True):  # on the front iff no row is as fast and as accurate, one better
+        beaten = any(o.fps >= r.fps and o.map50 >= r.map50 and (o.fps, o.map50) != (r.fps, r.map50) for o in rows)
+        assert on == (not beaten)
+    assert front[rows.index(result.best)]
+    saved = result.as_dict()
+    assert saved["objective"] == "fps" and saved["choices"]["fps"] == saved["best"]
+    assert saved["choices"]["bflops"]["bflops"] == by_bflops.bflops
+    assert [r["pareto"] for r in saved["rows"]] == front
+    table = result.table()
+    assert "# FPS: measured by the caller" in table and "best pruning point by fps" in table
+    assert "(by bflops it would be global percent" in table
+    assert any(line.split()[-2:] == ["yes", "<-"] or "P  yes  <- best" in line for line in table.splitlines())
+    paths = result.save(tmp_path / "out", best_model)
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fps_meter_caches_by_cfg_digest_and_checks_its_arguments(model, monkeypatch):
+    from slimyolo.prune.algorithms import prune_channels
+    from slimyolo.prune.speed import FpsMeter
+
+    with pytest.raises(SlimYoloError, match="precision must be one of f32, bf16, int8"):
+        FpsMeter("fp64")
+    meter = FpsMeter("int8", seconds=0.1, repeats=2)
+    measured = []
+    monkeypatch.setattr(meter, "measure", lambda m: measured.append(m) or 10.0 * len(measured))
+    a = prune_channels(model, 0.5).model
+    again = prune_channels(model, 0.5).model  # another object, the same architecture
+    assert meter(a) == meter(again) == meter(model) / 2 == 10.0
+    assert len(measured) == 2 and len(meter.cache) == 2
+    assert all(k.endswith("-int8") for k in meter.cache)
+    assert meter.note().startswith("OpenVINO int8 IR (via PyTorch), throughput hint, inference only, best of 2 x 0.1 s")
+    assert set(meter.cpu) == {"cpu", "cores", "isa"}
+
+
+def test_sweep_command_by_measured_fps(run_cli, model, tmp_path):
+    """The one sweep that really converts and times its points (tiny model, 0.05 s runs): only the
+    structure and the choice rule are asserted, never the timings themselves."""
+    from slimyolo.data.synth import write_synthetic
+
+    data = write_synthetic(tmp_path / "data", classes=2, train=1, val=2, size=64)
+    model.cfg.write(tmp_path / "m.cfg")
+    model.save_darknet_weights(tmp_path / "m.weights")
+    out = tmp_path / "sweep"
+    code, stdout, stderr = run_cli("prune", "sweep", "--cfg", tmp_path / "m.cfg", "--weights", tmp_path / "m.weights",
+                                   "--data", data, "--percents", "0.5:0.7:0.2", "--max-map-drop", "1",
+                                   "--max-images", "1", "--latency-runs", "0", "--objective", "fps",
+                                   "--fps-seconds", "0.05", "--fps-repeats", "1", "--out", out)
+    assert code == 0, stderr
+    saved = json.loads((out / "sweep.json").read_text())
+    rows = saved["rows"]
+    assert [r["stage"] for r in rows] == ["baseline", "channel", "channel"]
+    assert all(r["fps"] > 0 for r in rows) and any(r["pareto"] for r in rows)
+    pruned = [r for r in rows if r["stage"] != "baseline"]
+    assert saved["best"]["fps"] == max(r["fps"] for r in pruned)  # everything is within a drop of 1
+    assert saved["choices"]["bflops"]["global_percent"] == 0.7
+    assert saved["cpu"]["cores"] >= 1 and isinstance(saved["cpu"]["isa"], list)
+    assert saved["fps_measurement"].startswith("OpenVINO f32 IR (via PyTorch), throughput hint")
+    assert "# FPS: OpenVINO f32" in stdout and "best pruning point by fps" in stdout
+    assert "FPS" in stdout.splitlines()[3]
+
+
+def test_the_stage_spec_and_its_request_carry_the_objective():
+    from slimyolo.pipeline import PipelineConfig
+    from slimyolo.stages import messages
+    from slimyolo.stages.specs import DataRef, SweepSpec
+    from slimyolo.store import Artifact
+
+    weights = Artifact("file:///store/blobs/sha256/" + "ab" * 32, "ab" * 32, 10)
+    spec = SweepSpec(weights, DataRef(archive=weights, data_file="synth.data"), "runs/s", objective="fps",
+                     precision="int8", fps_seconds=0.5, fps_repeats=2)
+    request = messages.TO_REQUEST["sweep"](spec, lambda ref, field: ref)
+    assert messages.FROM_REQUEST["sweep"](type(request).FromString(request.SerializeToString())) == spec
+    with pytest.raises(SlimYoloError, match="'objective' must be one of bflops, fps, got 'speed'"):
+        SweepSpec.from_dict({"weights": "a/b", "data": "d", "out": "o", "objective": "speed"})
+    with pytest.raises(SlimYoloError, match=r"sweep.*'precision' must be one of f32, bf16, int8"):
+        PipelineConfig.from_dict({"name": "n", "model": "yolov4-tiny", "img_size": 64, "data": {"synth": {}},
+                                  "sweep": {"objective": "fps", "precision": "fp16"}})

@@ -27,6 +27,7 @@ from slimyolo.prune.importance import (
     unit_importance,
 )
 from slimyolo.prune.masks import check_keep_args, conv_masks, keep_classes
+from slimyolo.prune.report import ChannelReport, SparsityReport, channel_report, sparsity_report
 from slimyolo.prune.result import PruneResult
 
 
@@ -64,26 +65,38 @@ def choose_units(model: Darknet, shortcuts: int) -> list[int]:
 
 
 def channel_threshold(model: Darknet, global_percent: float) -> float:
-    """The |γ| threshold at the ``global_percent`` quantile of the model's prunable channels."""
+    """The |γ| threshold at the ``global_percent`` quantile of the model's prunable channels
+    (channels at or below it are selected, see :func:`~slimyolo.prune.importance.global_threshold`)."""
     groups = build_groups(model.graph)
     return global_threshold(prunable_gammas(groups, bn_gammas(model)), global_percent)
 
 
-def channel_masks(model: Darknet, threshold: float, layer_keep: float = 0.0, round_to: int = 1,
-                  units: frozenset[int] = frozenset()) -> dict[int, np.ndarray]:
-    """Keep masks of every convolution (original indices) once ``units`` are gone.
+def model_sparsity(model: Darknet) -> SparsityReport:
+    """How far sparsity training went: |γ| near zero among the model's prunable channels."""
+    return sparsity_report(build_groups(model.graph), bn_gammas(model))
 
-    The channel groups are those of the network *without* the removed units: removing a unit
-    joins the shortcut chains on either side of it.
+
+def channel_masks(model: Darknet, global_percent: float, layer_keep: float = 0.0, round_to: int = 1,
+                  units: frozenset[int] = frozenset()) -> tuple[dict[int, np.ndarray], ChannelReport]:
+    """Keep masks of every convolution (original indices) once ``units`` are gone, and the
+    asked-against-removed report.
+
+    The threshold is the ``global_percent`` quantile over the prunable channels of the
+    *original* model, as the original projects compute it. The channel groups are those of the
+    network *without* the removed units (removing a unit joins the shortcut chains on either
+    side of it), and the report counts the prunable channels of that network.
     """
+    threshold = channel_threshold(model, global_percent)
     layer_plan = Plan(units=units)
     old_of = {new: old for old, new in surviving(model.graph, layer_plan).items()}
     graph = build_graph(pruned_cfg(model.cfg, model.graph, layer_plan)) if units else model.graph
     groups = build_groups(graph)
     gammas = bn_gammas(model)
-    importance = class_importance(groups, {new: gammas[old] for new, old in old_of.items() if old in gammas})
-    keep = keep_classes(groups, importance, threshold, layer_keep, round_to)
-    return {old_of[i]: mask for i, mask in conv_masks(groups, keep).items()}
+    new_gammas = {new: gammas[old] for new, old in old_of.items() if old in gammas}
+    importance = class_importance(groups, new_gammas)
+    keep, reason = keep_classes(groups, importance, threshold, layer_keep, round_to)
+    report = channel_report(groups, new_gammas, importance, keep, reason, global_percent, threshold)
+    return {old_of[i]: mask for i, mask in conv_masks(groups, keep).items()}, report
 
 
 def prune_channels(model: Darknet, global_percent: float, layer_keep: float = 0.01,
@@ -102,22 +115,19 @@ def prune_layers(model: Darknet, shortcuts: int) -> PruneResult:
 
 def prune_both(model: Darknet, global_percent: float, shortcuts: int, layer_keep: float = 0.01,
                round_to: int = 1) -> PruneResult:
-    """Layer and channel pruning in one step.
-
-    The |γ| threshold is the ``global_percent`` quantile over the prunable channels of the
-    *original* model, as the original projects compute it, and is then applied to the
-    channels of the network that remains after the units are removed.
-    """
+    """Layer and channel pruning in one step (see :func:`channel_masks` for the threshold)."""
     check_args(global_percent, shortcuts, layer_keep, round_to)
-    threshold = channel_threshold(model, global_percent)
+    sparsity = model_sparsity(model)
     units = frozenset(choose_units(model, shortcuts))
-    plan = Plan(channel_masks(model, threshold, layer_keep, round_to, units), units)
-    settings = {"global_percent": global_percent, "threshold": threshold, "layer_keep": layer_keep,
+    masks, report = channel_masks(model, global_percent, layer_keep, round_to, units)
+    plan = Plan(masks, units)
+    settings = {"global_percent": global_percent, "threshold": report.threshold, "layer_keep": layer_keep,
                 "round_to": round_to}
     if shortcuts:
         settings["shortcuts"] = shortcuts
     return PruneResult.build("both" if shortcuts else "channel", model, apply_plan(model, plan), plan,
-                             settings=settings, unit_importance=_unit_scores(model, units))
+                             settings=settings, unit_importance=_unit_scores(model, units),
+                             channel_report=report, sparsity=sparsity)
 
 
 def _unit_scores(model: Darknet, units: frozenset[int]) -> dict[int, float]:

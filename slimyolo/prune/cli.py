@@ -62,7 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="global percent range LO:HI[:STEP] (coarse step, default 0.05)")
     q.add_argument("--shortcuts", help="residual units range LO:HI[:STEP] to sweep as well (e.g. 0:20)")
     q.add_argument("--max-map-drop", type=float, default=0.01,
-                   help="the best point is the strongest pruning whose mAP@0.5 stays within this drop")
+                   help="the best point is chosen among the points whose mAP@0.5 stays within this drop")
+    q.add_argument("--objective", choices=("bflops", "fps"), default="bflops",
+                   help="bflops (default): the fewest BFLOPs within the drop; fps: the most OpenVINO frames per "
+                        "second measured on this CPU (each point converted to an IR and timed)")
+    q.add_argument("--precision", choices=("f32", "bf16", "int8"), default="f32",
+                   help="inference precision of the FPS measurement (--objective fps; default f32)")
+    q.add_argument("--fps-seconds", type=float, default=1.0, help="length of one FPS measurement (default 1)")
+    q.add_argument("--fps-repeats", type=int, default=3,
+                   help="FPS measurements per point; the best counts (default 3)")
     channel_args(q, percent_required=False)
     q.add_argument("--img-size", type=int, help="evaluation size (default: the cfg's)")
     q.add_argument("--batch-size", type=int, default=8)
@@ -89,6 +97,8 @@ def _prune(args: argparse.Namespace) -> int:
         result = prune_layers(model, shortcuts)
     else:
         result = prune_both(model, percent, shortcuts, args.layer_keep, args.round_to)
+    for warning in result.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     paths = result.save(args.out)
     print(json.dumps(result.summary()) if args.json else result.format())
     print(f"wrote {paths['cfg']}, {paths['weights']}, {paths['pt']}, {paths['summary']}", file=sys.stderr)

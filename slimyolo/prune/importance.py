@@ -9,6 +9,8 @@ the shortcut adds.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from slimyolo.darknet.model import Darknet
@@ -41,18 +43,20 @@ def prunable_gammas(groups: ChannelGroups, gammas: dict[int, np.ndarray]) -> np.
 
 
 def global_threshold(values: np.ndarray, percent: float) -> float:
-    """The |γ| below which a channel goes: the ``percent`` quantile of ``values``.
+    """The |γ| at and below which a channel goes: the ⌈N·percent⌉-th smallest of the N ``values``.
 
-    As in the original projects, it is the value at sorted position ⌊N·percent⌋, and channels
-    with |γ| >= threshold stay, so pruning ``percent`` of N distinct values removes exactly
-    ⌊N·percent⌋ of them before merging and floors.
+    Channels with |γ| <= threshold are selected, so at least ⌈N·percent⌉ go whatever the ties:
+    channels tied at the threshold (exact zeros after masked training, equal tiny values, all γ
+    equal) go together. The original projects keep ``|γ| >= sorted[⌊N·percent⌋]``, which on a
+    tie at that value removes nothing at all; on distinct values both remove the same channels
+    but for the rounding of N·percent, which here is up (at least the asked fraction).
     """
     if not 0.0 < percent < 1.0:
         raise SlimYoloError(f"global percent must be between 0 and 1 (exclusive), got {percent}")
     if values.size == 0:
         raise SlimYoloError("the model has no prunable BatchNorm channel")
-    ordered = np.sort(values)
-    return float(ordered[min(int(len(ordered) * percent), len(ordered) - 1)])
+    count = max(math.ceil(len(values) * percent - 1e-9), 1)  # the tolerance: 0.3 * 10 is 3.0000000000000004
+    return float(np.sort(values)[count - 1])
 
 
 def unit_importance(gammas: dict[int, np.ndarray], units: list[int]) -> dict[int, float]:

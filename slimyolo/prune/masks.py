@@ -1,8 +1,9 @@
 """Channel masks: from a global |γ| threshold to a keep decision per channel class.
 
-A class stays when its importance (max |γ| of its members, i.e. the OR of their masks) reaches
-the threshold. Then three kinds of constraints top it up, each by keeping the most important
-classes not yet kept, until all hold at once:
+A class goes when its importance (max |γ| of its members, i.e. the OR of their masks) is at or
+below the threshold, so channels tied at the threshold go together. Then three kinds of
+constraints top it up, each by keeping the most important classes not yet kept, until all
+hold at once:
 
 - the floor: every prunable convolution keeps at least ``max(⌈layer_keep·channels⌉, 1)``;
 - ``round_to``: every convolution keeps a multiple of R channels (or all of them), so pruned
@@ -10,7 +11,9 @@ classes not yet kept, until all hold at once:
 - route groups: each chunk a ``[route] groups=G`` layer slices keeps the same count.
 
 Each step only adds kept classes, so the loop ends (at worst with everything kept, which
-satisfies every constraint).
+satisfies every constraint), and a constraint can only keep channels back: it never makes
+the pruner remove a channel above the threshold instead. Which constraint kept each class back
+is recorded for the asked-against-removed report (:mod:`slimyolo.prune.report`).
 """
 
 from __future__ import annotations
@@ -30,11 +33,17 @@ def check_keep_args(layer_keep: float, round_to: int) -> None:
         raise SlimYoloError(f"round-to must be a positive number of channels, got {round_to}")
 
 
-def keep_classes(groups: ChannelGroups, importance: np.ndarray, threshold: float,
-                 layer_keep: float = 0.0, round_to: int = 1) -> np.ndarray:
-    """Bool per class: kept. ``importance`` is per class (see importance.class_importance)."""
+CONSTRAINTS = ("layer floor", "round-to", "route groups")  # the top-ups, in the order they are applied
+
+
+def keep_classes(groups: ChannelGroups, importance: np.ndarray, threshold: float, layer_keep: float = 0.0,
+                 round_to: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(bool per class: kept, int per class: the index in :data:`CONSTRAINTS` + 1 of the
+    constraint that kept it back, 0 if none did). ``importance`` is per class (see
+    importance.class_importance)."""
     check_keep_args(layer_keep, round_to)
-    keep = groups.fixed | (importance >= threshold)
+    keep = groups.fixed | (importance > threshold)
+    reason = np.zeros(len(keep), dtype=np.int8)
     convs = [groups.conv_classes[i] for i in groups.prunable_convs()]
     changed = True
     while changed:
@@ -42,17 +51,19 @@ def keep_classes(groups: ChannelGroups, importance: np.ndarray, threshold: float
         for cls in convs:
             have = int(keep[cls].sum())
             want = max(have, math.ceil(layer_keep * len(cls) - 1e-9), 1)
+            changed |= _top_up(keep, reason, 1, importance, cls, want)
             if want % round_to:
                 want = min(-(-want // round_to) * round_to, len(cls))
-            changed |= _top_up(keep, importance, cls, want)
+                changed |= _top_up(keep, reason, 2, importance, cls, want)
         for pieces in groups.chunks:
             want = max(int(keep[p].sum()) for p in pieces)
             for p in pieces:
-                changed |= _top_up(keep, importance, p, want)
-    return keep
+                changed |= _top_up(keep, reason, 3, importance, p, want)
+    return keep, reason
 
 
-def _top_up(keep: np.ndarray, importance: np.ndarray, cls: np.ndarray, want: int) -> bool:
+def _top_up(keep: np.ndarray, reason: np.ndarray, why: int, importance: np.ndarray, cls: np.ndarray,
+            want: int) -> bool:
     """Keep the most important classes of ``cls`` until ``want`` of its positions are kept."""
     have = int(keep[cls].sum())
     if have >= want:
@@ -60,6 +71,7 @@ def _top_up(keep: np.ndarray, importance: np.ndarray, cls: np.ndarray, want: int
     candidates = np.unique(cls[~keep[cls]])
     for c in candidates[np.argsort(-importance[candidates], kind="stable")]:
         keep[c] = True
+        reason[c] = why
         have += int((cls == c).sum())
         if have >= want:
             break

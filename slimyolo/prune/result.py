@@ -20,6 +20,7 @@ from slimyolo.darknet.model import Darknet
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import atomic_dir
 from slimyolo.prune.functional import Plan, surviving
+from slimyolo.prune.report import ChannelReport, SparsityReport
 
 FILES = {"cfg": "pruned.cfg", "weights": "pruned.weights", "pt": "pruned.pt", "summary": "summary.json"}
 
@@ -33,10 +34,13 @@ class PruneResult:
     settings: dict[str, float | int]
     removed_units: list[dict] = field(default_factory=list)  # {"shortcut", "layers", "importance"}
     channels: list[dict] = field(default_factory=list)  # per original convolution
+    channel_report: ChannelReport | None = None  # channel and both: asked against removed
+    sparsity: SparsityReport | None = None  # channel and both: |γ| near zero before pruning
 
     @classmethod
     def build(cls, method: str, original: Darknet, pruned: Darknet, plan: Plan,
-              settings: dict[str, float | int], unit_importance: dict[int, float]) -> PruneResult:
+              settings: dict[str, float | int], unit_importance: dict[int, float],
+              channel_report: ChannelReport | None = None, sparsity: SparsityReport | None = None) -> PruneResult:
         new_index = surviving(original.graph, plan)
         channels = []
         for i, spec in enumerate(original.graph.specs):
@@ -46,27 +50,43 @@ class PruneResult:
                                  "kept": kept if i in new_index else 0})
         units = [{"shortcut": s, "layers": [s - 2, s - 1, s], "importance": unit_importance[s]}
                  for s in sorted(plan.units)]
-        return cls(method, pruned, model_stats(original.cfg), model_stats(pruned.cfg), settings, units, channels)
+        return cls(method, pruned, model_stats(original.cfg), model_stats(pruned.cfg), settings, units, channels,
+                   channel_report, sparsity)
 
     @property
     def cfg(self) -> Cfg:
         """The pruned cfg (the one ``save`` writes)."""
         return self.model.cfg
 
+    def warnings(self) -> list[str]:
+        """Sparsity training too short for the asked percent; asked and removed far apart."""
+        if self.channel_report is None or self.sparsity is None:
+            return []
+        found = (self.sparsity.warning(self.channel_report.asked), self.channel_report.warning())
+        return [w for w in found if w]
+
     def summary(self) -> dict:
-        """The JSON summary: settings, before/after figures, units removed, channels kept."""
+        """The JSON summary: settings, before/after figures, the reports, units removed, channels kept."""
+        reports = {}
+        if self.channel_report is not None and self.sparsity is not None:
+            reports = {"channel_report": self.channel_report.as_dict(), "sparsity": self.sparsity.as_dict(),
+                       "warnings": self.warnings()}
         return {"method": self.method, **self.settings, "before": self.before.as_dict(),
-                "after": self.after.as_dict(), "removed_units": self.removed_units, "channels": self.channels}
+                "after": self.after.as_dict(), **reports, "removed_units": self.removed_units,
+                "channels": self.channels}
 
     def format(self) -> str:
         """The printed summary (the table the original projects print)."""
         b, a = self.before, self.after
         settings = ", ".join(f"{k.replace('_', ' ')} {v:.6g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
                              for k, v in self.settings.items())
-        lines = [f"{self.method} pruning: {settings}",
-                 f"{'':<10}{'before':>16}{'after':>16}{'ratio':>9}"]
+        lines = [f"{self.method} pruning: {settings}"]
+        if self.channel_report is not None and self.sparsity is not None:
+            lines += [self.sparsity.line(), self.channel_report.line()]  # warnings(): the caller logs them
+        lines.append(f"{'':<10}{'before':>16}{'after':>16}{'ratio':>9}")
         for name, x, y in (("layers", b.layers, a.layers), ("params", b.params, a.params),
-                           ("BFLOPs", b.bflops, a.bflops), (".weights", b.weights_bytes, a.weights_bytes)):
+                           ("BFLOPs", b.bflops, a.bflops), ("act. MB", b.activation_mb, a.activation_mb),
+                           (".weights", b.weights_bytes, a.weights_bytes)):
             fmt = "{:>16.3f}" if isinstance(x, float) else "{:>16,}"
             lines.append(f"{name:<10}" + fmt.format(x) + fmt.format(y) + f"{y / x:>9.1%}")
         if self.removed_units:

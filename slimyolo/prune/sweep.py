@@ -5,8 +5,19 @@ automatic: for each axis a coarse grid is evaluated from the weakest point up un
 falls below ``baseline - max_map_drop`` (the collapse), then the gap between the last good
 and the first bad point is filled at the fine step. With a shortcuts range the sweep runs
 three stages — channels alone, residual units alone, then for each coarse unit count the
-channel search again (up to the percent that passed alone) — and the best point is the
-evaluated point with the fewest parameters whose mAP stays within the allowed drop.
+channel search again (up to the percent that passed alone). The best point is, among the
+evaluated points whose mAP stays within the allowed drop, the one the ``objective`` prefers:
+
+- ``bflops`` (the default): the fewest BFLOPs (then params), the original projects' rule, which
+  needs no measurement and gives the same choice on every machine;
+- ``fps``: the most frames per second measured with OpenVINO on this CPU
+  (:class:`~slimyolo.prune.speed.FpsMeter`): every row is converted and timed, and the table
+  and plot show mAP@0.5 against FPS with the Pareto front marked. Past a point BFLOPs stop
+  buying speed (thin layers wait on memory), so the fastest point within the drop is often
+  not the one with the fewest BFLOPs, and it keeps more mAP.
+
+The search itself does not depend on the objective, so a sweep that measured FPS records the
+choice of both (``choices`` in ``sweep.json``).
 
 Evaluation is a parameter (any ``Darknet -> object with precision, recall, map50``), so the
 search is testable and the service can plug in its own; the CLI uses
@@ -33,8 +44,10 @@ import torch
 from slimyolo.darknet.model import Darknet
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import atomic_dir
-from slimyolo.prune.algorithms import check_args, choose_units, prune_both, prune_layers
+from slimyolo.prune.algorithms import check_args, choose_units, model_sparsity, prune_both, prune_layers
+from slimyolo.prune.report import GAP_WARN, SparsityReport
 from slimyolo.prune.result import PruneResult, check_out_dir, prepare_out_dir
+from slimyolo.prune.speed import OBJECTIVES
 
 
 class Metrics(Protocol):
@@ -44,13 +57,14 @@ class Metrics(Protocol):
 
 
 EvalFn = Callable[[Darknet], Metrics]
+FpsFn = Callable[[Darknet], float]
 Progress = Callable[[dict], None]
 
 
 @dataclass(frozen=True)
 class SweepRow:
     stage: str  # "baseline", "channel", "layer" or "both"
-    global_percent: float | None
+    global_percent: float | None  # asked: the fraction of prunable channels to remove
     shortcuts: int
     precision: float
     recall: float
@@ -60,6 +74,32 @@ class SweepRow:
     bflops: float
     latency_ms: float | None
     within: bool  # mAP within the allowed drop of the baseline
+    removed_fraction: float | None = None  # removed: the fraction of prunable channels that went
+    activation_mb: float = 0.0
+    fps: float | None = None  # measured OpenVINO FPS (objective fps)
+
+
+def _key(objective: str) -> Callable[[SweepRow], tuple]:
+    """Sort key of rows, best first: fewest BFLOPs (then params), or most FPS (then fewest BFLOPs)."""
+    if objective == "fps":
+        return lambda r: (-(r.fps or 0.0), r.bflops, r.params, -r.map50)
+    return lambda r: (r.bflops, r.params, -r.map50)
+
+
+def choose(rows: list[SweepRow], objective: str) -> SweepRow | None:
+    """The objective's best pruned row within the drop (None if none is)."""
+    ok = [r for r in rows if r.within and r.stage != "baseline"]
+    return min(ok, key=_key(objective)) if ok else None
+
+
+def pareto(rows: list[SweepRow]) -> list[bool]:
+    """For each row: on the mAP@0.5-against-FPS Pareto front (no row is as fast and as accurate,
+    and better in one). Rows without FPS are never on it."""
+    def dominated(r: SweepRow) -> bool:
+        return any(o.fps is not None and o.fps >= r.fps and o.map50 >= r.map50 and (o.fps > r.fps or o.map50 > r.map50)
+                   for o in rows)
+
+    return [r.fps is not None and not dominated(r) for r in rows]
 
 
 @dataclass
@@ -70,55 +110,86 @@ class SweepResult:
     max_map_drop: float
     settings: dict[str, Any] = field(default_factory=dict)
     latency_note: str = ""
+    objective: str = "bflops"
+    fps_note: str = ""  # how FPS was measured and on which CPU ("" when it was not)
+    cpu: dict[str, Any] | None = None
+    sparsity: SparsityReport | None = None
+
+    def choices(self) -> dict[str, SweepRow | None]:
+        """The best row by each objective the rows can judge (fps only when it was measured)."""
+        objectives = OBJECTIVES if self.fps_note else ("bflops",)
+        return {o: choose(self.rows, o) for o in objectives}
 
     def as_dict(self) -> dict:
-        return {"settings": self.settings, "max_map_drop": self.max_map_drop,
-                "latency": self.latency_note, "baseline": asdict(self.baseline),
-                "best": asdict(self.best) if self.best else None, "rows": [asdict(r) for r in self.rows]}
+        front = pareto(self.rows)
+        return {"settings": self.settings, "max_map_drop": self.max_map_drop, "objective": self.objective,
+                "latency": self.latency_note, "fps_measurement": self.fps_note, "cpu": self.cpu,
+                "sparsity": self.sparsity.as_dict() if self.sparsity else None, "baseline": asdict(self.baseline),
+                "best": asdict(self.best) if self.best else None,
+                "choices": {o: asdict(r) if r else None for o, r in self.choices().items()},
+                "rows": [{**asdict(r), "pareto": p} for r, p in zip(self.rows, front, strict=True)]}
 
     def table(self) -> str:
-        """The printed table, with the best point marked."""
-        head = (f"{'stage':<9}{'percent':>8}{'units':>6}{'P':>7}{'R':>7}{'mAP@0.5':>9}{'params':>13}"
-                f"{'size MB':>9}{'BFLOPs':>9}{'lat ms':>8}  ok")
-        lines = [f"# latency: {self.latency_note}", head]
-        for r in self.rows:
+        """The printed table: asked and removed fractions, FPS and the Pareto front when measured,
+        the best point marked."""
+        measured = bool(self.fps_note)
+        head = (f"{'stage':<9}{'asked':>7}{'removed':>8}{'units':>6}{'P':>7}{'R':>7}{'mAP@0.5':>9}{'params':>13}"
+                f"{'size MB':>9}{'BFLOPs':>9}{'act MB':>8}{'lat ms':>8}" + (f"{'FPS':>9}" if measured else "")
+                + "  ok")
+        lines = [f"# latency: {self.latency_note}"]
+        if measured:
+            lines.append(f"# FPS: {self.fps_note}; P = on the mAP@0.5/FPS Pareto front")
+        if self.sparsity is not None:
+            lines.append(f"# {self.sparsity.line()}")
+        lines.append(head)
+        gaps = 0
+        for r, front in zip(self.rows, pareto(self.rows), strict=True):
             pct = "-" if r.global_percent is None else f"{r.global_percent:.3f}"
+            removed = "-" if r.removed_fraction is None else f"{r.removed_fraction:.3f}"
+            if r.global_percent is not None and r.removed_fraction is not None and \
+                    abs(r.removed_fraction - r.global_percent) > GAP_WARN:
+                removed += "!"
+                gaps += 1
             lat = "-" if r.latency_ms is None else f"{r.latency_ms:.1f}"
+            fps = ("-" if r.fps is None else f"{r.fps:.1f}") + ("P" if front else " ")
             mark = "yes" if r.within else "no"
             if r is self.best:
                 mark += "  <- best"
-            lines.append(f"{r.stage:<9}{pct:>8}{r.shortcuts:>6}{r.precision:>7.3f}{r.recall:>7.3f}{r.map50:>9.4f}"
-                         f"{r.params:>13,}{r.weights_bytes / 1e6:>9.2f}{r.bflops:>9.3f}{lat:>8}  {mark}")
+            lines.append(f"{r.stage:<9}{pct:>7}{removed:>8}{r.shortcuts:>6}{r.precision:>7.3f}{r.recall:>7.3f}"
+                         f"{r.map50:>9.4f}{r.params:>13,}{r.weights_bytes / 1e6:>9.2f}{r.bflops:>9.3f}"
+                         f"{r.activation_mb:>8.1f}{lat:>8}" + (f"{fps:>9}" if measured else "") + f"  {mark}")
+        if gaps:
+            lines.append(f"! removed differs from asked by more than {GAP_WARN:.0%} of the prunable channels "
+                         "(ties at the threshold, or constraints keeping channels back: see summary.json)")
         if self.best is None:
             lines.append(f"no pruned point keeps mAP@0.5 within {self.max_map_drop} of {self.baseline.map50:.4f}")
         else:
-            b = self.best
-            what = (f"global percent {b.global_percent:.3f}" if b.global_percent is not None else "") + \
-                   (f"{' + ' if b.global_percent is not None and b.shortcuts else ''}"
-                    f"{b.shortcuts} residual units" if b.shortcuts else "")
-            lines.append(f"best pruning point: {what}: mAP@0.5 {b.map50:.4f} (baseline {self.baseline.map50:.4f}), "
-                         f"params {self.baseline.params:,} -> {b.params:,}, BFLOPs {self.baseline.bflops:.3f} -> "
-                         f"{b.bflops:.3f}")
+            lines.append(f"best pruning point by {self.objective}: {_describe(self.best, self.baseline)}")
+            for objective, row in self.choices().items():
+                if objective != self.objective and row is not None and row is not self.best:
+                    lines.append(f"(by {objective} it would be {_describe(row, self.baseline)})")
         return "\n".join(lines)
 
     def csv(self) -> str:
         buf = io.StringIO()
         names = list(SweepRow.__dataclass_fields__)
-        writer = csv.DictWriter(buf, fieldnames=[*names, "best"])
+        writer = csv.DictWriter(buf, fieldnames=[*names, "pareto", "best"])
         writer.writeheader()
-        for r in self.rows:
-            writer.writerow({**asdict(r), "best": r is self.best})
+        for r, front in zip(self.rows, pareto(self.rows), strict=True):
+            writer.writerow({**asdict(r), "pareto": front, "best": r is self.best})
         return buf.getvalue()
 
     def plot(self, path: Path) -> None:
-        """mAP@0.5 and params against pruning strength, one panel per stage (PNG)."""
+        """mAP@0.5 and params against pruning strength, one panel per stage, and mAP@0.5 against
+        measured FPS with the Pareto front when FPS was measured (PNG)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         stages = [s for s in ("channel", "layer", "both") if any(r.stage == s for r in self.rows)]
-        fig, axes = plt.subplots(1, max(len(stages), 1), figsize=(6 * max(len(stages), 1), 4.2), squeeze=False)
+        panels = max(len(stages), 1) + bool(self.fps_note)
+        fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
         floor = self.baseline.map50 - self.max_map_drop
         for ax, stage in zip(axes[0], stages, strict=False):
             rows = [r for r in self.rows if r.stage == stage]
@@ -140,9 +211,28 @@ class SweepResult:
             twin.set_ylabel("params (M)")
             ax.set_title(f"{stage} pruning (no fine-tuning)")
             ax.legend(fontsize=7, loc="lower left")
+        if self.fps_note:
+            self._plot_fps(axes[0][-1], floor)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+    def _plot_fps(self, ax: Any, floor: float) -> None:
+        for stage, marker in (("baseline", "D"), ("channel", "o"), ("layer", "s"), ("both", "^")):
+            pts = [r for r in self.rows if r.stage == stage and r.fps is not None]
+            if pts:
+                ax.scatter([r.fps for r in pts], [r.map50 for r in pts], marker=marker, alpha=0.7, label=stage)
+        front = sorted((r for r, p in zip(self.rows, pareto(self.rows), strict=True) if p), key=lambda r: r.fps)
+        ax.plot([r.fps for r in front], [r.map50 for r in front], "k--", lw=1, label="Pareto front")
+        ax.axhline(floor, color="red", lw=0.8, ls=":", label=f"baseline - {self.max_map_drop}")
+        for objective, row in self.choices().items():
+            if row is not None and row.fps is not None:
+                ax.plot([row.fps], [row.map50], "*" if objective == self.objective else "P", ms=16,
+                        color="gold" if objective == "fps" else "violet", mec="black", label=f"best by {objective}")
+        ax.set_xlabel("measured FPS (OpenVINO)")
+        ax.set_ylabel("mAP@0.5")
+        ax.set_title("mAP@0.5 against measured FPS", fontsize=10)
+        ax.legend(fontsize=7, loc="lower left")
 
     def save(self, out_dir: str | Path, best_model: PruneResult | None = None) -> dict[str, Path]:
         """Write sweep.json, sweep.csv, sweep.png (and best/ with the best pruned model) at once."""
@@ -158,6 +248,14 @@ class SweepResult:
         if best_model is not None:
             paths["best"] = out_dir / "best"
         return paths
+
+
+def _describe(row: SweepRow, baseline: SweepRow) -> str:
+    what = " + ".join(([f"global percent {row.global_percent:.3f}"] if row.global_percent is not None else [])
+                      + ([f"{row.shortcuts} residual units"] if row.shortcuts else []))
+    fps = f", FPS {baseline.fps:.1f} -> {row.fps:.1f}" if row.fps is not None and baseline.fps is not None else ""
+    return (f"{what}: mAP@0.5 {row.map50:.4f} (baseline {baseline.map50:.4f}), params {baseline.params:,} -> "
+            f"{row.params:,}, BFLOPs {baseline.bflops:.3f} -> {row.bflops:.3f}{fps}")
 
 
 def measure_latency(model: Darknet, runs: int = 3) -> float:
@@ -215,11 +313,14 @@ def search_axis(coarse: list, fine_step: float | int, evaluate_at: Callable[[Any
 def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float] = (0.5, 0.95, 0.05),
           shortcuts: tuple[int, int, int] | None = None, max_map_drop: float = 0.01, layer_keep: float = 0.01,
           round_to: int = 1, fine_percent: float = 0.01, latency_runs: int = 3,
-          progress: Progress | None = None) -> tuple[SweepResult, PruneResult | None]:
+          progress: Progress | None = None, objective: str = "bflops",
+          measure_fps: FpsFn | None = None) -> tuple[SweepResult, PruneResult | None]:
     """Search the best pruning point of ``model`` (see the module docstring).
 
-    ``percents`` and ``shortcuts`` are (lo, hi, coarse step). Returns the result and the pruned
-    model at the best point (None if no point stays within the drop).
+    ``percents`` and ``shortcuts`` are (lo, hi, coarse step). ``measure_fps`` (a
+    :class:`~slimyolo.prune.speed.FpsMeter`, or any ``Darknet -> FPS``) is required by the
+    ``fps`` objective and fills every row's ``fps``. Returns the result and the pruned model at
+    the best point (None if no point stays within the drop).
     """
     p_lo, p_hi, p_step = percents
     check_args(p_lo, None, layer_keep, round_to)
@@ -230,6 +331,10 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
         raise SlimYoloError(f"latency runs must not be negative, got {latency_runs}")
     if max_map_drop < 0:
         raise SlimYoloError(f"max mAP drop must not be negative, got {max_map_drop}")
+    if objective not in OBJECTIVES:
+        raise SlimYoloError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if objective == "fps" and measure_fps is None:
+        raise SlimYoloError("the fps objective needs an FPS measurement (measure_fps)")
     if shortcuts is not None:
         s_lo, s_hi, s_step = shortcuts
         if s_lo < 0 or s_hi < s_lo or s_step < 1:
@@ -237,15 +342,19 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
         choose_units(model, s_hi)  # more units than the model has is an error now, not after an hour
     note = (f"PyTorch CPU, batch 1 at {model.input_size[1]}x{model.input_size[0]}, {torch.get_num_threads()} "
             f"threads, fastest of {latency_runs} runs (a quick relative figure, not the OpenVINO latency)")
+    sparsity = model_sparsity(model)
     rows: list[SweepRow] = []
-    best: list = [None, None]  # (row, PruneResult) of the fewest-params point within the drop so far
+    better = _key(objective)
+    best: list = [None, None]  # (row, PruneResult) of the objective's best point within the drop so far
 
-    def add(stage: str, percent: float | None, units: int, pruned: Darknet, stats, floor: float | None) -> SweepRow:
+    def add(stage: str, percent: float | None, units: int, pruned: Darknet, stats, floor: float | None,
+            removed: float | None = None) -> SweepRow:
         m = evaluate(pruned)
         lat = measure_latency(pruned, latency_runs) if latency_runs > 0 else None
+        fps = float(measure_fps(pruned)) if measure_fps is not None else None
         within = True if floor is None else float(m.map50) >= floor - 1e-12
         row = SweepRow(stage, percent, units, float(m.precision), float(m.recall), float(m.map50), stats.params,
-                       stats.weights_bytes, float(stats.bflops), lat, within)
+                       stats.weights_bytes, float(stats.bflops), lat, within, removed, stats.activation_mb, fps)
         rows.append(row)
         if progress is not None:
             progress({"stage": "sweep", "row": asdict(row)})
@@ -261,9 +370,11 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
             result = prune_layers(model, units)
         else:
             result = prune_both(model, percent, units, layer_keep, round_to)
-        row = add(stage, percent, units, result.model, result.after, floor)
+        report = result.channel_report
+        row = add(stage, percent, units, result.model, result.after, floor,
+                  None if report is None else round(report.removed_fraction, 6))
         # Only the best pruned model is kept in memory: a sweep of yolov4 evaluates dozens.
-        if row.within and (best[0] is None or _stronger(row, best[0])):
+        if row.within and (best[0] is None or better(row) < better(best[0])):
             best[:] = [row, result]
         return row
 
@@ -283,15 +394,13 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
                 cap = found
     settings = {"percents": list(percents), "fine_percent": fine_percent,
                 "shortcuts": list(shortcuts) if shortcuts else None, "layer_keep": layer_keep, "round_to": round_to}
-    result = SweepResult(baseline, rows, best[0], max_map_drop, settings, note if latency_runs > 0 else "not measured")
+    meter_note = getattr(measure_fps, "note", None)
+    fps_note = (meter_note() if meter_note else "measured by the caller") if measure_fps is not None else ""
+    result = SweepResult(baseline, rows, best[0], max_map_drop, settings, note if latency_runs > 0 else "not measured",
+                         objective, fps_note, getattr(measure_fps, "cpu", None), sparsity)
     if progress is not None:
         progress({"stage": "sweep", "best": asdict(best[0]) if best[0] else None})
     return result, best[1]
-
-
-def _stronger(a: SweepRow, b: SweepRow) -> bool:
-    """Stronger pruning: fewer params, then fewer BFLOPs, then the higher mAP."""
-    return (a.params, a.bflops, -a.map50) < (b.params, b.bflops, -b.map50)
 
 
 def run_sweep_command(args) -> int:
@@ -299,6 +408,7 @@ def run_sweep_command(args) -> int:
     from slimyolo.data.dataset import read_data_file
     from slimyolo.prune.algorithms import open_model
     from slimyolo.prune.cli import parse_range
+    from slimyolo.prune.speed import FpsMeter
     from slimyolo.train.evaluate import evaluate
 
     lo, hi, step = parse_range(args.percents, "percents", float)
@@ -309,6 +419,7 @@ def run_sweep_command(args) -> int:
         units = (s_lo, s_hi, s_step or max(1, (s_hi - s_lo) // 5))
     check_args(lo, None, args.layer_keep, args.round_to)
     check_args(hi, None)
+    meter = FpsMeter(args.precision, args.fps_seconds, args.fps_repeats) if args.objective == "fps" else None
     check_out_dir(args.out)
     data = read_data_file(args.data)
     model = open_model(args.cfg, args.weights)
@@ -320,11 +431,13 @@ def run_sweep_command(args) -> int:
         row = event.get("row")
         if row:
             pct = "-" if row["global_percent"] is None else f"{row['global_percent']:.3f}"
-            print(f"{row['stage']:<9} percent {pct:>6} units {row['shortcuts']:>3}: mAP@0.5 {row['map50']:.4f} "
-                  f"params {row['params']:,}", file=sys.stderr, flush=True)
+            removed = "" if row["removed_fraction"] is None else f" removed {row['removed_fraction']:.3f}"
+            fps = "" if row["fps"] is None else f" FPS {row['fps']:.1f}"
+            print(f"{row['stage']:<9} percent {pct:>6}{removed} units {row['shortcuts']:>3}: mAP@0.5 "
+                  f"{row['map50']:.4f} params {row['params']:,}{fps}", file=sys.stderr, flush=True)
 
     result, best = sweep(model, evaluate_model, percents, units, args.max_map_drop, args.layer_keep, args.round_to,
-                         latency_runs=args.latency_runs, progress=show)
+                         latency_runs=args.latency_runs, progress=show, objective=args.objective, measure_fps=meter)
     paths = result.save(args.out, best)
     print(result.table())
     print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)

@@ -273,7 +273,8 @@ def sweep_to_request(spec: SweepSpec, resolve: Resolve) -> pruner_pb2.StartSweep
         shortcuts = [*range(lo, hi + 1, step)]
         if shortcuts[-1] != hi:
             shortcuts.append(hi)
-    config = {"fine_percent": spec.fine_percent, "latency_runs": spec.latency_runs,
+    config = {"fine_percent": spec.fine_percent, "latency_runs": spec.latency_runs, "objective": spec.objective,
+              "precision": spec.precision, "fps_seconds": spec.fps_seconds, "fps_repeats": spec.fps_repeats,
               **({"max_images": spec.max_images} if spec.max_images else {})}
     return _set(pruner_pb2.StartSweepRequest(
         method=_METHOD_OF["both" if shortcuts else "channel"], layer_keep=spec.layer_keep, round_to=spec.round_to,

@@ -162,6 +162,7 @@ def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -
     """Search the best pruning point; publish sweep.json/.csv/.png and ``best/`` (the pruned model there)."""
     from slimyolo.data.dataset import read_data_file
     from slimyolo.prune import open_model
+    from slimyolo.prune.speed import FpsMeter
     from slimyolo.prune.sweep import sweep
     from slimyolo.train.evaluate import evaluate
 
@@ -173,7 +174,9 @@ def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -
         result, best = sweep(model, lambda m: evaluate(m, data, spec.img_size, spec.batch_size,
                                                        max_images=spec.max_images),
                              spec.percents, spec.shortcuts, spec.max_map_drop, spec.layer_keep, spec.round_to,
-                             spec.fine_percent, spec.latency_runs, progress)
+                             spec.fine_percent, spec.latency_runs, progress, spec.objective,
+                             FpsMeter(spec.precision, spec.fps_seconds, spec.fps_repeats) if spec.objective == "fps"
+                             else None)
         out = ws.root / "sweep"
         result.save(out, best)
         files = ws.publish(spec.out, out)

@@ -378,6 +378,10 @@ class SweepSpec:
     batch_size: int = 8
     max_images: int | None = None
     latency_runs: int = 0  # PyTorch timing per point (0: not measured)
+    objective: str = "bflops"  # the best point: fewest BFLOPs, or most measured OpenVINO FPS ("fps")
+    precision: str = "f32"  # of the FPS measurement: f32, bf16 or int8
+    fps_seconds: float = 1.0  # one FPS measurement
+    fps_repeats: int = 3  # FPS measurements per point (the best counts)
 
     kind = "sweep"
 
@@ -391,7 +395,11 @@ class SweepSpec:
                    fine_percent=f.number("fine_percent", float, 0.01, 0, 1, low_open=True),
                    layer_keep=f.number("layer_keep", float, 0.01, 0, 1), round_to=f.number("round_to", int, 1, 1),
                    img_size=_img_size(f), batch_size=f.number("batch_size", int, 8, 1),
-                   max_images=f.number("max_images", int, None, 1), latency_runs=f.number("latency_runs", int, 0, 0))
+                   max_images=f.number("max_images", int, None, 1), latency_runs=f.number("latency_runs", int, 0, 0),
+                   objective=f.choice("objective", ("bflops", "fps"), "bflops"),
+                   precision=f.choice("precision", ("f32", "bf16", "int8"), "f32"),
+                   fps_seconds=f.number("fps_seconds", float, 1.0, 0, 60, low_open=True),
+                   fps_repeats=f.number("fps_repeats", int, 3, 1))
         f.done()
         lo, hi, step = spec.percents
         if not (0 < lo <= hi < 1 and step > 0):
