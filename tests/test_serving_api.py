@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.inference.server import INFERENCE, KSERVE, build
+from services.inference.server import INFERENCE, KSERVE
 from slimyolo import __version__
 from slimyolo.data.dataset import read_data_file
 from slimyolo.errors import SlimYoloError
@@ -26,8 +26,7 @@ from slimyolo.rpc.client import connect, wait_ready
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import inference_pb2, inference_pb2_grpc
-from slimyolo.rpc.server import LIVENESS, Server, ServerConfig
-from slimyolo.serving.config import ServingConfig
+from slimyolo.rpc.server import LIVENESS
 from slimyolo.serving.kserve import InputTensor, TensorSpec, datatype_of, decode_inputs, encode_output
 
 CONF = 0.05
@@ -37,21 +36,17 @@ Infer = kserve_pb2.ModelInferRequest
 Tensor = kserve_pb2.ModelInferRequest.InferInputTensor
 
 
-def _start(repo, **config) -> tuple[Server, object]:
-    server = Server("inference", ServerConfig(bind="127.0.0.1", port=0, metrics_port=0, max_message_bytes=MAX_MESSAGE))
-    plane = build(server, ServingConfig(model_repository=str(repo), precision="f32", **config))
-    server.start()
-    return server, plane
+SERVER = {"max_message_bytes": MAX_MESSAGE}  # the ServerConfig of every service started here (start_inference)
 
 
 @pytest.fixture(scope="module")
-def served(mini_ir, tmp_path_factory):
+def served(mini_ir, tmp_path_factory, start_inference):
     import shutil
 
     repo = tmp_path_factory.mktemp("served")
     shutil.copytree(mini_ir, repo / "mini" / "1")
-    server, plane = _start(repo, poll_seconds=0, batch_window_ms=50, max_image_bytes=300_000,
-                           max_image_pixels=1_000_000)
+    server, plane = start_inference(repo, SERVER, poll_seconds=0, batch_window_ms=50, max_image_bytes=300_000,
+                                    max_image_pixels=1_000_000)
     channel = connect(f"127.0.0.1:{server.port}", MAX_MESSAGE * 4)
     wait_ready(channel, "", timeout=120)
     yield server, plane, channel
@@ -321,13 +316,14 @@ def _check_streams(answers: dict[str, list], frames: dict[str, list[np.ndarray]]
     return shared
 
 
-def test_detect_stream_shares_mosaics_between_clients_and_answers_each_its_own(mini_ir, images, tmp_path):
+def test_detect_stream_shares_mosaics_between_clients_and_answers_each_its_own(mini_ir, images, tmp_path,
+                                                                              start_inference):
     import shutil
 
     shutil.copytree(mini_ir, tmp_path / "mini" / "1")
     # A long batch window, so that the cameras' frames surely meet even on a busy machine; four
     # cameras fill the 2x2 mosaic, which then runs at once.
-    server, plane = _start(tmp_path, poll_seconds=0, batch_window_ms=2000)
+    server, plane = start_inference(tmp_path, SERVER, poll_seconds=0, batch_window_ms=2000)
     try:
         with connect(f"127.0.0.1:{server.port}") as channel:
             wait_ready(channel, "", timeout=120)
@@ -490,7 +486,7 @@ def test_metrics_show_fps_latency_and_outcomes(served, images):
                  grpc_code="NOT_FOUND") == 1
 
 
-def test_ready_while_at_least_one_model_is_loaded(mini_ir, tmp_path):
+def test_ready_while_at_least_one_model_is_loaded(mini_ir, tmp_path, start_inference):
     """NOT_SERVING (health "", both services; KServe ServerReady) until a model is loaded, and again
     once none is (unloaded, or gone from the repository); liveness SERVING throughout."""
     import shutil
@@ -498,7 +494,7 @@ def test_ready_while_at_least_one_model_is_loaded(mini_ir, tmp_path):
     from test_serving_repository import _corrupt
 
     repo = tmp_path / "not-yet"  # the folder (a volume being mounted, say) is not there yet
-    server, plane = _start(repo, poll_seconds=0.2)
+    server, plane = start_inference(repo, SERVER, poll_seconds=0.2)
     status = health_pb2.HealthCheckResponse
     try:
         with connect(f"127.0.0.1:{server.port}") as channel:
