@@ -1,18 +1,24 @@
-"""The inference service's throughput and latency against OpenVINO's own ``benchmark_app``.
+"""The inference service's throughput and latency against OpenVINO's own ``benchmark_app``, its
+spread over replicas, and the cost of post-processing with few and with many candidate boxes.
 
 One IR (yolov4-tiny, 2 classes, 416×416, FP32 via TensorFlow; random weights with a detector's
 objectness prior — speed does not depend on the weights' values) is measured in one run:
 
 - ``benchmark_app -hint throughput`` and ``-hint latency`` at f32: OpenVINO alone, no gRPC;
 - the inference service (``slimyolo serve inference``, its own process on 127.0.0.1, throughput
-  hint, f32) with 1, 8 and 32 concurrent clients, each a thread of this process calling
-  ``ModelInfer`` (KServe v2, the raw FP32 tensor, 2 MB a request) or ``Detect`` (a 640×480 JPEG
-  in, boxes out: decode, letterbox, inference, decode and NMS on the server) back to back.
+  hint, f32) with 1, 8 and 32 concurrent clients through ``slimyolo bench --remote``'s load
+  generator (:func:`slimyolo.rpc.loadgen.run_load`, one round-robin channel, closed loop):
+  ``ModelInfer`` (KServe v2, the raw FP32 tensor, 2 MB a request) and ``Detect`` (a 640×480 JPEG
+  in, boxes out: decode, letterbox, inference, YOLO decode and NMS on the server);
+- three replicas of the service behind one ``ipv4:`` target: the share of calls each answered;
+- ``slimyolo bench`` (in process) on yolov3-spp ×0.25 (a pruned-size model), end to end against
+  inference only, with a detector's objectness prior (few candidates) and with random heads
+  (nearly every box a candidate at conf 0.25: a weak or freshly pruned model).
 
 The service's overhead is its ModelInfer throughput over benchmark_app's throughput. Clients and
 server share this machine's cores, as a sidecar client would.
 
-    .venv/bin/python benchmarks/serving.py [--seconds 15] [--clients 1,8,32] [--work DIR]
+    .venv/bin/python benchmarks/serving.py [--seconds 15] [--clients 1,8,32] [--replicas 3] [--work DIR]
 """
 
 from __future__ import annotations
@@ -21,42 +27,47 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, percentiles_ms, save
+from common import machine, markdown_table, save
 
 from slimyolo.convert import convert
 from slimyolo.darknet import load_model, make_cfg
 from slimyolo.darknet.init import init_random_weights
 from slimyolo.data.synth import write_synthetic
+from slimyolo.infer.bench import run_bench
+from slimyolo.infer.decode import decode
+from slimyolo.infer.engine import Engine
 from slimyolo.rpc.client import connect, wait_ready
-from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
-from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
-from slimyolo.rpc.gen.v1 import inference_pb2, inference_pb2_grpc
+from slimyolo.rpc.loadgen import LoadSpec, run_load
 from slimyolo.train.loss import init_head_biases
 
 BIN = Path(sys.executable).parent
 
 
-def make_ir(work: Path, size: int) -> Path:
-    cfg = make_cfg("yolov4-tiny", 2, size)
+def make_ir(work: Path, size: int, name: str = "yolov4-tiny", width: float = 1.0, prior: bool = True,
+            via: str = "tf") -> Path:
+    """A random-weight IR of zoo model ``name`` in ``work/models/<stem>/1``; ``prior``: a detector's
+    objectness prior (a handful of boxes a frame), else random heads (thousands of candidates)."""
+    stem = work.name
+    cfg = make_cfg(name, 2, size, width=width)
     model = init_random_weights(load_model(cfg), 0)
-    init_head_biases(model)  # a detector's handful of boxes per frame, not thousands of random ones
+    if prior:
+        init_head_biases(model)
+    work.mkdir(parents=True, exist_ok=True)
     cfg.write(work / "model.cfg")
     model.save_darknet_weights(work / "model.weights")
     calib = write_synthetic(work / "synth", classes=2, train=8, val=4, size=size, seed=0)
-    return convert(work / "model.cfg", work / "model.weights", work / "models", name="tiny", version=1,
+    return convert(work / "model.cfg", work / "model.weights", work / "models", name=stem, version=1, via=via,
                    calib_data=calib).path / "model.xml"
 
 
@@ -70,89 +81,100 @@ def benchmark_app(xml: Path, size: int, hint: str, seconds: float) -> dict[str, 
     return {"fps": fps, "latency_ms": {"p50": median}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextmanager
+def services(models: Path, replicas: int, logs: Path) -> Iterator[str]:
+    """``replicas`` processes of ``slimyolo serve inference`` on free ports of 127.0.0.1; yields their
+    ``ipv4:`` target once all are SERVING. Each logs to ``logs/serve-<i>.log``, which names its port."""
+    env = {**os.environ, "SLIMYOLO_MODEL_REPOSITORY": str(models)}
+    procs, paths = [], [logs / f"serve-{i}.log" for i in range(replicas)]
+    for path in paths:
+        with path.open("wb") as log:
+            procs.append(subprocess.Popen(
+                [str(BIN / "slimyolo"), "serve", "inference", "--bind", "127.0.0.1", "--port", "0",
+                 "--metrics-port", "0", "--precision", "f32", "--hint", "throughput", "--poll-seconds", "0",
+                 "--mosaic", "1x1"], env=env, stdout=subprocess.DEVNULL, stderr=log))
+    try:
+        ports = [_port(proc, path) for proc, path in zip(procs, paths, strict=True)]
+        for port in ports:
+            with connect(f"127.0.0.1:{port}") as channel:
+                wait_ready(channel, "", timeout=300)
+        yield "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
-def drive(call: Callable[[], Any], clients: int, seconds: float) -> dict[str, Any]:
-    """``clients`` threads calling back to back for ``seconds``: requests per second and latencies."""
-    latencies: list[float] = []
-    lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+def _port(proc: subprocess.Popen, log: Path, timeout: float = 300.0) -> int:
+    """The gRPC port a server with ``--port 0`` chose, from its log line "serving gRPC on HOST:PORT"."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"serving gRPC on [\d.]+:(\d+)", log.read_text(errors="replace"))
+        if found:
+            return int(found.group(1))
+        if proc.poll() is not None:
+            raise RuntimeError(f"slimyolo serve inference exited with {proc.returncode}; see {log}")
+        time.sleep(0.2)
+    raise RuntimeError(f"slimyolo serve inference did not start in {timeout:g} s; see {log}")
 
-    def client() -> None:
-        mine = []
-        while time.perf_counter() < stop:
-            t = time.perf_counter()
-            call()
-            mine.append(time.perf_counter() - t)
-        with lock:
-            latencies.extend(mine)
 
-    for _ in range(2):  # warm-up: the first calls pay for the channel and the model's first inference
-        call()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"requests": len(latencies), "fps": round(len(latencies) / (time.perf_counter() - t0), 2),
-            "latency_ms": percentiles_ms(latencies)}
+def load(target: str, model: str, api: str, clients: int, seconds: float) -> dict[str, Any]:
+    result = run_load(LoadSpec(target, model, api, concurrency=clients, seconds=seconds, warmup=2.0))
+    print(f"{clients} clients {api}: {result['fps']} FPS {result['latency_ms']} errors {result['errors']} "
+          f"{result['by_server']}", flush=True)
+    return result
+
+
+def candidates(xml: Path) -> int:
+    """Boxes above the default conf 0.25 (objectness) on the benchmark's random frame: NMS's input."""
+    engine = Engine(xml, precision="f32")
+    image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    tensor, _ = engine.prepare(image)
+    return int((decode(engine.infer(tensor), engine.meta.heads)[0][:, 4] > engine.conf_thres).sum())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each measurement")
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--replicas", type=int, default=3, help="replicas for the spread (0: skip)")
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--work", type=Path, default=Path("/tmp/slimyolo-bench-serving"))
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    xml = make_ir(args.work, args.size)
+    xml = make_ir(args.work / "tiny", args.size)
     result: dict[str, Any] = {"machine": machine(), "seconds": args.seconds, "model": "yolov4-tiny 2c",
                               "size": args.size}
     result["benchmark_app"] = {hint: benchmark_app(xml, args.size, hint, args.seconds)
                                for hint in ("throughput", "latency")}
     print(f"benchmark_app: {result['benchmark_app']}", flush=True)
 
-    port = free_port()
-    env = {**os.environ, "SLIMYOLO_MODEL_REPOSITORY": str(args.work / "models")}
-    server = subprocess.Popen([str(BIN / "slimyolo"), "serve", "inference", "--bind", "127.0.0.1", "--port", str(port),
-                               "--metrics-port", "0", "--precision", "f32", "--hint", "throughput",
-                               "--poll-seconds", "0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        channel = connect(f"127.0.0.1:{port}")
-        wait_ready(channel, "", timeout=300)
-        kserve = kserve_pb2_grpc.GRPCInferenceServiceStub(channel)
-        detect = inference_pb2_grpc.InferenceStub(channel)
-        rng = np.random.default_rng(0)
-        tensor = rng.random((1, 3, args.size, args.size), dtype=np.float32)
-        infer_request = kserve_pb2.ModelInferRequest(
-            model_name="tiny", inputs=[kserve_pb2.ModelInferRequest.InferInputTensor(
-                name="images", datatype="FP32", shape=list(tensor.shape))], raw_input_contents=[tensor.tobytes()])
-        frame = cv2.imencode(".jpg", rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))[1].tobytes()
-        detect_request = inference_pb2.DetectRequest(model_name="tiny", image=inference_pb2.Image(encoded=frame))
-        result["service"] = {}
+    models = args.work / "tiny" / "models"
+    result["service"] = {}
+    with services(models, 1, args.work) as target:
         for n in (int(c) for c in args.clients.split(",")):
-            infer = drive(lambda: kserve.ModelInfer(infer_request, timeout=120), n, args.seconds)
-            det = drive(lambda: detect.Detect(detect_request, timeout=120), n, args.seconds)
-            result["service"][n] = {"model_infer": infer, "detect": det}
-            print(f"{n} clients: ModelInfer {infer['fps']} FPS {infer['latency_ms']}, Detect {det['fps']} FPS "
-                  f"{det['latency_ms']}", flush=True)
-        channel.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            result["service"][n] = {"model_infer": load(target, "tiny", "infer", n, args.seconds),
+                                    "detect": load(target, "tiny", "detect", n, args.seconds)}
+    if args.replicas:
+        with services(models, args.replicas, args.work) as target:
+            result["spread"] = load(target, "tiny", "infer", 8, args.seconds)
+
+    result["postprocess"] = {}
+    for label, prior in (("few", True), ("many", False)):
+        post = make_ir(args.work / f"spp-{label}", args.size, "yolov3-spp", width=0.25, prior=prior, via="torch")
+        bench = run_bench(post, hint="throughput", precision="f32", seconds=args.seconds)
+        result["postprocess"][label] = {"candidates": candidates(post), "e2e_fps": bench["fps"],
+                                        "infer_fps": bench["infer"]["fps"],
+                                        "ratio": round(bench["fps"] / bench["infer"]["fps"], 3)}
+        print(f"postprocess {label}: {result['postprocess'][label]}", flush=True)
     result["machine_after"] = machine()["load_average"]
     save("serving", result)
+
     ba = result["benchmark_app"]
     rows = [["benchmark_app -hint throughput", "", ba["throughput"]["fps"], ba["throughput"]["latency_ms"]["p50"], "",
              1.0, ""],
@@ -167,6 +189,14 @@ def main() -> None:
     print(f"\nmachine: {result['machine']}\n")
     print(markdown_table(["what", "clients", "FPS", "p50 ms", "p99 ms", "÷ benchmark_app throughput",
                           "÷ benchmark_app latency"], rows))
+    if "spread" in result:
+        spread = result["spread"]
+        print("\n" + markdown_table(["replica", "calls", "share"],
+                                    [[s, n, round(n / spread["ok"], 3)] for s, n in spread["by_server"].items()]))
+    print("\n" + markdown_table(["yolov3-spp x0.25", "candidates (conf 0.25)", "e2e FPS", "inference FPS",
+                                 "e2e ÷ inference"],
+                                [[k, v["candidates"], v["e2e_fps"], v["infer_fps"], v["ratio"]]
+                                 for k, v in result["postprocess"].items()]))
 
 
 if __name__ == "__main__":
