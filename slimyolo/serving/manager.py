@@ -139,6 +139,7 @@ class ModelManager:
         """
         self._on_ready = on_ready
         self._report()
+
         def run() -> None:
             while not self._stop.is_set():
                 try:
