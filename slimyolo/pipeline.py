@@ -220,7 +220,8 @@ class RemoteRunner:
                 raise SlimYoloError(f"--remote: no address for the {service} service: set {address_variable(service)} "
                                     f"or remote.{service} in the config")
             channel = connect(self.addresses[service])
-            wait_ready(channel, "", self.ready_timeout)
+            # The inference service is ready only while it serves a model; the pipeline brings it one (LoadModel).
+            wait_ready(channel, "liveness" if service == "inference" else "", self.ready_timeout)
             self._channels[service] = channel
         return self._channels[service]
 
