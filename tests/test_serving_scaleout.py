@@ -228,3 +228,25 @@ def test_the_manifests_offer_a_headless_service_and_the_queue_gauge_the_hpa_rule
     served = {m.name for m in registry.collect()}
     named = set(re.findall(r"slimyolo_inference_\w+", (base / "inference-hpa.yaml").read_text()))
     assert named and named <= served, named - served
+
+
+def test_a_maximum_connection_age_makes_clients_reconnect_without_failing_calls():
+    from slimyolo.rpc.server import Server, ServerConfig
+
+    server = Server("aging", ServerConfig(bind="127.0.0.1", port=0, metrics_port=0, max_connection_age=0.5,
+                                          max_connection_age_grace=5))
+    peer = grpc.method_handlers_generic_handler("test.Peer", {
+        "Peer": grpc.unary_unary_rpc_method_handler(lambda request, context: context.peer().encode())})
+    server.add_service("test.Peer", lambda servicer, g: g.add_generic_rpc_handlers((servicer,)), peer)
+    server.start()
+    try:
+        with connect(f"127.0.0.1:{server.port}") as channel:
+            call = channel.unary_unary("/test.Peer/Peer")
+            peers: set[bytes] = set()
+            deadline = time.monotonic() + 60
+            while len(peers) < 3:  # each a new connection (its own client port): the server closed the last
+                assert time.monotonic() < deadline, peers
+                peers.add(call(b"", timeout=30))  # never fails: a closing connection lets its calls finish
+                time.sleep(0.05)
+    finally:
+        server.stop(0)
