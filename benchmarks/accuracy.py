@@ -68,14 +68,17 @@ def reductions(result: PipelineResult) -> dict[str, Any]:
 
 
 def sweep_table(sweep: dict[str, Any]) -> str:
-    """The sweep's rows (baseline first) as Markdown, the best point marked."""
+    """The sweep's rows (baseline first) as Markdown: asked and removed fractions of the prunable
+    channels, the best point marked."""
     best = sweep.get("best")
-    rows = [[r["stage"], r["global_percent"] if r["global_percent"] is not None else "", r["shortcuts"],
+    rows = [[r["stage"], r["global_percent"] if r["global_percent"] is not None else "",
+             r.get("removed_fraction") if r.get("removed_fraction") is not None else "", r["shortcuts"],
              round(r["precision"], 3), round(r["recall"], 3), round(r["map50"], 3), f"{r['params']:,}",
-             round(r["bflops"], 3), "best" if r == best else ("yes" if r["within"] else "no")]
+             round(r["bflops"], 3), r.get("activation_mb", ""),
+             "best" if r == best else ("yes" if r["within"] else "no")]
             for r in sweep["rows"]]
-    return markdown_table(["stage", "global %", "units", "P", "R", "mAP@0.5", "params", "BFLOPs", "within drop"],
-                          rows)
+    return markdown_table(["stage", "asked", "removed", "units", "P", "R", "mAP@0.5", "params", "BFLOPs",
+                           "activation MB", "within drop"], rows)
 
 
 def main() -> None:

@@ -111,8 +111,10 @@ def prepare(name: str, size: int, work: Path, calib: Path) -> dict[str, dict[str
         result = prune_both(model, percent, units, layer_keep=0.01, round_to=round_to)
         files = result.save(work / name / f"pruned-r{round_to}")
         variants[f"pruned r{round_to}"] = {"cfg": files["cfg"], "weights": files["weights"],
-                                           "params": result.after.params, "bflops": result.after.bflops}
-        variants["unpruned"].update(params=result.before.params, bflops=result.before.bflops)
+                                           "params": result.after.params, "bflops": result.after.bflops,
+                                           "activation_mb": result.after.activation_mb}
+        variants["unpruned"].update(params=result.before.params, bflops=result.before.bflops,
+                                    activation_mb=result.before.activation_mb)
     for key, v in variants.items():
         tag = key.replace(" ", "-")
         t0 = time.perf_counter()
@@ -154,7 +156,7 @@ def report(name: str, size: int, variants: dict[str, dict[str, Any]], peak: floa
     for key, v in variants.items():
         m = v["measured"]
         flop_ratio = base["bflops"] / v["bflops"]
-        rows.append([key, f"{v['params'] / 1e6:.2f}M", round(v["bflops"], 2),
+        rows.append([key, f"{v['params'] / 1e6:.2f}M", round(v["bflops"], 2), v.get("activation_mb", ""),
                      m["f32"]["fps"], m["f32"]["infer"]["fps"], m["bf16"]["infer"]["fps"], m["int8"]["infer"]["fps"],
                      p50_p99(m["f32 latency"]), p50_p99(m["int8 latency"]),
                      round(m["f32"]["infer"]["fps"] / f32_base, 2), round(flop_ratio, 2),
@@ -163,9 +165,9 @@ def report(name: str, size: int, variants: dict[str, dict[str, Any]], peak: floa
                      round(v["bflops"] * m["f32"]["infer"]["fps"], 1),
                      round(100 * v["bflops"] * m["f32"]["infer"]["fps"] / peak, 1)])
     table = markdown_table(
-        ["model", "params", "BFLOPs", "f32 FPS e2e", "f32 FPS", "bf16 FPS", "int8 FPS", "f32 p50/p99 ms",
-         "int8 p50/p99 ms", "f32 speed-up", "BFLOPs ratio", "speed-up / BFLOPs ratio", "int8 vs unpruned f32",
-         "f32 GFLOP/s", "% of peak"], rows)
+        ["model", "params", "BFLOPs", "activation MB", "f32 FPS e2e", "f32 FPS", "bf16 FPS", "int8 FPS",
+         "f32 p50/p99 ms", "int8 p50/p99 ms", "f32 speed-up", "BFLOPs ratio", "speed-up / BFLOPs ratio",
+         "int8 vs unpruned f32", "f32 GFLOP/s", "% of peak"], rows)
     others = []
     for key in ("unpruned", "pruned r1"):
         m = variants[key]["measured"]
