@@ -93,10 +93,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_det: int = 
     loop (a box survives when its IoU with every kept box is at most ``iou_thres``; equal scores
     keep their input order; any score, zero included, takes part), but in C++. OpenCV has no
     early stop at ``max_det``, and its cost grows with candidates × boxes kept, so the
-    candidates go in by chunks of the highest scores (``max_det`` of them first, then twice as
-    many each time: few calls when most boxes are suppressed, little wasted work when few are),
-    each run together with the boxes kept so far (they outrank the chunk, so they stay kept and
-    suppress exactly what they would in one run); it stops once ``max_det`` boxes are kept.
+    candidates go in by chunks of the highest scores: ``max_det`` of them first, then as many as
+    should give the boxes still wanted at the rate kept so far (a quarter more). Each chunk runs
+    together with the boxes kept so far (they outrank the chunk, so they stay kept and suppress
+    exactly what they would in one run); it stops once ``max_det`` boxes are kept.
     """
     n = len(scores)
     if not n or max_det < 1:
@@ -113,10 +113,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_det: int = 
     keep = np.zeros(0, np.int64)  # positions in ``order``
     start, chunk = 0, max_det
     while start < n and len(keep) < max_det:
-        candidates = np.concatenate([keep, np.arange(start, min(start + chunk, n))])
+        stop = min(start + chunk, n)
+        candidates = np.concatenate([keep, np.arange(start, stop)])
         kept = cv2.dnn.NMSBoxesBatched(rects[candidates], ranked[candidates], ids[candidates], 0.0, iou_thres)
-        keep = candidates[np.asarray(kept, np.int64).reshape(-1)]
-        start, chunk = start + chunk, 2 * chunk
+        keep = candidates[np.asarray(kept, np.int64).reshape(-1)]  # never empty: the first box stays
+        start, chunk = stop, int(1.25 * (max_det - len(keep)) * stop / len(keep)) + 1
     return order[keep[:max_det]]
 
 
