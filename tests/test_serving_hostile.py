@@ -99,6 +99,13 @@ def _hostile() -> list[tuple[str, bytes, str]]:
         ("png cut in its header", png[:20], "its header is cut short"),
         ("bmp cut in its header", bmp[:20], "its header is cut short"),
         ("animated png", _animated(png), "animated PNGs are not accepted"),
+        # Costly to walk rather than to decode: a Python loop turn per segment would take seconds.
+        ("jpeg of 100k stuffed 0xFF00 before its frame", b"\xff\xd8" + b"\xff\x00" * 100_000 + _jpeg(small)[2:],
+         "more than 1000 markers before its frame header"),
+        ("jpeg of 50k empty comments", b"\xff\xd8" + b"\xff\xfe\x00\x02" * 50_000 + _jpeg(small)[2:],
+         "more than 1000 markers before its frame header"),
+        ("png of 20k empty chunks", png[:33] + _png_chunk(b"tEXt", b"") * 20_000 + png[33:],
+         "more than 1000 chunks before its image data"),
         ("png declaring 0x0", png[:16] + struct.pack(">II", 0, 0) + png[24:], "declares 0x0"),
         ("webp", cv2.imencode(".webp", small)[1].tobytes(), "accepts JPEG, PNG or BMP"),
         ("tiff", cv2.imencode(".tiff", small)[1].tobytes(), "accepts JPEG, PNG or BMP"),

@@ -19,6 +19,7 @@ backs this up (set by :mod:`slimyolo.serving` before OpenCV loads).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +46,10 @@ _BMP = b"BM"
 # JPEG start-of-frame markers (they carry the size): C0-CF except DHT (C4), JPG (C8) and DAC (CC).
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM and RST0-7: markers without a segment
+_JPEG_FILL = re.compile(rb"\xff+")  # scanned at C speed: a hostile image may hold megabytes of junk
+# Segments (JPEG) or chunks (PNG) read before the size is known: real images have a few dozen; a
+# hostile one could hold millions of empty ones, each a turn of a Python loop.
+MAX_HEADER_SEGMENTS = 1000
 # BMP info-header sizes OpenCV reads (OS/2 1.x core, Windows v1, v2, v3, OS/2 2.x, v4, v5).
 _BMP_CORE, _BMP_INFO = 12, frozenset([40, 52, 56, 64, 108, 124])
 
@@ -100,12 +105,11 @@ def _int(data: bytes, at: int, size: int, order: Literal["big", "little"] = "big
 def _jpeg_size(data: bytes) -> tuple[int, int]:
     """The frame header's size, finding markers as libjpeg's next_marker() does."""
     i = 2  # after SOI
-    while True:
-        while i < len(data) and data[i] != 0xFF:  # bytes between segments: libjpeg skips them
-            i += 1
-        while i < len(data) and data[i] == 0xFF:  # fill bytes
-            i += 1
-        if i >= len(data):
+    for _ in range(MAX_HEADER_SEGMENTS):
+        i = data.find(b"\xff", i)  # bytes between segments before it: libjpeg skips them
+        if i >= 0:
+            i = _JPEG_FILL.match(data, i).end()  # type: ignore[union-attr]  # fill bytes
+        if not 0 <= i < len(data):
             raise _Header("the JPEG ends before its frame header")
         marker, i = data[i], i + 1
         if marker == 0x00 or marker in _JPEG_NO_LENGTH:  # a stuffed 0xFF (skipped as junk) or a lone marker
@@ -118,6 +122,7 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if length < 2:
             raise _Header(f"JPEG segment 0x{marker:02X} has a bad length {length}")
         i += length
+    raise _Header(f"the JPEG has more than {MAX_HEADER_SEGMENTS} markers before its frame header")
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -126,11 +131,13 @@ def _png_size(data: bytes) -> tuple[int, int]:
         raise _Header("the PNG does not start with its IHDR chunk" if len(data) >= 16 else "its header is cut short")
     width, height = _int(data, 16, 4), _int(data, 20, 4)
     i = 8
-    while i + 8 <= len(data) and data[i + 4:i + 8] != b"IDAT":
+    for _ in range(MAX_HEADER_SEGMENTS):
+        if i + 8 > len(data) or data[i + 4:i + 8] == b"IDAT":
+            return width, height
         if data[i + 4:i + 8] == b"acTL":
             raise _Header("animated PNGs are not accepted")
         i += 12 + _int(data, i, 4)
-    return width, height
+    raise _Header(f"the PNG has more than {MAX_HEADER_SEGMENTS} chunks before its image data")
 
 
 def _bmp_size(data: bytes) -> tuple[int, int]:
