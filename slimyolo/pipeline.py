@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from slimyolo.cpuinfo import describe
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import read_yaml
 from slimyolo.stages.runners import StageResult
@@ -65,11 +66,13 @@ from slimyolo.stages.specs import (
 from slimyolo.store import Store, validate_key
 
 SERVICES = ("trainer", "pruner", "converter", "inference")
+ROWS = ("baseline", "reference", "sparse", "pruned", "fine-tuned")  # the table's PyTorch rows (then int8)
 # Which service runs each stage, and the Start... method.
 REMOTE_METHODS = {"train": ("trainer", "StartTraining"), "eval": ("trainer", "StartEvaluation"),
                   "prune": ("pruner", "StartPrune"), "sweep": ("pruner", "StartSweep"),
                   "convert": ("converter", "StartConversion")}
 SECTIONS = ("training", "base", "sparsity", "finetune", "sweep", "prune", "convert", "eval", "remote")
+TRAININGS = ("base", "sparsity", "finetune", "reference")  # the training sections, run in the order of the steps
 Progress = Callable[[Mapping[str, Any]], None]
 
 # Fields of the stage specs that the pipeline sets itself (the stages' inputs, outputs and roles).
@@ -103,6 +106,9 @@ class PipelineConfig:
     convert: Mapping[str, Any] = field(default_factory=dict)
     eval: Mapping[str, Any] = field(default_factory=dict)
     remote: Mapping[str, str] = field(default_factory=dict)
+    # The fair reference: the baseline trained on for as many epochs as sparsity training and
+    # fine-tuning took together (its own settings on top of base's); None: not trained.
+    reference: Mapping[str, Any] | None = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
@@ -134,6 +140,14 @@ class PipelineConfig:
             if not isinstance(value, Mapping):
                 raise SlimYoloError(f"{f.where(key)}: expected a mapping, got {value!r}")
             sections[key] = dict(value)
+        reference = f.raw("reference")
+        if reference is False:
+            reference = None
+        elif reference is None:
+            reference = {}
+        elif not isinstance(reference, Mapping):
+            raise SlimYoloError(f"{f.where('reference')}: expected training settings (a mapping, {{}} for the "
+                                f"defaults) or false to leave the reference out, got {reference!r}")
         out = Path(f.text("out") or "runs")
         f.done()
         finetune = dict(sections["finetune"])
@@ -145,19 +159,20 @@ class PipelineConfig:
             raise SlimYoloError(f"{source}: 'remote.{unknown[0]}' is not a service ({', '.join(SERVICES)})")
         config = cls(name, dict(data), model, img_size, out, sections["training"], sections["base"],
                      sections["sparsity"], finetune, distill, sections["sweep"], sections["prune"], sections["convert"],
-                     sections["eval"], {k: str(v) for k, v in sections["remote"].items()})
+                     sections["eval"], {k: str(v) for k, v in sections["remote"].items()},
+                     None if reference is None else dict(reference))
         config._check(source)
         return config
 
     def _check(self, source: str) -> None:
         """Build every stage's spec from placeholders, so a bad setting fails now, not after an hour."""
         for section, reserved in RESERVED.items():
-            names = ("training", "base", "sparsity", "finetune") if section == "training" else (section,)
+            names = ("training", *TRAININGS) if section == "training" else (section,)
             for name in names:
-                taken = sorted(set(getattr(self, name)) & set(reserved))
+                taken = sorted(set(getattr(self, name) or {}) & set(reserved))
                 if taken:
                     raise SlimYoloError(f"{source}: '{name}.{taken[0]}' is set by the pipeline itself")
-        for stage in ("base", "sparsity", "finetune"):
+        for stage in TRAININGS if self.reference is not None else TRAININGS[:-1]:
             TrainSpec.from_dict({"cfg": _REF, "data": _DATA, "out": "check/out", **self.train_options(stage)},
                                 f"{source}: {stage}").check(f"{source}: {stage}")
         SweepSpec.from_dict({"weights": _REF, "data": _DATA, "out": "check/out", **self.sweep}, f"{source}: sweep")
@@ -173,10 +188,23 @@ class PipelineConfig:
                 raise SlimYoloError(f"{source}: 'data.synth' takes classes, train, val, size, seed; got {synth!r}")
 
     def train_options(self, stage: str) -> dict[str, Any]:
-        """The training settings of ``stage``: the shared ones, the stage's, and what the stage is."""
+        """The training settings of ``stage``: the shared ones, the stage's, and what the stage is.
+
+        The reference continues the baseline as base training does (same optimiser, schedule
+        and data), for the epochs of sparsity training and fine-tuning together unless it says.
+        """
+        if stage == "reference":
+            epochs = self.epochs("sparsity") + self.epochs("finetune")
+            return {"img_size": self.img_size, **self.training, **self.base, "epochs": epochs, **(self.reference or {})}
         own = {"base": self.base, "sparsity": self.sparsity, "finetune": self.finetune}[stage]
         fixed = {"base": {}, "sparsity": {"sr": True}, "finetune": {"finetune": True}}[stage]
         return {"img_size": self.img_size, **self.training, **own, **fixed}
+
+    def epochs(self, stage: str) -> int:
+        """The epochs training ``stage`` runs (its setting, the shared one, or the trainer's default)."""
+        from slimyolo.train.config import TrainConfig
+
+        return int(self.train_options(stage).get("epochs", TrainConfig.epochs))
 
     def convert_options(self, precision: str) -> dict[str, Any]:
         options = {**self.convert, "precision": precision}
@@ -285,10 +313,11 @@ def prepare_data(config: PipelineConfig, run_dir: Path, say: Callable[[str], Non
         return data_file.parent, data_file
     spec = read_data_file(config.data["path"])
     folder = spec.path.parent
-    outside = [p for p in [*spec.train, *spec.valid] if not p.resolve().is_relative_to(folder.resolve())]
-    if outside:
-        raise SlimYoloError(f"data.path: {outside[0]} lies outside {folder}; the data set travels as an archive of "
-                            "that folder, so its lists must name images inside it (by relative paths)")
+    try:  # the stages read it as a data set that arrived in an archive: every path inside, and relative
+        read_data_file(spec.path, root=folder)
+    except SlimYoloError as exc:
+        raise SlimYoloError(f"data.path: {exc}; the data set travels as an archive of {folder}, so its lists must "
+                            "name images inside it by relative paths") from None
     return folder, spec.path
 
 
@@ -313,6 +342,7 @@ class PipelineResult:
     stages: dict[str, dict[str, Any]]  # each stage's artifacts, metrics and seconds
     seconds: float
     served: dict[str, Any] | None = None  # the remote inference service's answer
+    story: list[str] = field(default_factory=list)  # one sentence per stage, then the headline ratios
 
     def table(self) -> str:
         """The final table as Markdown (also what is printed)."""
@@ -326,30 +356,79 @@ class PipelineResult:
         return "\n".join(lines)
 
     def notes(self) -> list[str]:
+        precisions = sorted({r["infer_precision"] for r in self.rows if r.get("infer_precision")})
+        bench = (self.stages.get("convert baseline", {}).get("metrics") or {}).get("bench") or {}
+        machine = f" ({describe(bench['cpu'])})" if bench.get("cpu") else ""
         pruned = (self.stages.get("prune", {}).get("metrics") or {}).get("channel_report")
         channels = [] if not pruned else [
             f"pruned: asked {pruned['asked']:.1%} of {pruned['prunable']:,} prunable channels, removed "
             f"{pruned['removed_fraction']:.1%} (kept back: "
             + (", ".join(f"{k} {v:,}" for k, v in pruned["kept_back"].items() if v) or "none") + ")."]
         return [*channels, "size: the darknet .weights file; for int8 the IR's model.bin.",
-                "OpenVINO FPS: inference-only throughput of the IR on this machine (throughput hint); "
-                "end to end adds letterbox, decode and NMS.",
-                "* the same network as the row it is measured on (sparse: baseline, pruned: fine-tuned); "
-                "only the weights differ.",
+                f"OpenVINO FPS: inference-only throughput of the IR on this machine{machine}, throughput hint, "
+                f"inference precision {'/'.join(precisions) or 'the device default'}; end to end adds letterbox, "
+                "decode and NMS.",
+                "* the same network as the row it is measured on (reference, sparse: baseline; pruned: "
+                "fine-tuned); only the weights differ.",
                 "int8: P, R and mAP@0.5 of the INT8 IR run by OpenVINO; the other rows of the PyTorch model "
                 "(the FP32 IRs match it within 1e-3)."]
 
     def as_dict(self) -> dict[str, Any]:
         return {"run": self.run_dir.name, "rows": self.rows, "seconds": round(self.seconds, 1),
-                "stages": self.stages, "served": self.served, "notes": self.notes()}
+                "story": self.story, "stages": self.stages, "served": self.served, "notes": self.notes()}
 
     def save(self) -> None:
         from slimyolo.fsutil import atomic_write_text
 
         atomic_write_text(self.run_dir / "results.json", json.dumps(self.as_dict(), indent=1, default=str) + "\n")
-        md = [f"# {self.run_dir.name}", "", self.table(), "", *[f"- {n}" for n in self.notes()], "",
+        md = [f"# {self.run_dir.name}", "", *self.story, "", self.table(), "", *[f"- {n}" for n in self.notes()], "",
               f"Wall time: {self.seconds:.0f} s."]
         atomic_write_text(self.run_dir / "results.md", "\n".join(md) + "\n")
+
+
+def story(config: PipelineConfig, trained: Mapping[str, Mapping[str, Any]], swept: Mapping[str, Any],
+          rows: list[dict[str, Any]]) -> list[str]:
+    """What happened, one sentence per stage, and the three headline ratios (params, FPS, mAP against
+    the reference): what a user needs to read the table, from the stages' own metrics."""
+    by = {r["model"]: r for r in rows}
+    base, tuned = by["baseline"], by["fine-tuned"]
+    sparse, pruned = trained["sparse"], trained["pruned"]
+    lines = [f"base training: {config.epochs('base')} epochs, mAP@0.5 {base['map50']:.3f}.",
+             f"sparsity training: {config.epochs('sparsity')} epochs (s {config.train_options('sparsity').get('s')}) "
+             f"took the prunable |γ| below 0.01 from {trained['baseline'].get('gamma_below_0.01', 0):.0%} to "
+             f"{sparse.get('gamma_below_0.01', 0):.0%}; mAP@0.5 {by['sparse']['map50']:.3f}."]
+    best = swept.get("best")
+    if config.prune:
+        lines.append(f"sweep: not used, the config's prune section names the point ({dict(config.prune)}).")
+    elif best is not None:
+        point = " + ".join(p for p in (f"{best['global_percent']:.2f} of the channels"
+                                       if best.get("global_percent") is not None else "",
+                                       f"{best['shortcuts']} residual units" if best.get("shortcuts") else "") if p)
+        rule = "the most measured FPS" if swept.get("objective") == "fps" else "the fewest BFLOPs"
+        lines.append(f"sweep: chose {best['stage']} pruning of {point}: of the points whose mAP@0.5 stays within "
+                     f"{swept.get('max_map_drop')} of the sparse model's {swept['baseline']['map50']:.3f} "
+                     f"(before fine-tuning), the one with {rule} ({best['map50']:.3f}).")
+    report = pruned.get("channel_report")
+    removed = (f"asked {report['asked']:.0%} of the {report['prunable']:,} prunable channels, removed "
+               f"{report['removed_fraction']:.0%}; " if report else "")
+    lines.append(f"pruning: {removed}params {base['params']:,} → {by['pruned']['params']:,}, BFLOPs "
+                 f"{_bflops(base['bflops'])} → {_bflops(by['pruned']['bflops'])}; mAP@0.5 {by['pruned']['map50']:.3f} "
+                 "before fine-tuning.")
+    distilled = " distilled from the sparse model" if config.distill else ""
+    lines.append(f"fine-tuning: {config.epochs('finetune')} epochs{distilled} brought mAP@0.5 to {tuned['map50']:.3f}.")
+    ref = by.get("reference")
+    if ref is not None:
+        lines.append(f"reference: the baseline trained {config.epochs('reference')} more epochs (as many as sparsity "
+                     f"training and fine-tuning) reaches mAP@0.5 {ref['map50']:.3f}.")
+    fps = tuned["infer_fps"] / base["infer_fps"] if base["infer_fps"] else 0.0
+    against = ref or base
+    params = tuned["params"] / base["params"]
+    precision = tuned.get("infer_precision") or "default precision"
+    lines.append(f"headline: {params:.2f}× the params ({1 - params:.0%} fewer), {fps:.2f}× the OpenVINO FPS "
+                 f"({precision}), "
+                 f"mAP@0.5 {100 * (tuned['map50'] - against['map50']):+.1f} points against the "
+                 f"{'reference' if ref is not None else 'baseline'} ({tuned['map50']:.3f} vs {against['map50']:.3f}).")
+    return lines
 
 
 def _bflops(value: float) -> str:
@@ -374,8 +453,10 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
     prefix = f"runs/{run_id}"
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(_plain_config(config), sort_keys=False))
     stages: dict[str, dict[str, Any]] = {}
-    steps = ["data", "base", "sparse", "sweep", "prune", "finetune", "convert baseline", "convert fine-tuned",
-             "convert int8", "eval baseline", "eval sparse", "eval pruned", "eval fine-tuned"]
+    with_reference = config.reference is not None
+    steps = ["data", "base", "sparse", "sweep", "prune", "finetune", *(["reference"] if with_reference else []),
+             "convert baseline", "convert fine-tuned", "convert int8", "eval baseline",
+             *(["eval reference"] if with_reference else []), "eval sparse", "eval pruned", "eval fine-tuned"]
     report = progress or (lambda event: None)
 
     def header(step: str, title: str) -> None:
@@ -416,6 +497,11 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
     teacher = {"teacher_cfg": model["cfg"], "teacher_weights": model["weights"]} if config.distill else {}
     tuned = train("finetune", "fine-tuning" + (" (distilled from the sparse model)" if config.distill else ""),
                   cfg=pruned.artifacts["cfg"], weights=pruned.artifacts["weights"], **teacher)
+    trained = {"baseline": base, "sparse": sparse, "pruned": pruned, "fine-tuned": tuned}
+    if with_reference:
+        trained["reference"] = train("reference", f"the reference: the baseline trained {config.epochs('reference')} "
+                                     "more epochs (the budget of sparsity training and fine-tuning)",
+                                     cfg=base.artifacts["cfg"], weights=base.artifacts["weights"])
 
     def convert(step: str, title: str, result: StageResult, name: str, precision: str,
                 evaluate: bool = False) -> StageResult:
@@ -429,23 +515,27 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
     ir_int8 = convert("convert int8", "OpenVINO IR of the fine-tuned model (INT8)", tuned, f"{config.name}-int8",
                       "int8", evaluate=True)
     evals = {}
-    for row, result in (("baseline", base), ("sparse", sparse), ("pruned", pruned), ("fine-tuned", tuned)):
-        evals[row] = stage(f"eval {row}", f"evaluation of the {row} model", EvalSpec.from_dict(
-            {"cfg": result.artifacts["cfg"], "weights": result.artifacts["weights"], "data": data, **config.eval}))
+    for name in ROWS:
+        if name in trained:
+            result = trained[name]
+            evals[name] = stage(f"eval {name}", f"evaluation of the {name} model", EvalSpec.from_dict(
+                {"cfg": result.artifacts["cfg"], "weights": result.artifacts["weights"], "data": data, **config.eval}))
 
     def row(name: str, metrics: Mapping[str, Any], stats: Mapping[str, Any], size: int, ir: StageResult,
             ir_row: str) -> dict[str, Any]:
         bench = ir.metrics.get("bench") or {}
         return {"model": name, "precision": metrics["precision"], "recall": metrics["recall"],
                 "map50": metrics["map50"], "params": stats["params"], "size_bytes": size, "bflops": stats["bflops"],
-                "infer_fps": bench.get("infer_fps", 0.0), "fps": bench.get("fps", 0.0), "fps_from": ir_row}
+                "infer_fps": bench.get("infer_fps", 0.0), "fps": bench.get("fps", 0.0), "fps_from": ir_row,
+                "infer_precision": bench.get("execution_precision", "")}
 
-    rows = [row(r, evals[r].metrics, evals[r].metrics["model"], evals[r].metrics["model"]["weights_bytes"], ir, ir_row)
-            for r, ir, ir_row in (("baseline", ir_base, "baseline"), ("sparse", ir_base, "baseline"),
-                                  ("pruned", ir_tuned, "fine-tuned"), ("fine-tuned", ir_tuned, "fine-tuned"))]
+    irs = {"baseline": ir_base, "reference": ir_base, "sparse": ir_base, "pruned": ir_tuned, "fine-tuned": ir_tuned}
+    rows = [row(r, evals[r].metrics, evals[r].metrics["model"], evals[r].metrics["model"]["weights_bytes"], irs[r],
+                "baseline" if irs[r] is ir_base else "fine-tuned") for r in ROWS if r in evals]
     tuned_stats = evals["fine-tuned"].metrics["model"]
     rows.append(row("int8", ir_int8.metrics["eval"], tuned_stats, ir_int8.metrics["bin_bytes"], ir_int8, "int8"))
-    result = PipelineResult(run_dir, rows, stages, time.monotonic() - started)
+    result = PipelineResult(run_dir, rows, stages, time.monotonic() - started,
+                            story=story(config, {k: v.metrics for k, v in trained.items()}, swept.metrics, rows))
     if detect is not None:
         image = read_data_file(data_file).valid[0]
         result.served = detect(config.name, str(ir_tuned.metrics["version"]), image)
@@ -551,6 +641,7 @@ def _run(args: argparse.Namespace) -> int:
         console.close()
         if isinstance(runner, RemoteRunner):
             runner.close()
+    print("\n" + "\n".join(result.story))
     if result.served is not None:
         s = result.served
         say(f"\nserved by {s['address']}: {s['model']} version {s['version']} found {len(s['detections'])} objects "

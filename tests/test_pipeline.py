@@ -36,6 +36,9 @@ BASE = {"name": "tiny", "model": "yolov4-tiny", "img_size": 96, "data": {"synth"
     ({"stages": {}}, "unknown field 'stages'"),
     ({"convert": {"name": "other"}}, "'convert.name' is set by the pipeline"),
     ({"finetune": {"teacher_weights": "x"}}, "'finetune.teacher_weights' is set by the pipeline"),
+    ({"reference": {"weights": "x"}}, "'reference.weights' is set by the pipeline"),
+    ({"reference": {"epochs": 0}}, "reference: 'epochs' must be at least 1"),
+    ({"reference": 3}, "'reference': expected training settings"),
 ])
 def test_config_errors_name_the_setting_before_anything_runs(changes, message):
     with pytest.raises(SlimYoloError, match=message):
@@ -45,6 +48,20 @@ def test_config_errors_name_the_setting_before_anything_runs(changes, message):
 def test_the_demo_config_is_valid():
     config = PipelineConfig.from_yaml(Path(__file__).parents[1] / "configs" / "demo.yaml")
     assert config.model == "yolov4-tiny" and "synth" in config.data
+
+
+def test_the_reference_trains_the_baseline_for_the_budget_of_sparsity_and_fine_tuning():
+    """Every row of the table has had the same training budget: the reference continues the
+    baseline with base's settings for sparsity's + fine-tuning's epochs, unless it says otherwise."""
+    config = PipelineConfig.from_dict({**BASE, "training": {"lr0": 0.004}, "base": {"epochs": 20, "lr0": 0.002},
+                                       "sparsity": {"epochs": 7}, "finetune": {"epochs": 5}})
+    assert config.train_options("reference") == {"img_size": 96, "lr0": 0.002, "epochs": 12}
+    assert config.epochs("reference") == 12 and config.epochs("base") == 20
+    defaults = PipelineConfig.from_dict({**BASE, "finetune": {"epochs": 4}})
+    assert defaults.epochs("reference") == 30 + 4  # the trainer's default epochs for sparsity training
+    own = PipelineConfig.from_dict({**BASE, "reference": {"epochs": 3}})
+    assert own.train_options("reference")["epochs"] == 3
+    assert PipelineConfig.from_dict({**BASE, "reference": False}).reference is None  # left out
 
 
 def test_prune_point_is_the_sweeps_best_unless_the_config_names_one():
@@ -75,15 +92,29 @@ def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypa
                            "augment": {"mosaic": 0.0}},
               "base": {"epochs": 2}, "sparsity": {"epochs": 1, "s": 0.01}, "finetune": {"epochs": 1, "distill": False},
               "sweep": {"percents": [0.5, 0.5, 0.1]}, "prune": {"global_percent": 0.5},
-              "convert": {"via": "torch", "calib_images": 8, "parity_images": 1, "bench_seconds": 0.2}}
+              "convert": {"via": "torch", "calib_images": 8, "parity_images": 1, "bench_seconds": 0.2},
+              "reference": {"epochs": 1}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     code, out, err = run_cli("pipeline", "run", tmp_path / "tiny.yaml", "--out", tmp_path / "runs")
     assert code == 0, err
-    assert "== [1/13] data set ==" in err and "== [6/13] fine-tuning ==" in err and "train epoch 2/2" in err
+    assert "== [1/15] data set ==" in err and "== [6/15] fine-tuning ==" in err and "train epoch 2/2" in err
+    assert "== [7/15] the reference: the baseline trained 1 more epochs" in err
     (run_dir,) = (tmp_path / "runs").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
-    assert [r["model"] for r in results["rows"]] == ["baseline", "sparse", "pruned", "fine-tuned", "int8"]
-    assert results["rows"][2]["params"] < results["rows"][0]["params"]
+    rows = {r["model"]: r for r in results["rows"]}
+    assert list(rows) == ["baseline", "reference", "sparse", "pruned", "fine-tuned", "int8"]
+    assert rows["pruned"]["params"] < rows["baseline"]["params"] == rows["reference"]["params"]
+    # FPS at f32 whatever the CPU's default, so figures of CPUs with and without bf16 compare.
+    assert {r["infer_precision"] for r in rows.values()} == {"f32"}
+    assert rows["reference"]["infer_fps"] == rows["baseline"]["infer_fps"] > 0  # the same network and IR
+    story = results["story"]
+    assert [line.split(":")[0] for line in story] == ["base training", "sparsity training", "sweep", "pruning",
+                                                      "fine-tuning", "reference", "headline"]
+    assert story[1].startswith("sparsity training: 1 epochs (s 0.01) took the prunable |γ| below 0.01 from ")
+    assert "asked 50% of the" in story[3] and "headline:" in out
+    assert f"mAP@0.5 {100 * (rows['fine-tuned']['map50'] - rows['reference']['map50']):+.1f} points against the " \
+           "reference" in story[-1]
+    assert stages_of(run_dir)["reference"]["spec"]["weights"] == stages_of(run_dir)["base"]["artifacts"]["weights"]
     assert results["served"] is None  # serving is the remote run's last step
     assert "| fine-tuned |" in out and (run_dir / "results.md").read_text().count("|") > 40
     assert yaml.safe_load((run_dir / "pipeline.yaml").read_text())["prune"] == {"global_percent": 0.5}
@@ -92,6 +123,10 @@ def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypa
     stages = json.loads((run_dir / "stages.json").read_text())
     assert stages["prune"]["spec"]["global_percent"] == 0.5  # the configured point, not the sweep's
     assert stages["finetune"]["spec"].get("teacher_weights") is None
+
+
+def stages_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "stages.json").read_text())
 
 
 def test_a_data_set_of_ones_own_travels_as_its_folder(tmp_path):
@@ -104,5 +139,8 @@ def test_a_data_set_of_ones_own_travels_as_its_folder(tmp_path):
     outside = tmp_path / "mine" / "train.txt"
     outside.write_text(outside.read_text() + f"{tmp_path / 'elsewhere.jpg'}\n")
     (tmp_path / "elsewhere.jpg").write_bytes((tmp_path / "mine/images/train/000000.jpg").read_bytes())
-    with pytest.raises(SlimYoloError, match=r"elsewhere\.jpg lies outside"):
+    with pytest.raises(SlimYoloError, match=r"data\.path: train\.txt:4: .*elsewhere\.jpg', an absolute path"):
+        prepare_data(config, tmp_path / "run", print)
+    outside.write_text(outside.read_text().replace(str(tmp_path / "elsewhere.jpg"), "../elsewhere.jpg"))
+    with pytest.raises(SlimYoloError, match=r"data\.path: train\.txt:4: .*leads outside the data set.s folder"):
         prepare_data(config, tmp_path / "run", print)

@@ -199,9 +199,10 @@ def _value(metrics, name: str, **labels: str) -> float:
 
 def test_metrics_show_training_jobs_and_inference_series(pipeline_run, cluster):
     trainer = cluster.metrics("trainer")
-    assert _value(trainer, "slimyolo_train_epoch", stage="train") == 4
+    assert _value(trainer, "slimyolo_train_epoch", stage="train") == 1  # the last one: the 1-epoch reference
     assert _value(trainer, "slimyolo_train_epoch", stage="sparsity") == 2
     assert _value(trainer, "slimyolo_train_epochs_completed_total", stage="finetune") == 2
+    assert _value(trainer, "slimyolo_train_epochs_completed_total", stage="train") == 4 + 1  # base + reference
     assert 0 <= _value(trainer, "slimyolo_train_map50", stage="finetune") <= 1
     assert ("slimyolo_train_map50", frozenset({("stage", "finetune")})) in trainer
     assert _value(trainer, "slimyolo_train_images_per_second", stage="train") > 0

@@ -187,7 +187,7 @@ def test_finetune_with_teacher_bf16_multiscale(work, base_run):
     result = train(_config(work, "ft", weights=str(teacher), teacher_weights=str(teacher), finetune=True,
                            epochs=1, bf16=True, multi_scale=True, save_weights=True, cfg=None))
     saved = TrainConfig.from_yaml(result.config)
-    assert saved.warmup_epochs == 6.0 and saved.stage == "finetune"
+    assert saved.warmup_epochs == 0.25 and saved.stage == "finetune"  # a quarter of its one epoch
     row = next(csv.DictReader(result.results_csv.open()))
     assert row["stage"] == "finetune" and float(row["distill"]) > 0
     model = load_model(checkpoint_cfg(result.best), result.best)
@@ -260,3 +260,14 @@ def test_ddp_two_processes(work, tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     ckpt = read_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["train_config"]["batch_size"] == 16
+
+
+def test_finetune_warmup_scales_with_the_epochs():
+    """Six warm-up epochs of an eight-epoch fine-tune would be most of it: a quarter, at most six."""
+    def warmup(epochs: int, **kw: object) -> float:
+        return TrainConfig(data="d.data", cfg="yolov4-tiny", epochs=epochs, **kw).resolved().warmup_epochs
+
+    assert [warmup(e, finetune=True) for e in (1, 8, 24, 100)] == [0.25, 2.0, 6.0, 6.0]
+    assert warmup(8, teacher_weights="t.pt") == 2.0  # distillation is fine-tuning too
+    assert [warmup(e) for e in (1, 8, 100)] == [3.0, 3.0, 3.0]
+    assert warmup(8, finetune=True, warmup_epochs=5.0) == 5.0  # an explicit value wins

@@ -117,7 +117,8 @@ def run_bench(model: str | Path, device: str = "CPU", hint: str = "throughput", 
         image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     result: dict[str, Any] = {
         "model": str(engine.path), "device": device, "hint": hint, "precision": precision or "default",
-        "execution_precision": str(engine.compiled.get_property("INFERENCE_PRECISION_HINT")),
+        # OpenVINO's short name (f32, bf16, f16): the vocabulary of --precision.
+        "execution_precision": engine.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
         "input_size": list(engine.input_size), "requests": engine.num_requests,
         "cpu": platform.processor() or platform.machine(), **bench_engine(engine, image, seconds)}
     if compare:

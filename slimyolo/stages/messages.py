@@ -287,7 +287,8 @@ def sweep_to_request(spec: SweepSpec, resolve: Resolve) -> pruner_pb2.StartSweep
 def convert_to_request(spec: ConvertSpec, resolve: Resolve) -> converter_pb2.StartConversionRequest:
     config = {"accuracy_control": spec.accuracy_control, "max_drop": spec.max_drop, "onnx": spec.onnx,
               "parity_images": spec.parity_images, "tolerance": spec.tolerance, "evaluate": spec.evaluate,
-              "bench_seconds": spec.bench_seconds, **({"ppp": spec.ppp} if spec.ppp else {})}
+              "bench_seconds": spec.bench_seconds, "bench_precision": spec.bench_precision,
+              **({"ppp": spec.ppp} if spec.ppp else {})}
     return _set(converter_pb2.StartConversionRequest(
         via=_VIA_OF[spec.via], precision=_PRECISION_OF[spec.precision], calibration_images=spec.calib_images,
         name=spec.name, version=spec.version or "", model_repository=spec.model_repository or ""),

@@ -12,6 +12,7 @@ its inputs into its own work folder and trains; only rank 0 uploads.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -97,11 +98,19 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
         metrics = {"epochs": result.epochs, "best_map50": result.best_map50, "images_per_s": result.images_per_s,
                    "elapsed_s": result.elapsed_s, "last_eval": {k: v for k, v in result.metrics.items()
                                                                 if k != "per_class"}}
-        if not main_rank:
+        if not main_rank:  # only rank 0 writes the run folder
             return StageResult(metrics=metrics)
+        metrics["gamma_below_0.01"] = _last_gamma_fraction(result.results_csv)
         checkpoint_cfg(result.best).write(run_dir / TRAIN_ROLES["cfg"])
         files = ws.publish(spec.out, run_dir)
     return StageResult(_roles(files, TRAIN_ROLES), {**metrics, "out": store.uri_of(spec.out)})
+
+
+def _last_gamma_fraction(results_csv: Path) -> float:
+    """The fraction of prunable |γ| below 0.01 after the last epoch (how far sparsity training went)."""
+    with results_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[-1]["gamma_below_0.01"]) if rows else 0.0
 
 
 def run_eval(store: Store, spec: EvalSpec, progress: Progress | None = None) -> StageResult:
@@ -219,7 +228,7 @@ def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = Non
             assert calib is not None
             metrics["eval"] = evaluate_ir(result.path, calib, progress)
         if spec.bench_seconds:
-            metrics["bench"] = bench_ir(result.path, spec.bench_seconds, progress)
+            metrics["bench"] = bench_ir(result.path, spec.bench_seconds, progress, spec.bench_precision)
         files = ws.publish(prefix, result.path)
     return StageResult(dict(files), metrics)
 
@@ -236,16 +245,20 @@ def evaluate_ir(model_dir: Path, data: Path, progress: Progress | None = None) -
     return {k: v for k, v in result.as_dict().items() if k != "per_class"}
 
 
-def bench_ir(model_dir: Path, seconds: float, progress: Progress | None = None) -> dict[str, Any]:
-    """OpenVINO throughput of the IR on this machine: frames/s end to end and inference only."""
+def bench_ir(model_dir: Path, seconds: float, progress: Progress | None = None,
+             precision: str = "f32") -> dict[str, Any]:
+    """OpenVINO throughput of the IR on this machine at ``precision`` (``default``: the device's choice):
+    frames/s end to end and inference only, with the precision OpenVINO ran at and the CPU's flags."""
+    from slimyolo.cpuinfo import cpu_info
     from slimyolo.infer.bench import run_bench
 
     if progress is not None:
         progress({"stage": "convert", "step": "bench", "seconds": seconds})
-    result = run_bench(model_dir, hint="throughput", seconds=seconds)
+    result = run_bench(model_dir, hint="throughput", seconds=seconds, precision=None if precision == "default"
+                       else precision)
     return {"fps": result["fps"], "latency_ms": result["latency_ms"], "infer_fps": result["infer"]["fps"],
             "infer_latency_ms": result["infer"]["latency_ms"], "requests": result["requests"],
-            "execution_precision": result["execution_precision"]}
+            "execution_precision": result["execution_precision"], "cpu": cpu_info()}
 
 
 RUNNERS: dict[str, Callable[[Store, Any, Progress | None], StageResult]] = {

@@ -47,6 +47,8 @@ PRUNE_METHODS = ("channel", "layer", "both")
 VIAS = ("tf", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 PPP_MODES = ("resize", "fixed")
+# Inference precision hints of a benchmark (OpenVINO's INFERENCE_PRECISION_HINT), or the device's default.
+BENCH_PRECISIONS = ("f32", "bf16", "f16", "default")
 # Keys of a training spec that are store references; every other key is a training setting.
 TRAIN_REFS = ("data", "cfg", "weights", "teacher_cfg", "teacher_weights", "out")
 MAX_SEGMENT_BYTES = 255  # a file name, on the local store's file systems and on S3 servers that keep files
@@ -284,7 +286,7 @@ class TrainSpec:
         from slimyolo.train.config import TrainConfig
 
         doc = {**self.options, "data": "data", "cfg": "model.cfg", "out": "run"}
-        TrainConfig.from_dict(doc, source).resolved()
+        TrainConfig.from_dict(doc, source).resolved(source)
 
     def to_dict(self) -> dict[str, Any]:
         doc = _plain({k: getattr(self, k) for k in TRAIN_REFS})
@@ -422,7 +424,8 @@ class ConvertSpec:
 
     With ``evaluate`` the written IR is also evaluated on ``calib_data``'s validation split
     (P, R, mAP@0.5 of what OpenVINO runs, INT8 included), and with ``bench_seconds`` its
-    OpenVINO throughput is measured on this machine.
+    OpenVINO throughput is measured on this machine at ``bench_precision`` (f32 by default, so
+    that figures from CPUs with and without bf16 compare; ``default``: the device's choice).
     """
 
     weights: FileRef
@@ -444,6 +447,7 @@ class ConvertSpec:
     tolerance: float = 1e-3
     evaluate: bool = False
     bench_seconds: float = 0.0
+    bench_precision: str = "f32"
 
     kind = "convert"
 
@@ -463,7 +467,8 @@ class ConvertSpec:
                    ppp=f.choice("ppp", PPP_MODES, None),
                    onnx=f.flag("onnx"), parity_images=f.number("parity_images", int, 2, 1),
                    tolerance=f.number("tolerance", float, 1e-3, 0, low_open=True), evaluate=f.flag("evaluate"),
-                   bench_seconds=f.number("bench_seconds", float, 0.0, 0))
+                   bench_seconds=f.number("bench_seconds", float, 0.0, 0),
+                   bench_precision=f.choice("bench_precision", BENCH_PRECISIONS, "f32"))
         f.done()
         if "/" in spec.name:
             raise SlimYoloError(f"{f.where('name')}: a model name is one path segment, got {spec.name!r}")

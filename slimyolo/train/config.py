@@ -27,6 +27,13 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "step")
 
 
+def default_warmup(stage: str, epochs: int) -> float:
+    """Warm-up epochs when the config leaves them open: 3, as yolov5; when fine-tuning, a quarter of
+    the epochs up to 6 (the original projects' 6 of a 100-epoch fine-tune; six of eight epochs
+    would spend most of a short fine-tune ramping up)."""
+    return min(6.0, epochs / 4) if stage == "finetune" else 3.0
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs (see the README's ``slimyolo train`` section)."""
@@ -44,7 +51,7 @@ class TrainConfig:
     momentum: float = 0.937  # SGD momentum / Adam beta1
     weight_decay: float = 5e-4
     schedule: str = "cosine"
-    warmup_epochs: float | None = None  # None: 3, or 6 when fine-tuning
+    warmup_epochs: float | None = None  # None: default_warmup() (3; fine-tuning: a quarter of the epochs, ≤ 6)
     warmup_bias_lr: float | None = None  # lr the biases warm up from; None: 10·lr0 (0.1 for SGD, as yolov5)
     warmup_momentum: float = 0.8
     ema: bool = True
@@ -59,7 +66,7 @@ class TrainConfig:
     conf_thres: float = 0.001
     iou_thres: float = 0.6
     save_weights: bool = False  # also write best.weights (darknet layout)
-    finetune: bool = False  # fine-tuning of a pruned model: warm-up defaults to 6 epochs
+    finetune: bool = False  # fine-tuning of a pruned model: warm-up defaults to a quarter of the epochs, ≤ 6
     teacher_cfg: str | None = None
     teacher_weights: str | None = None  # distillation from this (unpruned) teacher
     distill_weight: float = 1.0
@@ -80,7 +87,7 @@ class TrainConfig:
             return "finetune"
         return "train"
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self, source: str = "training config") -> TrainConfig:
         """A copy with defaults that depend on other fields filled in, after checking every field."""
         out = dataclasses.replace(self, augment=dataclasses.replace(self.augment),
                                   loss=dataclasses.replace(self.loss))
@@ -89,13 +96,14 @@ class TrainConfig:
         if out.warmup_bias_lr is None:
             out.warmup_bias_lr = 10 * out.lr0
         if out.warmup_epochs is None:
-            out.warmup_epochs = 6.0 if out.stage == "finetune" else 3.0
-        out.check()
+            out.warmup_epochs = default_warmup(out.stage, out.epochs)
+        out.check(source)
         return out
 
-    def check(self) -> None:
+    def check(self, source: str = "training config") -> None:
+        """Every field in range; errors name ``source`` (the file or spec section) and the field."""
         def bad(name: str, why: str) -> SlimYoloError:
-            return SlimYoloError(f"training config: '{name}' {why}")
+            return SlimYoloError(f"{source}: '{name}' {why}")
 
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
