@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -176,10 +177,11 @@ def wait_live(address: str, container: str, timeout: float = LIVE_TIMEOUT) -> No
 
 def run_service(stage: str, store: Path, name: str) -> str:
     """Start ``stage``'s image as a hardened container with ``store`` as its artifact store; its gRPC address."""
-    env = {"SLIMYOLO_STORE": "/store", "SLIMYOLO_MODEL_REPOSITORY": "models", "SLIMYOLO_MODEL_POLL_SECONDS": "1",
+    # The store at the same path as here: artifacts carry file:// URIs, which must mean the same inside.
+    env = {"SLIMYOLO_STORE": str(store), "SLIMYOLO_MODEL_REPOSITORY": "models", "SLIMYOLO_MODEL_POLL_SECONDS": "1",
            "OMP_NUM_THREADS": "1"}
-    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/work",
-           "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-v", f"{store}:/store",
+    docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/work:uid=10001,gid=10001",
+           "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-v", f"{store}:{store}",
            "-p", "127.0.0.1::50051", *(a for k, v in env.items() for a in ("-e", f"{k}={v}")),
            f"slimyolo/{IMAGE_OF[stage]}:{TAG}", "serve", stage)
     user = docker("inspect", "-f", "{{.Config.User}}", name).strip()
@@ -261,7 +263,7 @@ def test_each_image(report: Report, work: Path) -> None:
         for stage in STAGES:
             row = report.row(stage, f"slimyolo/{IMAGE_OF[stage]}:{TAG}")
             if stage == "pruner":
-                row.size = row.build = "(the trainer's)"
+                row.size = row.build = "(the same)"
             t0 = time.monotonic()
             addresses[stage] = run_service(stage, store, names[stage])
             wait_live(addresses[stage], names[stage])
@@ -364,8 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", choices=("compose",), action="append", default=[],
                         help="leave out a part of the test")
     args = parser.parse_args(argv)
+    # A SIGTERM (make interrupted, CI's timeout) unwinds like ^C: containers and offered wheels are removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     report = Report()
     images = SERVICE_IMAGES + (STANDINS if args.command == "test" else ())
+    if args.command == "test":  # the table's order: the stages, then the stand-ins
+        for stage in STAGES:
+            report.row(stage, f"slimyolo/{IMAGE_OF[stage]}:{TAG}" + (" as pruner" if stage == "pruner" else ""))
     started = time.monotonic()
     ok = False
     try:
