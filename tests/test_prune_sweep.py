@@ -114,15 +114,21 @@ def test_bad_sweep_arguments(model):
     assert calls == []  # nothing was evaluated
 
 
-def test_sweep_command_with_real_evaluation(run_cli, model, tmp_path):
+@pytest.fixture(scope="module")
+def inputs(model, tmp_path_factory) -> list:
+    """``--cfg``, ``--weights`` and ``--data`` of the model and a 3-image synthetic validation set."""
     from slimyolo.data.synth import write_synthetic
 
-    data = write_synthetic(tmp_path / "data", classes=2, train=1, val=3, size=64)
-    model.cfg.write(tmp_path / "m.cfg")
-    model.save_darknet_weights(tmp_path / "m.weights")
+    tmp = tmp_path_factory.mktemp("sweep-inputs")
+    model.cfg.write(tmp / "m.cfg")
+    model.save_darknet_weights(tmp / "m.weights")
+    data = write_synthetic(tmp / "data", classes=2, train=1, val=3, size=64)
+    return ["--cfg", tmp / "m.cfg", "--weights", tmp / "m.weights", "--data", data]
+
+
+def test_sweep_command_with_real_evaluation(run_cli, inputs, tmp_path):
     out = tmp_path / "sweep"
-    code, stdout, stderr = run_cli("prune", "sweep", "--cfg", tmp_path / "m.cfg", "--weights", tmp_path / "m.weights",
-                                   "--data", data, "--percents", "0.4:0.8:0.4", "--shortcuts", "0:5:5",
+    code, stdout, stderr = run_cli("prune", "sweep", *inputs, "--percents", "0.4:0.8:0.4", "--shortcuts", "0:5:5",
                                    "--max-images", "2", "--latency-runs", "1", "--out", out)
     assert code == 0, stderr
     assert sorted(p.name for p in out.iterdir()) == ["best", "sweep.csv", "sweep.json", "sweep.png"]
@@ -132,7 +138,7 @@ def test_sweep_command_with_real_evaluation(run_cli, model, tmp_path):
     assert {r["stage"] for r in rows} >= {"channel", "layer"}
     best = saved["best"]
     chosen = min((r for r in rows if r["within"] and r["stage"] != "baseline"), key=lambda r: r["bflops"])
-    assert best == {k: v for k, v in chosen.items() if k != "pareto"}
+    assert best == chosen
     assert saved["objective"] == "bflops" and list(saved["choices"]) == ["bflops"]
     assert all(r["fps"] is None and not r["pareto"] for r in rows)
     assert json.loads((out / "best" / "summary.json").read_text())["after"]["params"] == best["params"]
@@ -141,8 +147,7 @@ def test_sweep_command_with_real_evaluation(run_cli, model, tmp_path):
     assert "mAP@0.5" in stdout and "best pruning point" in stdout
     assert stdout.startswith("# latency: PyTorch CPU, batch 1 at 64x64")
     assert all(r["latency_ms"] > 0 for r in rows)
-    code, _, stderr = run_cli("prune", "sweep", "--cfg", tmp_path / "m.cfg", "--weights", tmp_path / "m.weights",
-                              "--data", data, "--percents", "0.9:0.3", "--out", tmp_path / "x")
+    code, _, stderr = run_cli("prune", "sweep", *inputs, "--percents", "0.9:0.3", "--out", tmp_path / "x")
     assert code == 2 and "--percents '0.9:0.3': need LO <= HI" in stderr
     assert not (tmp_path / "x").exists()
 
@@ -213,17 +218,11 @@ def test_fps_meter_caches_by_cfg_digest_and_checks_its_arguments(model, monkeypa
     assert set(meter.cpu) == {"cpu", "cores", "isa"}
 
 
-def test_sweep_command_by_measured_fps(run_cli, model, tmp_path):
+def test_sweep_command_by_measured_fps(run_cli, inputs, tmp_path):
     """The one sweep that really converts and times its points (tiny model, 0.05 s runs): only the
     structure and the choice rule are asserted, never the timings themselves."""
-    from slimyolo.data.synth import write_synthetic
-
-    data = write_synthetic(tmp_path / "data", classes=2, train=1, val=2, size=64)
-    model.cfg.write(tmp_path / "m.cfg")
-    model.save_darknet_weights(tmp_path / "m.weights")
     out = tmp_path / "sweep"
-    code, stdout, stderr = run_cli("prune", "sweep", "--cfg", tmp_path / "m.cfg", "--weights", tmp_path / "m.weights",
-                                   "--data", data, "--percents", "0.5:0.7:0.2", "--max-map-drop", "1",
+    code, stdout, stderr = run_cli("prune", "sweep", *inputs, "--percents", "0.5:0.7:0.2", "--max-map-drop", "1",
                                    "--max-images", "1", "--latency-runs", "0", "--objective", "fps",
                                    "--fps-seconds", "0.05", "--fps-repeats", "1", "--out", out)
     assert code == 0, stderr

@@ -53,7 +53,8 @@ class ChannelReport:
         held = ", ".join(f"{k} {v:,}" for k, v in self.kept_back.items() if v) or "none"
         return (f"channels: asked {self.asked:.1%} of {self.prunable:,} prunable, selected {self.selected:,} "
                 f"(|γ| <= {self.threshold:.4g}), removed {self.removed:,} ({self.removed_fraction:.1%}); "
-                f"kept back: {held}; {self.fixed:,} BN channels fixed (heads, grouped convolutions)")
+                f"kept back: {held}" + (f"; {self.fixed:,} BN channels fixed (heads, grouped convolutions), not "
+                                        "counted" if self.fixed else ""))
 
     def warning(self) -> str | None:
         """Why asked and removed differ by more than :data:`GAP_WARN`, or None."""

@@ -49,6 +49,14 @@ class FpsMeter:
         if self.seconds <= 0 or self.repeats < 1:
             raise SlimYoloError(f"FPS measurement needs positive seconds and at least one repeat, got "
                                 f"{self.seconds} s x {self.repeats}")
+        import importlib.util
+
+        needed = ("openvino", "nncf") if self.precision == "int8" else ("openvino",)
+        missing = [m for m in needed if importlib.util.find_spec(m) is None]
+        if missing:  # the pruner image is the trainer's (.[train]): say so now, not after the first evaluation
+            raise SlimYoloError(f"the fps objective converts and times every point with OpenVINO, and "
+                                f"{', '.join(missing)} is not installed here: install slimyolo[convert] or use "
+                                "the bflops objective")
 
     def key(self, model: Darknet) -> str:
         return f"{hashlib.sha256(model.cfg.to_text().encode()).hexdigest()}-{self.precision}"

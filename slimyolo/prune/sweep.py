@@ -121,13 +121,17 @@ class SweepResult:
         return {o: choose(self.rows, o) for o in objectives}
 
     def as_dict(self) -> dict:
-        front = pareto(self.rows)
+        """sweep.json: ``best``, ``baseline`` and ``choices`` are copies of their rows (with ``pareto``)."""
+        rows = [{**asdict(r), "pareto": p} for r, p in zip(self.rows, pareto(self.rows), strict=True)]
+        by_id = {id(r): d for r, d in zip(self.rows, rows, strict=True)}
+
+        def of(row: SweepRow | None) -> dict | None:
+            return None if row is None else by_id[id(row)]
+
         return {"settings": self.settings, "max_map_drop": self.max_map_drop, "objective": self.objective,
                 "latency": self.latency_note, "fps_measurement": self.fps_note, "cpu": self.cpu,
-                "sparsity": self.sparsity.as_dict() if self.sparsity else None, "baseline": asdict(self.baseline),
-                "best": asdict(self.best) if self.best else None,
-                "choices": {o: asdict(r) if r else None for o, r in self.choices().items()},
-                "rows": [{**asdict(r), "pareto": p} for r, p in zip(self.rows, front, strict=True)]}
+                "sparsity": self.sparsity.as_dict() if self.sparsity else None, "baseline": of(self.baseline),
+                "best": of(self.best), "choices": {o: of(r) for o, r in self.choices().items()}, "rows": rows}
 
     def table(self) -> str:
         """The printed table: asked and removed fractions, FPS and the Pareto front when measured,
