@@ -140,15 +140,17 @@ def build(images: tuple[Image, ...], report: Report, *, base_image: str, torch_w
             if image.torch and torch_wheels is not None:
                 args += ["--build-arg", "TORCH_INDEX="]  # the wheels, and pip's own index for the rest
             say(f"building {image.tag} ({image.dockerfile})")
+            before = docker("image", "inspect", "-f", "{{.Id}}", image.tag, check=False).strip()
             t0 = time.monotonic()
             proc = subprocess.run(["docker", *args, str(ROOT / image.context)], capture_output=True, text=True)
             seconds = time.monotonic() - t0
             if proc.returncode != 0:
                 raise RuntimeError(f"building {image.tag} failed (exit {proc.returncode}):\n"
                                    f"{(proc.stdout + proc.stderr)[-6000:]}")
-            size = int(docker("image", "inspect", "-f", "{{.Size}}", image.tag).strip())
+            image_id, size = docker("image", "inspect", "-f", "{{.Id}} {{.Size}}", image.tag).split()
             row = report.row(image.name, image.tag)
-            row.build, row.size = f"{seconds:.0f} s", f"{size / 1e6:.0f} MB"
+            row.build = f"{seconds:.0f} s" + (" (unchanged: cached)" if image_id == before else "")
+            row.size = f"{int(size) / 1e6:.0f} MB"
             say(f"built {image.tag}: {row.size} in {row.build}")
 
 
@@ -311,6 +313,8 @@ def test_compose(report: Report, work: Path) -> None:
         row.live = f"{time.monotonic() - t0:.1f} s (all 4 services)"
         say(f"compose: services live after {row.live}")
         row.result = run_pipeline(work, user, password)
+        report.rows["s3-standin"].result = f"compose's S3 and bucket init: {bucket_objects(user, password)} objects"
+        report.rows["prometheus-standin"].result = f"compose's Prometheus: {scraped()}"
     except Exception:
         logs = subprocess.run([*compose, "logs", "--tail", "40"], capture_output=True, text=True)
         say(f"compose logs:\n{logs.stdout[-8000:]}")
@@ -318,6 +322,31 @@ def test_compose(report: Report, work: Path) -> None:
         raise
     finally:
         subprocess.run([*compose, "down", "-v", "--timeout", "30"], capture_output=True, text=True)
+
+
+def bucket_objects(user: str, password: str) -> int:
+    """How many objects the pipeline left in the compose file's bucket (through its published port)."""
+    from minio import Minio
+
+    client = Minio("127.0.0.1:9000", access_key=user, secret_key=password, secure=False)
+    return sum(1 for _ in client.list_objects("slimyolo", recursive=True))
+
+
+def scraped(timeout: float = 90.0) -> str:
+    """Until Prometheus reports every service's /metrics target up (it scrapes every 15 s)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen("http://127.0.0.1:9090/api/v1/targets", timeout=10) as answer:
+            targets = json.load(answer)["data"]["activeTargets"]
+        up = sorted(t["labels"]["stage"] for t in targets
+                    if t["labels"].get("job") == "slimyolo" and t["health"] == "up")
+        if len(up) == len(STAGES):
+            return f"{len(up)}/{len(STAGES)} services' /metrics up"
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Prometheus scrapes only {up} of {list(STAGES)}: {targets}")
+        time.sleep(3)
 
 
 def run_pipeline(work: Path, user: str, password: str) -> str:
