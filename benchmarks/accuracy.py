@@ -13,6 +13,7 @@ runs them all the same where a machine can.
 
     .venv/bin/python benchmarks/accuracy.py [--model yolov4] [--width 0.25] [--img-size 160]
         [--base-epochs 20] [--sparse-epochs 10] [--sparse-lr 0.01] [--s 0.002] [--finetune-epochs 8]
+        [--no-reference]
         [--work DIR]
 """
 
@@ -50,6 +51,8 @@ def config(args: argparse.Namespace, cfg: Path) -> PipelineConfig:
         "sweep": {"percents": [0.5, 0.95, 0.05], "shortcuts": [0, args.max_shortcuts, 4],
                   "max_map_drop": args.max_map_drop, "round_to": args.round_to, "batch_size": 16},
         "finetune": {"epochs": args.finetune_epochs, "distill": True},
+        # The baseline trained on for the epochs of sparsity training and fine-tuning: the fair comparison.
+        "reference": {} if args.reference else False,
         "convert": {"via": "tf", "calib_images": 100, "bench_seconds": 5},
         "eval": {"batch_size": 16},
     }, "benchmarks/accuracy.py")
@@ -96,6 +99,8 @@ def main() -> None:
     parser.add_argument("--sparse-lr", type=float, default=0.01, help="Adam lr0 of sparsity training")
     parser.add_argument("--s", type=float, default=0.002, help="L1 weight on BN γ during sparsity training")
     parser.add_argument("--finetune-epochs", type=int, default=8)
+    parser.add_argument("--no-reference", dest="reference", action="store_false",
+                        help="leave out the reference row (the baseline trained on for sparsity + fine-tuning)")
     parser.add_argument("--max-shortcuts", type=int, default=20, help="layer sweep up to this many residual units")
     parser.add_argument("--round-to", type=int, default=1, help="pruned widths a multiple of this (1: any width; "
                         "at a quarter width the first layers have 8-16 channels, which 8 would keep)")
