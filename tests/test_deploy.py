@@ -353,9 +353,10 @@ def test_inference_image_probes_its_own_port_and_declines_openvino_telemetry(tmp
     container: telemetry is declined in a HOME of the image's own, where no volume is mounted."""
     from slimyolo.cli import build_parser
 
+    for image in ("trainer", "converter", "inference"):  # every image: the pruner runs the trainer's
+        (healthcheck,) = re.findall(r"^HEALTHCHECK .*\\\n\s+CMD (\[.*\])$", dockerfile(image), re.M)
+        assert yaml.safe_load(healthcheck) == ["slimyolo", "health", "--service", "liveness"], image
     text = dockerfile("inference")
-    (healthcheck,) = re.findall(r"^HEALTHCHECK .*\\\n\s+CMD (\[.*\])$", text, re.M)
-    assert yaml.safe_load(healthcheck) == ["slimyolo", "health", "--service", "liveness"]
     monkeypatch.setenv("SLIMYOLO_GRPC_PORT", "7001")
     assert build_parser().parse_args(["health"]).address == "127.0.0.1:7001"
     (home,) = re.findall(r"^\s+HOME=(\S+) \\$", text, re.M)

@@ -255,6 +255,9 @@ def test_detect_bad_requests_and_the_server_keeps_serving(served, images):
         (inference_pb2.Image(raw=inference_pb2.RawImage(height=10, width=10, bgr=b"\0" * 299)), {}, IA,
          "image.raw.bgr: 299 bytes, expected height*width*3 = 300"),
         (inference_pb2.Image(encoded=_png(image)), {"conf_threshold": 1.5}, IA, "options.conf_threshold"),
+        # NMS work grows with the boxes kept: a client cannot ask for unbounded work.
+        (inference_pb2.Image(encoded=_png(image)), {"max_detections": 1001}, IA,
+         "options.max_detections: must be in [0, 1000], got 1001"),
     ]
     for im, options, code, message in cases:
         got, details = _code(stub.Detect, inference_pb2.DetectRequest(

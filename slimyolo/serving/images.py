@@ -202,6 +202,12 @@ def decode_image(image: EncodedImage | RawImage | None, limits: ImageLimits, fie
     return decoded
 
 
+# Most boxes one request may ask for: NMS costs candidates × boxes kept, so a client's
+# max_detections must not buy unbounded work (ultralytics keeps 300 by default; 1000 covers
+# crowded scenes).
+MAX_DETECTIONS = 1000
+
+
 @dataclass(frozen=True)
 class DetectOptions:
     """Thresholds of one request: score (objectness × class probability), NMS IoU, most boxes kept."""
@@ -218,8 +224,8 @@ class DetectOptions:
             raise SlimYoloError(f"{field}.conf_threshold: must be in [0, 1), got {conf:g}")
         if not 0.0 <= iou <= 1.0:
             raise SlimYoloError(f"{field}.iou_threshold: must be in (0, 1], got {iou:g}")
-        if max_det < 0:
-            raise SlimYoloError(f"{field}.max_detections: must not be negative, got {max_det}")
+        if not 0 <= max_det <= MAX_DETECTIONS:
+            raise SlimYoloError(f"{field}.max_detections: must be in [0, {MAX_DETECTIONS}], got {max_det}")
         return cls(conf or defaults.conf_thres, iou or defaults.iou_thres, max_det or defaults.max_det)
 
 
