@@ -210,7 +210,7 @@ def test_metrics_show_training_jobs_and_inference_series(pipeline_run, cluster):
     assert _value(trainer, "slimyolo_jobs_finished_total", kind="train", state="succeeded") == 4  # and the reference
     assert _value(trainer, "slimyolo_jobs_finished_total", kind="evaluate", state="succeeded") >= 4
     assert _value(trainer, "grpc_server_handled_total", grpc_type="unary", grpc_service="slimyolo.v1.Trainer",
-                  grpc_method="StartTraining", grpc_code="OK") == 3
+                  grpc_method="StartTraining", grpc_code="OK") == 4  # base, sparse, finetune, reference
     pruner = cluster.metrics("pruner")
     assert _value(pruner, "slimyolo_jobs_finished_total", kind="sweep", state="succeeded") == 1
     assert _value(pruner, "slimyolo_jobs_finished_total", kind="prune", state="succeeded") == 1
