@@ -22,9 +22,10 @@ and as services in a cluster (an S3 bucket, MinIO in deployments).
   exponential backoff, then raises :class:`~slimyolo.errors.UnavailableError`, which the
   services turn into gRPC UNAVAILABLE so that a client can retry later.
 
-Configuration (:func:`open_store`) comes from the environment: ``SLIMYOLO_STORE`` is a local
-path, ``file:///path`` or ``s3://bucket/prefix``; an S3 store also needs
-``SLIMYOLO_S3_ENDPOINT``, ``SLIMYOLO_S3_ACCESS_KEY`` and ``SLIMYOLO_S3_SECRET_KEY``.
+Configuration (:func:`open_store`) comes from the environment, read like every other setting
+through :class:`~slimyolo.envconfig.EnvConfig` (:class:`StoreConfig`, :class:`S3Config`):
+``SLIMYOLO_STORE`` is a local path, ``file:///path`` or ``s3://bucket/prefix``; an S3 store also
+needs ``SLIMYOLO_S3_ENDPOINT``, ``SLIMYOLO_S3_ACCESS_KEY`` and ``SLIMYOLO_S3_SECRET_KEY``.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, ClassVar, TypeVar
 
+from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import NotFoundError, SlimYoloError, UnavailableError
 from slimyolo.fsutil import atomic_dir, atomic_path
 
@@ -113,6 +115,15 @@ def hash_file(path: str | Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def next_version(versions: Iterable[str]) -> str:
+    """One more than the highest integer among a model's version names (``1`` when there is none).
+
+    Names that are not integers are ignored. The one rule for numbering a new model version,
+    whether its versions are trees in a store or folders on disk.
+    """
+    return str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
 
 
 class _HashingWriter:
@@ -441,46 +452,66 @@ class S3Store(Store):
         return self._call("list", f"{self.uri}/{prefix}", attempt)
 
 
-def _env_bool(env: Mapping[str, str], name: str) -> bool:
-    value = env[name].strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise SlimYoloError(f"{name}={env[name]!r}: expected true or false")
+@dataclass(frozen=True)
+class StoreConfig(EnvConfig):
+    """Where the store is (``SLIMYOLO_STORE``; empty: the local folder ``.slimyolo/store``)."""
+
+    store: str = ""
+
+    VARIABLES: ClassVar[Mapping[str, str]] = {"store": ENV_STORE}
 
 
-def _env_number(env: Mapping[str, str], name: str, default: T, kind: Callable[[str], T]) -> T:
-    if not env.get(name):
-        return default
-    try:
-        return kind(env[name])
-    except ValueError:
-        raise SlimYoloError(f"{name}={env[name]!r}: expected a number") from None
+@dataclass(frozen=True)
+class S3Config(EnvConfig):
+    """How to reach an S3 store: the ``SLIMYOLO_S3_*`` and ``SLIMYOLO_STORE_*`` variables.
 
+    Read only for an ``s3://`` store, so a local store ignores them, as it always has. ``secure``
+    stays a string: unset means "from the endpoint's scheme", which a bool cannot say.
+    """
 
-def _s3_from_env(uri: str, env: Mapping[str, str]) -> S3Store:
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    missing = [n for n in (ENV_S3_ENDPOINT, ENV_S3_ACCESS_KEY, ENV_S3_SECRET_KEY) if not env.get(n)]
-    if missing:
-        raise SlimYoloError(f"the artifact store {uri} needs {', '.join(missing)} in the environment")
-    endpoint = env[ENV_S3_ENDPOINT].strip().rstrip("/")
-    scheme, sep, host = endpoint.partition("://")
-    if sep:
-        if scheme not in ("http", "https") or not host or "/" in host:
-            raise SlimYoloError(f"{ENV_S3_ENDPOINT}={endpoint!r}: expected http://HOST:PORT or https://HOST:PORT")
-        secure = scheme == "https"
-        if env.get(ENV_S3_SECURE) and _env_bool(env, ENV_S3_SECURE) != secure:
-            raise SlimYoloError(f"{ENV_S3_SECURE}={env[ENV_S3_SECURE]} contradicts {ENV_S3_ENDPOINT}={endpoint}")
-    else:
-        if not env.get(ENV_S3_SECURE):
-            raise SlimYoloError(f"{ENV_S3_ENDPOINT}={endpoint!r} has no scheme: write http:// or https://, "
-                                f"or set {ENV_S3_SECURE}=true|false")
-        host, secure = endpoint, _env_bool(env, ENV_S3_SECURE)
-    return S3Store(host, bucket, prefix.strip("/"), access_key=env[ENV_S3_ACCESS_KEY],
-                   secret_key=env[ENV_S3_SECRET_KEY], secure=secure, region=env.get(ENV_S3_REGION) or None,
-                   retries=_env_number(env, ENV_RETRIES, 5, int),
-                   timeout_seconds=_env_number(env, ENV_TIMEOUT, 30.0, float))
+    endpoint: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    secure: str = ""
+    region: str = ""
+    retries: int = 5
+    timeout_seconds: float = 30.0
+
+    VARIABLES: ClassVar[Mapping[str, str]] = {
+        "endpoint": ENV_S3_ENDPOINT, "access_key": ENV_S3_ACCESS_KEY, "secret_key": ENV_S3_SECRET_KEY,
+        "secure": ENV_S3_SECURE, "region": ENV_S3_REGION, "retries": ENV_RETRIES, "timeout_seconds": ENV_TIMEOUT}
+
+    def secure_flag(self) -> bool:
+        value = self.secure.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise SlimYoloError(f"{ENV_S3_SECURE}={self.secure!r}: expected true or false")
+
+    def open(self, uri: str) -> S3Store:
+        """The S3Store of ``uri`` (``s3://bucket[/prefix]``); configuration errors name the variable."""
+        bucket, _, prefix = uri[len("s3://"):].partition("/")
+        names = {"endpoint": ENV_S3_ENDPOINT, "access_key": ENV_S3_ACCESS_KEY, "secret_key": ENV_S3_SECRET_KEY}
+        missing = [var for name, var in names.items() if not getattr(self, name)]
+        if missing:
+            raise SlimYoloError(f"the artifact store {uri} needs {', '.join(missing)} in the environment")
+        endpoint = self.endpoint.strip().rstrip("/")
+        scheme, sep, host = endpoint.partition("://")
+        if sep:
+            if scheme not in ("http", "https") or not host or "/" in host:
+                raise SlimYoloError(f"{ENV_S3_ENDPOINT}={endpoint!r}: expected http://HOST:PORT or https://HOST:PORT")
+            secure = scheme == "https"
+            if self.secure and self.secure_flag() != secure:
+                raise SlimYoloError(f"{ENV_S3_SECURE}={self.secure} contradicts {ENV_S3_ENDPOINT}={endpoint}")
+        else:
+            if not self.secure:
+                raise SlimYoloError(f"{ENV_S3_ENDPOINT}={endpoint!r} has no scheme: write http:// or https://, "
+                                    f"or set {ENV_S3_SECURE}=true|false")
+            host, secure = endpoint, self.secure_flag()
+        return S3Store(host, bucket, prefix.strip("/"), access_key=self.access_key, secret_key=self.secret_key,
+                       secure=secure, region=self.region or None, retries=self.retries,
+                       timeout_seconds=self.timeout_seconds)
 
 
 def open_store(uri: str | None = None, env: Mapping[str, str] | None = None) -> Store:
@@ -490,9 +521,9 @@ def open_store(uri: str | None = None, env: Mapping[str, str] | None = None) -> 
     (a missing variable, a malformed endpoint) raise at once, before any request is made.
     """
     env = os.environ if env is None else env
-    uri = uri or env.get(ENV_STORE) or DEFAULT_LOCAL_STORE
+    uri = uri or StoreConfig.from_env(env).store or DEFAULT_LOCAL_STORE
     if uri.startswith("s3://"):
-        return _s3_from_env(uri, env)
+        return S3Config.from_env(env).open(uri)
     if uri.startswith("file://"):
         from urllib.parse import unquote, urlparse
 

@@ -177,7 +177,7 @@ def test_open_store_configuration_errors(tmp_path):
         open_store("s3://bucket", env={**base, "SLIMYOLO_S3_ENDPOINT": "m:9000", "SLIMYOLO_S3_SECURE": "maybe"})
     with pytest.raises(SlimYoloError, match="not a valid bucket name"):
         open_store("s3://B_/x", env={**base, "SLIMYOLO_S3_ENDPOINT": "http://m:9000"})
-    with pytest.raises(SlimYoloError, match="SLIMYOLO_STORE_RETRIES='many': expected a number"):
+    with pytest.raises(SlimYoloError, match="SLIMYOLO_STORE_RETRIES='many': expected int"):
         open_store("s3://bucket", env={**base, "SLIMYOLO_S3_ENDPOINT": "http://m:9000",
                                        "SLIMYOLO_STORE_RETRIES": "many"})
     with pytest.raises(SlimYoloError, match="expected a local path, file:///path or s3://"):

@@ -81,9 +81,9 @@ def _check_name(value: str, what: str) -> str:
 
 def next_version(model_dir: Path) -> str:
     """1 + the largest integer version folder under ``model_dir`` (1 for a new model)."""
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
-        if model_dir.is_dir() else []
-    return str(max(versions, default=0) + 1)
+    from slimyolo.store import next_version as after
+
+    return after(p.name for p in model_dir.iterdir() if p.is_dir()) if model_dir.is_dir() else after(())
 
 
 def _read_names(names: Sequence[str] | str | Path | None, source: ImageSource | None,

@@ -194,8 +194,9 @@ def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -
 
 def next_version(store: Store, prefix: str) -> str:
     """One more than the highest numeric version of the model at ``prefix`` (``1`` for a new model)."""
-    versions = [int(v) for v in (t.rsplit("/", 1)[1] for t in store.list_trees(prefix)) if v.isdigit()]
-    return str(max(versions, default=0) + 1)
+    from slimyolo.store import next_version as after
+
+    return after(t.rsplit("/", 1)[1] for t in store.list_trees(prefix))
 
 
 def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = None) -> StageResult:
