@@ -30,7 +30,7 @@ protos: $(STAMP)
 	$(BIN)/python -m slimyolo.rpc.protogen
 
 lint: $(STAMP)
-	$(BIN)/ruff check slimyolo tests services benchmarks deploy
+	$(BIN)/ruff check slimyolo tests benchmarks deploy
 
 # Container images (README, Deployment; needs Docker, not part of `make test`). `make images` builds
 # slimyolo/{trainer,converter,inference}:0.1.0 (the pruner runs the trainer image) on BASE_IMAGE;

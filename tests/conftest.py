@@ -122,8 +122,8 @@ def start_inference():
     ServerConfig fields (``max_message_bytes``, ``max_connection_age``...) and ``serving`` the
     ServingConfig ones. The caller stops what it started: ``server.stop(0)``, then ``plane.close()``.
     """
-    from services.inference.server import build
     from slimyolo.rpc.server import Server, ServerConfig
+    from slimyolo.services.inference import build
     from slimyolo.serving.config import ServingConfig
 
     def start(repo: Path, server: dict | None = None, **serving):

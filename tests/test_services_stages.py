@@ -236,7 +236,7 @@ def test_a_service_starting_removes_the_work_folders_of_killed_runs_only(store, 
     import signal
     import tempfile
 
-    import services.pruner.server as pruner
+    import slimyolo.services.pruner as pruner
     from slimyolo.rpc.server import Server, ServerConfig
 
     runs = [subprocess.Popen([sys.executable, "-c", HOLD_WORK_FOLDER, str(store.root)], stdout=subprocess.PIPE,

@@ -16,7 +16,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.inference.server import INFERENCE, KSERVE
 from slimyolo import __version__
 from slimyolo.data.dataset import read_data_file
 from slimyolo.errors import SlimYoloError
@@ -27,6 +26,7 @@ from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import inference_pb2, inference_pb2_grpc
 from slimyolo.rpc.server import LIVENESS
+from slimyolo.services.inference import INFERENCE, KSERVE
 from slimyolo.serving.kserve import InputTensor, TensorSpec, datatype_of, decode_inputs, encode_output
 
 CONF = 0.05

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from seaweed import free_ports
 
-from services.inference.server import build
 from slimyolo.data.dataset import read_data_file
 from slimyolo.infer.engine import Engine
 from slimyolo.rpc.client import connect, wait_ready
@@ -27,6 +26,7 @@ from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from slimyolo.rpc.server import Server, ServerConfig
+from slimyolo.services.inference import build
 from slimyolo.serving.config import ServingConfig
 from slimyolo.store import open_store
 

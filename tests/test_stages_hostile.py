@@ -164,8 +164,8 @@ def test_the_archive_rules_hold_on_the_oldest_declared_python(data_set, tmp_path
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     """The pruner and trainer servicers on 127.0.0.1 over a local store: (store, work dir, channels by stage)."""
-    import services.pruner.server as pruner
-    import services.trainer.server as trainer
+    import slimyolo.services.pruner as pruner
+    import slimyolo.services.trainer as trainer
 
     root = tmp_path_factory.mktemp("services")
     (root / "secret.txt").write_text(SECRET + "\n")

@@ -1,7 +1,7 @@
 """``slimyolo serve <stage>`` and ``slimyolo health``.
 
 ``serve`` starts one service on the shared bootstrap (:class:`slimyolo.rpc.server.Server`): it
-imports ``services.<stage>.server``, adds that module's own flags (``add_arguments(parser)``,
+imports ``slimyolo.services.<stage>``, adds that module's own flags (``add_arguments(parser)``,
 optional) to the server flags, builds the :class:`Server` from the environment and the flags
 (flags win), lets the module register its services (``build(server, args)``) and serves until
 SIGTERM. Its arguments are parsed in a second step, once the stage is known, so only the
@@ -45,12 +45,12 @@ def _serve(args: argparse.Namespace) -> int:
     from slimyolo.rpc.server import Server, ServerConfig, add_arguments
 
     try:
-        module = importlib.import_module(f"services.{args.stage}.server")
+        module = importlib.import_module(f"slimyolo.services.{args.stage}")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("services", f"services.{args.stage}", f"services.{args.stage}.server"):
+        if exc.name not in ("slimyolo.services", f"slimyolo.services.{args.stage}"):
             raise  # a dependency of the service is missing: its own message says which
-        raise SlimYoloError(f"serve {args.stage}: the 'services' package is not installed next to slimyolo "
-                            f"({exc}); install the project (pip install .) or run from its folder") from None
+        raise SlimYoloError(f"serve {args.stage}: this slimyolo installation has no slimyolo.services.{args.stage} "
+                            f"module ({exc}); reinstall the project (pip install .)") from None
     parser = argparse.ArgumentParser(prog=f"slimyolo serve {args.stage}",
                                      description=(module.__doc__ or "").strip().splitlines()[0])
     add_arguments(parser)

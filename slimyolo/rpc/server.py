@@ -346,7 +346,7 @@ def on_call_end(context: grpc.ServicerContext, callback: Callable[[grpc.StatusCo
 class Server:
     """A gRPC server with health, reflection, metrics, status mapping and a graceful drain.
 
-    Usage in a stage's ``server.py``::
+    Usage in a service's module (``slimyolo/services/<stage>.py``)::
 
         server = Server("trainer", ServerConfig.from_args(args, os.environ))
         jobs = server.enable_jobs()

@@ -1,6 +1,6 @@
 """The inference service's one entry point: every RPC is a method here, on plain Python values.
 
-The gRPC servicers (``services/inference/server.py``) only translate protobuf messages to the
+The gRPC servicers (``slimyolo/services/inference.py``) only translate protobuf messages to the
 arguments below and the results back, as KServe's own server splits servicer and data plane.
 Every call takes a lease on the model version it runs on (:mod:`slimyolo.serving.manager`), so
 hot reloads never cut a request short, and is counted in the ``slimyolo_inference_*`` metrics.

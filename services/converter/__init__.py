@@ -1,1 +1,0 @@
-"""The converter service (see server.py and README.md)."""

@@ -1,1 +1,0 @@
-"""The inference service (see server.py and README.md)."""

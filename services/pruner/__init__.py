@@ -1,1 +1,0 @@
-"""The pruner service (see server.py and README.md)."""

@@ -1,1 +1,0 @@
-"""The trainer service (see server.py and README.md)."""
