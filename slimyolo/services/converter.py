@@ -20,11 +20,12 @@ from slimyolo.rpc.server import Server
 from slimyolo.serving.config import ENV_MODEL_REPOSITORY, ServingConfig
 from slimyolo.stages.jobs import submit_stage
 from slimyolo.stages.messages import convert_from_request
+from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.runners import model_repository
 from slimyolo.stages.workspace import remove_stale_work_dirs
 from slimyolo.store import Store, open_store
 
-SERVICE = "slimyolo.v1.Converter"
+SERVICE = grpc_service("converter")  # slimyolo.v1.Converter (slimyolo.stages.routing)
 
 
 class ConverterServicer(converter_pb2_grpc.ConverterServicer):

@@ -16,10 +16,11 @@ from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.stages.jobs import submit_stage
 from slimyolo.stages.messages import prune_from_request, sweep_from_request
+from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.workspace import remove_stale_work_dirs
 from slimyolo.store import Store, open_store
 
-SERVICE = "slimyolo.v1.Pruner"
+SERVICE = grpc_service("pruner")  # slimyolo.v1.Pruner (slimyolo.stages.routing)
 
 
 class PrunerServicer(pruner_pb2_grpc.PrunerServicer):

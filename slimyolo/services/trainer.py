@@ -19,10 +19,11 @@ from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.stages.jobs import submit_stage
 from slimyolo.stages.messages import eval_from_request, train_from_request
+from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.workspace import remove_stale_work_dirs
 from slimyolo.store import Store, open_store
 
-SERVICE = "slimyolo.v1.Trainer"
+SERVICE = grpc_service("trainer")  # slimyolo.v1.Trainer (slimyolo.stages.routing)
 LOSSES = ("box", "obj", "cls", "distill", "loss")
 
 

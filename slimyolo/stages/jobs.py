@@ -12,12 +12,10 @@ from typing import Any
 
 from slimyolo.rpc.gen.v1 import common_pb2
 from slimyolo.rpc.jobs import JobManager, JobOutcome, job_to_proto
+from slimyolo.stages.routing import ROUTES
 from slimyolo.stages.runners import run_stage
 from slimyolo.stages.specs import Spec
 from slimyolo.store import Store
-
-# The job kinds the protos name ("evaluate" rather than the stage's short name).
-JOB_KINDS = {"train": "train", "eval": "evaluate", "prune": "prune", "sweep": "sweep", "convert": "convert"}
 
 
 def submit_stage(jobs: JobManager, store: Store, spec: Spec,
@@ -33,4 +31,4 @@ def submit_stage(jobs: JobManager, store: Store, spec: Spec,
         result = run_stage(store, spec, report)
         return JobOutcome(result.artifacts, result.metrics)
 
-    return job_to_proto(jobs.submit(JOB_KINDS[spec.kind], work))
+    return job_to_proto(jobs.submit(ROUTES[spec.kind].job_kind, work))  # "evaluate" for eval, as the protos name it
