@@ -21,7 +21,20 @@ from slimyolo.darknet.model import Darknet
 from slimyolo.errors import WeightsError
 from slimyolo.fsutil import atomic_path, atomic_write_bytes
 
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives; darknet .weights start with a version header
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a SlimYOLO ``.pt`` checkpoint rather than darknet ``.weights``.
+
+    Told apart by content (torch.save's zip archive), never by the file's name: a checkpoint
+    saved as ``x.weights`` is a checkpoint. A file that cannot be read is a WeightsError naming it.
+    """
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def darknet_tensors(model: Darknet) -> list[torch.Tensor]:
@@ -125,12 +138,7 @@ def load_checkpoint_weights(model: Darknet, path: str | Path) -> None:
 
 def load_weights(model: Darknet, path: str | Path) -> None:
     """Load ``.weights`` or ``.pt`` (told apart by content, not by the file name)."""
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise WeightsError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if magic == _ZIP_MAGIC:
+    if is_checkpoint(path):
         load_checkpoint_weights(model, path)
     else:
         load_darknet_weights(model, path)

@@ -62,8 +62,11 @@ def _model_inputs(ws: Workspace, spec: Spec) -> tuple[Path | None, Path]:
     """(cfg or None, weights) of a spec, fetched; without a cfg the weights must be a .pt holding one."""
     weights = ws.file(spec.weights, "weights", "model.weights")
     cfg = ws.file(spec.cfg, "cfg", "model.cfg") if spec.cfg is not None else None
-    if cfg is None and weights.suffix != ".pt":
-        raise SlimYoloError("cfg: required with darknet .weights (only a .pt checkpoint holds its cfg)")
+    if cfg is None:
+        from slimyolo.darknet.weights import is_checkpoint
+
+        if not is_checkpoint(weights):
+            raise SlimYoloError("cfg: required with darknet .weights (only a .pt checkpoint holds its cfg)")
     return cfg, weights
 
 

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 ENV_WORK_DIR = "SLIMYOLO_WORK_DIR"
 WORK_PREFIX = "slimyolo-stage-"
 _NEW_PREFIX = ".slimyolo-new-"  # a folder is renamed to WORK_PREFIX* once locked, so none is ever seen unlocked
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives; darknet .weights start with a version header
 
 
 @dataclass(frozen=True)
@@ -174,10 +173,11 @@ class Workspace:
         """Fetch a file into ``inputs/`` (verified), named ``name`` (``.weights`` or ``.pt`` by content for weights)."""
         artifact = resolve(self.store, ref, field)
         dest = self.store.fetch(artifact, self.root / "inputs" / name, field)
-        if name.endswith(".weights"):  # the trainer and converter tell a .pt apart by its suffix
-            with open(dest, "rb") as fh:
-                if fh.read(4) == ZIP_MAGIC:
-                    dest = dest.rename(dest.with_suffix(".pt"))
+        if name.endswith(".weights"):  # named by what it is, for the run's files and messages
+            from slimyolo.darknet.weights import is_checkpoint  # torch: imported only for weights
+
+            if is_checkpoint(dest):
+                dest = dest.rename(dest.with_suffix(".pt"))
         self._fields[str(dest)] = field
         return dest
 

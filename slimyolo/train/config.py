@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from slimyolo.darknet.weights import is_checkpoint
 from slimyolo.data.augment import AugmentConfig
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import read_yaml
@@ -32,6 +33,12 @@ def default_warmup(stage: str, epochs: int) -> float:
     the epochs up to 6 (the original projects' 6 of a 100-epoch fine-tune; six of eight epochs
     would spend most of a short fine-tune ramping up)."""
     return min(6.0, epochs / 4) if stage == "finetune" else 3.0
+
+
+def _holds_cfg(weights: str) -> bool:
+    """Whether ``weights`` is a checkpoint (which holds its cfg): by content when the file is there;
+    by its ``.pt`` name while it is not yet (a config checked before an earlier stage writes it)."""
+    return is_checkpoint(weights) if Path(weights).is_file() else weights.endswith(".pt")
 
 
 @dataclass
@@ -123,7 +130,7 @@ class TrainConfig:
             raise bad("device", f"must be auto, cpu or cuda, got {self.device!r}")
         if self.teacher_cfg and not self.teacher_weights:
             raise bad("teacher_cfg", "needs teacher_weights")
-        if self.cfg is None and not (self.weights and self.weights.endswith(".pt")):
+        if self.cfg is None and not (self.weights and _holds_cfg(self.weights)):
             raise bad("cfg", "is required unless weights is a .pt checkpoint (which holds its cfg)")
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from slimyolo.darknet.cfg import Cfg, parse_cfg
 from slimyolo.darknet.model import Darknet, load_model
-from slimyolo.darknet.weights import checkpoint_cfg, load_weights, read_checkpoint, save_checkpoint
+from slimyolo.darknet.weights import checkpoint_cfg, is_checkpoint, load_weights, read_checkpoint, save_checkpoint
 from slimyolo.darknet.zoo import ZOO, make_cfg
 from slimyolo.data.dataset import DataSpec, read_data_file
 from slimyolo.data.loader import YoloDataset
@@ -111,7 +111,7 @@ def resolve_cfg(config: TrainConfig, spec: DataSpec) -> Cfg:
         return checkpoint_cfg(config.weights)
     path = Path(config.cfg)
     if path.is_file():
-        return checkpoint_cfg(path) if path.suffix == ".pt" else parse_cfg(path)
+        return checkpoint_cfg(path) if is_checkpoint(path) else parse_cfg(path)
     if config.cfg in ZOO:
         return make_cfg(config.cfg, spec.classes, config.img_size)
     raise NotFoundError(f"cfg {config.cfg!r}: no such file, and not a zoo model ({', '.join(ZOO)})")
