@@ -20,6 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -34,18 +35,17 @@ from slimyolo.errors import NotFoundError, SlimYoloError, UnavailableError
 from slimyolo.rpc.client import connect, follow_job, wait_ready
 from slimyolo.rpc.gen.v1 import (
     common_pb2,
-    converter_pb2,
     converter_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
-    pruner_pb2,
     pruner_pb2_grpc,
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from slimyolo.rpc.messages import struct_to_dict
+from slimyolo.rpc.messages import dict_to_struct, struct_to_dict
+from slimyolo.stages.messages import REQUESTS
 from slimyolo.store import open_store
 
 STAGES = ("trainer", "pruner", "converter", "inference")
@@ -227,11 +227,12 @@ def test_metrics_show_training_jobs_and_inference_series(pipeline_run, cluster):
 def _evaluation(stages: dict, **changes) -> trainer_pb2.StartEvaluationRequest:
     """An evaluation of the fine-tuned model with the pipeline's own artifacts (``changes`` to the weights ref)."""
     spec = stages["eval fine-tuned"]["spec"]
-    weights = common_pb2.ArtifactRef(**{**spec["weights"], **changes})
-    archive = common_pb2.ArtifactRef(**spec["data"]["archive"])
-    return trainer_pb2.StartEvaluationRequest(cfg=common_pb2.ArtifactRef(**spec["cfg"]), weights=weights,
-                                              data=common_pb2.DatasetRef(archive=archive,
-                                                                         data_file=spec["data"]["data_file"]))
+    return _request("eval", {**spec, "weights": {**spec["weights"], **changes}})
+
+
+def _request(kind: str, doc: dict) -> Any:
+    """The Start... request of stage ``kind`` carrying the spec ``doc`` as it is."""
+    return REQUESTS[kind](spec=dict_to_struct(doc))
 
 
 def _run_job(channel: grpc.Channel, start) -> common_pb2.Job:
@@ -262,8 +263,8 @@ def _code(method, request) -> grpc.StatusCode:
 
 def test_bad_requests_are_refused_and_the_servers_keep_serving(pipeline_run, cluster):
     _, _, stages = pipeline_run
-    ref = common_pb2.ArtifactRef(**stages["eval fine-tuned"]["spec"]["weights"])
-    data = _evaluation(stages).data
+    ref = stages["eval fine-tuned"]["spec"]["weights"]
+    data = stages["eval fine-tuned"]["spec"]["data"]
     for stage in ("trainer", "pruner", "converter"):
         with cluster.channel(stage) as channel:
             jobs = jobs_pb2_grpc.JobsStub(channel)
@@ -273,26 +274,22 @@ def test_bad_requests_are_refused_and_the_servers_keep_serving(pipeline_run, clu
                 grpc.StatusCode.INVALID_ARGUMENT
     with cluster.channel("trainer") as channel:
         trainer = trainer_pb2_grpc.TrainerStub(channel)
-        assert _code(trainer.StartTraining, trainer_pb2.StartTrainingRequest(cfg=ref)) == \
-            grpc.StatusCode.INVALID_ARGUMENT
-        bad_config = trainer_pb2.StartTrainingRequest(cfg=ref, data=data, epochs=1)
-        bad_config.config.update({"optimiser": "adam"})
+        assert _code(trainer.StartTraining, _request("train", {"cfg": ref})) == grpc.StatusCode.INVALID_ARGUMENT
+        bad_config = _request("train", {"cfg": ref, "data": data, "out": "runs/bad", "epochs": 1, "optimiser": "adam"})
         assert _code(trainer.StartTraining, bad_config) == grpc.StatusCode.INVALID_ARGUMENT
-        outside = _evaluation(stages)
-        outside.weights.uri = "s3://another-bucket/weights"
+        outside = _evaluation(stages, uri="s3://another-bucket/weights")
         with pytest.raises(SlimYoloError, match="is not in the artifact store"):
             _run_job(channel, trainer.StartEvaluation(outside, timeout=30))
-        missing = _evaluation(stages)
-        missing.weights.uri = missing.weights.uri.rsplit("/", 1)[0] + "/nothing.weights"
+        missing = _evaluation(stages, uri=ref["uri"].rsplit("/", 1)[0] + "/nothing.weights")
         with pytest.raises(NotFoundError, match="does not exist"):
             _run_job(channel, trainer.StartEvaluation(missing, timeout=30))
     with cluster.channel("pruner") as channel:
         pruner = pruner_pb2_grpc.PrunerStub(channel)
-        uneven = pruner_pb2.StartSweepRequest(weights=ref, data=data, global_percents=[0.5, 0.6, 0.9])
-        assert _code(pruner.StartSweep, uneven) == grpc.StatusCode.INVALID_ARGUMENT
+        points = _request("sweep", {"weights": ref, "data": data, "out": "runs/bad", "percents": [0.5, 0.6, 0.9, 0.95]})
+        assert _code(pruner.StartSweep, points) == grpc.StatusCode.INVALID_ARGUMENT
     with cluster.channel("converter") as channel:
         converter = converter_pb2_grpc.ConverterStub(channel)
-        int8 = converter_pb2.StartConversionRequest(weights=ref, name="x", precision=common_pb2.PRECISION_INT8)
+        int8 = _request("convert", {"weights": ref, "name": "x", "precision": "int8"})
         assert _code(converter.StartConversion, int8) == grpc.StatusCode.INVALID_ARGUMENT
     with cluster.channel("inference") as channel:
         detect = inference_pb2.DetectRequest(model_name="no-such-model",

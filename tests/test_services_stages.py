@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from slimyolo.errors import NotFoundError, SlimYoloError
-from slimyolo.rpc.gen.v1 import common_pb2, converter_pb2, pruner_pb2, trainer_pb2
-from slimyolo.rpc.messages import artifact_to_proto, dict_to_struct
+from slimyolo.rpc.gen.v1 import pruner_pb2
+from slimyolo.rpc.messages import dict_to_struct
 from slimyolo.stages import messages
 from slimyolo.stages.runners import run_eval, run_prune, run_stage, run_train
 from slimyolo.stages.specs import (
@@ -86,9 +86,8 @@ def test_bad_specs_name_the_field(kind, doc, message):
 
 
 def test_train_settings_are_checked_as_the_training_config():
-    spec = parse_spec("train", {"cfg": "a/b.cfg", "data": "d", "out": "runs/x", "epoch": 3})
     with pytest.raises(SlimYoloError, match="unknown setting 'epoch'"):
-        spec.check()
+        parse_spec("train", {"cfg": "a/b.cfg", "data": "d", "out": "runs/x", "epoch": 3})
     parse_spec("train", {"cfg": "a/b.cfg", "data": "d", "out": "runs/x", "epochs": 3, "sr": True}).check()
 
 
@@ -112,70 +111,48 @@ def test_specs_round_trip_through_yaml(spec):
               options={"epochs": 3, "batch_size": 8, "img_size": 96, "sr": True, "s": 0.01, "prune": 0,
                        "lr0": 0.005, "seed": 3, "optimizer": "adam", "augment": {"mosaic": 0.0},
                        "distill_weight": 0.5}),
-    TrainSpec(DATA, "runs/t", cfg=ART, options={"finetune": True, "warmup_epochs": 2.5}),
+    TrainSpec(DATA, "runs/t", cfg=ART, options={"finetune": True, "warmup_epochs": 2.5, "lr0": 0.0}),
     EvalSpec(ART, DATA, cfg=ART, img_size=96, batch_size=4, conf_thres=0.25, iou_thres=0.5),
+    EvalSpec(ART, DataRef(tree="datasets/synth"), conf_thres=0.0, iou_thres=0.0),
     PruneSpec(ART, "runs/p", cfg=ART, method="both", global_percent=0.7, shortcuts=2, layer_keep=0.1, round_to=8,
               data=DATA, img_size=96, max_images=10),
-    PruneSpec(ART, "runs/p", method="layer", shortcuts=1),
+    PruneSpec(ART, "runs/p", method="layer", shortcuts=1, layer_keep=0.0),
     SweepSpec(ART, DATA, "runs/s", percents=(0.3, 0.9, 0.2), shortcuts=(0, 5, 2), max_map_drop=0.05,
               fine_percent=0.02, max_images=12, latency_runs=1),
+    SweepSpec(ART, DATA, "runs/s", percents=(0.3, 0.9, 0.25), shortcuts=(0, 0, 1), max_map_drop=0.0,
+              layer_keep=0.0, objective="fps", precision="int8", fps_seconds=0.5, fps_repeats=1),
     ConvertSpec(ART, "det", cfg=ART, version="3", model_repository="repo", via="torch", precision="int8",
                 calib_data=DATA, calib_images=20, img_size=96, names=("a", "b"), accuracy_control=True,
-                max_drop=0.02, evaluate=True, bench_seconds=1.5),
+                max_drop=0.02, evaluate=True, bench_seconds=1.5, bench_precision="default"),
+    ConvertSpec("runs/p/pruned.weights", "det", onnx=True, tolerance=0.5, parity_images=1, ppp="resize"),
 ])
-def test_specs_round_trip_through_requests(spec):
-    request = messages.TO_REQUEST[spec.kind](spec, lambda ref, field: ref)
-    back = messages.FROM_REQUEST[spec.kind](type(request).FromString(request.SerializeToString()))
-    if spec.kind in ("train", "eval"):  # numbers travel as floats (float32 for thresholds)
-        back_doc, doc = back.to_dict(), spec.to_dict()
-        assert back_doc.keys() == doc.keys()
-        for key, value in doc.items():
-            assert back_doc[key] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value)
-    else:
-        assert back == spec
+def test_specs_round_trip_through_requests_unchanged(spec):
+    request = messages.spec_to_request(spec)
+    back = messages.spec_from_request(spec.kind, type(request).FromString(request.SerializeToString()))
+    assert back == spec
 
 
-def test_typed_request_fields_win_over_the_config_struct():
-    request = trainer_pb2.StartTrainingRequest(
-        cfg=artifact_to_proto(ART), data=common_pb2.DatasetRef(archive=artifact_to_proto(ART)),
-        epochs=5, sparsity=trainer_pb2.Sparsity(s=0.002), name="exp/1",
-        config=dict_to_struct({"epochs": 50, "batch_size": 4}))
-    spec = messages.train_from_request(request)
-    assert spec.out == "runs/exp/1"
-    assert dict(spec.options) == {"epochs": 5, "batch_size": 4, "sr": True, "s": 0.002, "prune": 1}
-    assert messages.train_from_request(trainer_pb2.StartTrainingRequest(
-        cfg=request.cfg, data=request.data)).out.startswith("runs/train-")
+def test_a_request_without_a_spec_is_refused_naming_it():
+    with pytest.raises(SlimYoloError, match="StartPruneRequest: 'spec' is required"):
+        messages.spec_from_request("prune", pruner_pb2.StartPruneRequest())
 
 
-@pytest.mark.parametrize(("request_", "message"), [
-    (trainer_pb2.StartTrainingRequest(), "'data' is required"),
-    (trainer_pb2.StartTrainingRequest(cfg=common_pb2.ArtifactRef(uri="s3://b/k"), data=common_pb2.DatasetRef(
-        archive=common_pb2.ArtifactRef(uri="s3://b/d")), img_size=common_pb2.ImageSize(width=96, height=64)),
-     "square"),
-    (trainer_pb2.StartTrainingRequest(cfg=common_pb2.ArtifactRef(uri="s3://b/k"), data=common_pb2.DatasetRef(
-        archive=common_pb2.ArtifactRef(uri="s3://b/d")), config=dict_to_struct({"optimizer": "lion"})),
-     "'optimizer' must be one of"),
-    (pruner_pb2.StartSweepRequest(weights=common_pb2.ArtifactRef(uri="s3://b/k"), global_percents=[0.5, 0.6, 0.9],
-                                  data=common_pb2.DatasetRef(archive=common_pb2.ArtifactRef(uri="s3://b/d")),
-                                  name="s"), "equal steps"),
-    (pruner_pb2.StartSweepRequest(method=pruner_pb2.PRUNE_METHOD_LAYER), "layer-only sweep"),
-    (pruner_pb2.StartPruneRequest(weights=common_pb2.ArtifactRef(uri="s3://b/k"),
-                                  channel=pruner_pb2.ChannelPruning(global_percent=1.5)), "'global_percent'"),
-    (converter_pb2.StartConversionRequest(weights=common_pb2.ArtifactRef(uri="s3://b/k"), name="m",
-                                          precision=common_pb2.PRECISION_INT8), "needs 'calib_data'"),
-    (converter_pb2.StartConversionRequest(weights=common_pb2.ArtifactRef(uri="s3://b/k"), name="../m"), "'name'"),
+@pytest.mark.parametrize(("kind", "doc", "message"), [
+    ("train", {}, "'data' is required"),
+    ("train", {"cfg": "a/b", "data": "d/s", "out": "runs/x", "optimizer": "lion"}, "'optimizer' must be one of"),
+    ("sweep", {"weights": "a/b", "data": "d/s", "out": "runs/x", "percents": [0.5, 0.6]}, "list of 3 numbers"),
+    ("prune", {"weights": "a/b", "out": "runs/x", "global_percent": 1.5}, "'global_percent' must be below 1"),
+    ("convert", {"weights": "a/b", "name": "m", "precision": "int8"}, "needs 'calib_data'"),
+    ("convert", {"weights": "a/b", "name": "../m"}, "'name'"),
+    ("train", {"cfg": "a/b", "data": "d/s", "out": "runs/x", "seed": 2**60}, "'seed' must be below 2\\*\\*53"),
 ])
-def test_bad_requests_are_errors_naming_the_field(request_, message):
-    kind = {"StartTrainingRequest": "train", "StartSweepRequest": "sweep", "StartPruneRequest": "prune",
-            "StartConversionRequest": "convert"}[type(request_).__name__]
-    with pytest.raises(SlimYoloError, match=message):
-        messages.FROM_REQUEST[kind](request_)
-
-
-def test_a_service_takes_data_sets_as_archives():
-    spec = EvalSpec(ART, DataRef(tree="datasets/synth"))
-    with pytest.raises(SlimYoloError, match="as an archive"):
-        messages.eval_to_request(spec, lambda ref, field: ref)
+def test_bad_requests_fail_as_the_same_yaml_spec_does(kind, doc, message):
+    with pytest.raises(SlimYoloError, match=message) as in_process:
+        parse_spec(kind, doc)
+    request = messages.REQUESTS[kind](spec=dict_to_struct(doc))
+    with pytest.raises(SlimYoloError) as remote:
+        messages.spec_from_request(kind, request)
+    assert str(remote.value) == str(in_process.value)
 
 
 # -- the work folder -----------------------------------------------------------------------------------

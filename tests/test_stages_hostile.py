@@ -11,13 +11,16 @@ under the oldest Python the project declares (Debian 12's 3.11.2, which has no `
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
 import shutil
 import subprocess
 import tarfile
+import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -25,18 +28,11 @@ import yaml
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.rpc.client import connect, follow_job
-from slimyolo.rpc.gen.v1 import (
-    common_pb2,
-    jobs_pb2,
-    jobs_pb2_grpc,
-    pruner_pb2,
-    pruner_pb2_grpc,
-    trainer_pb2,
-    trainer_pb2_grpc,
-)
-from slimyolo.rpc.messages import artifact_to_proto, dict_to_struct
+from slimyolo.rpc.gen.v1 import jobs_pb2, jobs_pb2_grpc, pruner_pb2, pruner_pb2_grpc, trainer_pb2_grpc
+from slimyolo.rpc.messages import dict_to_struct
 from slimyolo.rpc.server import Server, ServerConfig
 from slimyolo.stages.archive import ArchiveError, extract
+from slimyolo.stages.messages import REQUESTS
 from slimyolo.store import LocalStore
 
 REPO = Path(__file__).parents[1]
@@ -198,13 +194,22 @@ def model_refs(services, tmp_path_factory):
     folder = tmp_path_factory.mktemp("model")
     (folder / "mini.cfg").write_text(MINI_CFG)
     (folder / "mini.weights").write_bytes(b"\0" * 64)
-    return tuple(artifact_to_proto(store.put_file(folder / name)) for name in ("mini.cfg", "mini.weights"))
+    return tuple(dataclasses.asdict(store.put_file(folder / name)) for name in ("mini.cfg", "mini.weights"))
 
 
-def _prune(model_refs, data: common_pb2.DatasetRef, **fields) -> pruner_pb2.StartPruneRequest:
+def _request(kind: str, doc: dict) -> Any:
+    """The Start... request of stage ``kind`` carrying the spec ``doc`` as it is (not checked here)."""
+    return REQUESTS[kind](spec=dict_to_struct(doc))
+
+
+def _prune_doc(model_refs, data: dict | None = None, **fields) -> dict:
     cfg, weights = model_refs
-    return pruner_pb2.StartPruneRequest(cfg=cfg, weights=weights, data=data,
-                                        channel=pruner_pb2.ChannelPruning(global_percent=0.5), **fields)
+    return {"cfg": cfg, "weights": weights, **({"data": data} if data else {}), "out": f"runs/p-{uuid.uuid4().hex}",
+            "global_percent": 0.5, **fields}
+
+
+def _prune(model_refs, data: dict | None = None, **fields) -> pruner_pb2.StartPruneRequest:
+    return _request("prune", _prune_doc(model_refs, data, **fields))
 
 
 def _refused(call, request) -> str:
@@ -221,8 +226,8 @@ def _assert_clean(message: str, root: Path) -> None:
         assert leak not in message, (leak, message)
 
 
-def _archive_ref(store, path: Path, data_file: str = "synth.data") -> common_pb2.DatasetRef:
-    return common_pb2.DatasetRef(archive=artifact_to_proto(store.put_file(path)), data_file=data_file)
+def _archive_ref(store, path: Path, data_file: str = "synth.data") -> dict:
+    return {"archive": dataclasses.asdict(store.put_file(path)), "data_file": data_file}
 
 
 @pytest.mark.parametrize("data_file", ["/etc/passwd", "../../../../etc/passwd", "synth/../../secret.txt"])
@@ -285,13 +290,10 @@ def test_unknown_enums_and_non_finite_numbers_are_refused_at_submission_as_the_c
     store, _, channels = services
     pruner = pruner_pb2_grpc.PrunerStub(channels["pruner"])
     data = _archive_ref(store, _tar(tmp_path / "d.tar", [], folder=data_set))
-    nan_config = _prune(model_refs, data)
-    nan_config.config.CopyFrom(dict_to_struct({"batch_size": math.nan}))
     asked = {
         "method": _refused(pruner.StartPrune, _prune(model_refs, data, method=99)),
-        "global_percent": _refused(pruner.StartPrune, pruner_pb2.StartPruneRequest(
-            cfg=model_refs[0], weights=model_refs[1], channel=pruner_pb2.ChannelPruning(global_percent=math.nan))),
-        "batch_size": _refused(pruner.StartPrune, nan_config),
+        "global_percent": _refused(pruner.StartPrune, _prune(model_refs, global_percent=math.nan)),
+        "batch_size": _refused(pruner.StartPrune, _prune(model_refs, data, batch_size=math.nan)),
     }
     # The CLI, given the same values in a YAML spec, says the same after the source.
     monkeypatch.setenv("SLIMYOLO_STORE", str(store.root))
@@ -303,21 +305,19 @@ def test_unknown_enums_and_non_finite_numbers_are_refused_at_submission_as_the_c
         request_message = asked[field].split(": ", 1)[1]
         assert request_message in err and f"'{field}'" in request_message, (err, asked[field])
     assert "must be a finite number, got nan" in asked["global_percent"]
-    message = _refused(pruner.StartSweep, pruner_pb2.StartSweepRequest(method=7))
-    assert "'method' must be one of channel, both, got 7" in message
-    training = trainer_pb2.StartTrainingRequest(cfg=model_refs[0], data=data,
-                                                config=dict_to_struct({"augment": {"mosaic": math.inf}}))
+    message = _refused(pruner.StartPrune, _prune(model_refs, method="slice"))
+    assert "'method' must be one of channel, layer, both, got 'slice'" in message
+    training = _request("train", {"cfg": model_refs[0], "data": data, "out": "runs/t",
+                                  "augment": {"mosaic": math.inf}})
     message = _refused(trainer_pb2_grpc.TrainerStub(channels["trainer"]).StartTraining, training)
     assert "'augment.mosaic' must be a finite number, got inf" in message
 
 
-@pytest.mark.parametrize(("name", "message"), [
-    ("x" * 800, "is too long; an output prefix has at most 768 bytes"),
-    ("a/" + "y" * 300, "a segment of 300 bytes is too long"),
+@pytest.mark.parametrize(("out", "message"), [
+    ("runs/" + "x" * 800, "is too long; an output prefix has at most 768 bytes"),
+    ("runs/a/" + "y" * 300, "a segment of 300 bytes is too long"),
 ])
-def test_a_run_name_too_long_for_the_store_is_refused_at_submission(services, model_refs, name, message):
+def test_an_output_prefix_too_long_for_the_store_is_refused_at_submission(services, model_refs, out, message):
     _, _, channels = services
-    request = pruner_pb2.StartPruneRequest(cfg=model_refs[0], weights=model_refs[1], name=name,
-                                           channel=pruner_pb2.ChannelPruning(global_percent=0.5))
-    details = _refused(pruner_pb2_grpc.PrunerStub(channels["pruner"]).StartPrune, request)
-    assert details.startswith("StartPruneRequest: 'name'") and message in details
+    details = _refused(pruner_pb2_grpc.PrunerStub(channels["pruner"]).StartPrune, _prune(model_refs, out=out))
+    assert details.startswith("prune spec: 'out'") and message in details

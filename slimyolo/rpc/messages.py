@@ -34,7 +34,8 @@ def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a dict; whole numbers come back as int (a Struct stores every number as a double).
+    """A Struct as a dict; whole numbers come back as int (a Struct stores every number as a double; the
+    stage specs refuse integers of 2**53 and more, which a double cannot hold exactly).
 
     Read value by value rather than through JSON: a NaN or an infinity (which JSON cannot spell)
     comes back as a float, for the caller to refuse naming its field, instead of failing here.
@@ -50,5 +51,5 @@ def _plain(value: struct_pb2.Value) -> Any:
         return [_plain(v) for v in value.list_value.values]
     if kind == "number_value":
         number = value.number_value
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        return int(number) if number.is_integer() else number
     return None if kind in (None, "null_value") else getattr(value, kind)

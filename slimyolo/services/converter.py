@@ -19,7 +19,7 @@ from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.serving.config import ENV_MODEL_REPOSITORY, ServingConfig
 from slimyolo.stages.jobs import submit_stage
-from slimyolo.stages.messages import convert_from_request
+from slimyolo.stages.messages import spec_from_request
 from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.runners import model_repository
 from slimyolo.stages.workspace import remove_stale_work_dirs
@@ -34,7 +34,7 @@ class ConverterServicer(converter_pb2_grpc.ConverterServicer):
 
     def StartConversion(self, request: converter_pb2.StartConversionRequest,
                         context: grpc.ServicerContext) -> converter_pb2.StartConversionResponse:
-        spec = convert_from_request(request)
+        spec = spec_from_request("convert", request)
         if spec.model_repository is None:
             spec = dataclasses.replace(spec, model_repository=self.model_repository)
         return converter_pb2.StartConversionResponse(job=submit_stage(self.jobs, self.store, spec))

@@ -15,7 +15,7 @@ from slimyolo.rpc.gen.v1 import pruner_pb2, pruner_pb2_grpc
 from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.stages.jobs import submit_stage
-from slimyolo.stages.messages import prune_from_request, sweep_from_request
+from slimyolo.stages.messages import spec_from_request
 from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.workspace import remove_stale_work_dirs
 from slimyolo.store import Store, open_store
@@ -29,11 +29,11 @@ class PrunerServicer(pruner_pb2_grpc.PrunerServicer):
 
     def StartPrune(self, request: pruner_pb2.StartPruneRequest,
                    context: grpc.ServicerContext) -> pruner_pb2.StartPruneResponse:
-        return pruner_pb2.StartPruneResponse(job=submit_stage(self.jobs, self.store, prune_from_request(request)))
+        return pruner_pb2.StartPruneResponse(job=submit_stage(self.jobs, self.store, spec_from_request("prune", request)))
 
     def StartSweep(self, request: pruner_pb2.StartSweepRequest,
                    context: grpc.ServicerContext) -> pruner_pb2.StartSweepResponse:
-        return pruner_pb2.StartSweepResponse(job=submit_stage(self.jobs, self.store, sweep_from_request(request)))
+        return pruner_pb2.StartSweepResponse(job=submit_stage(self.jobs, self.store, spec_from_request("sweep", request)))
 
 
 def build(server: Server, args: argparse.Namespace) -> None:

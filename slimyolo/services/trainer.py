@@ -18,7 +18,7 @@ from slimyolo.rpc.gen.v1 import trainer_pb2, trainer_pb2_grpc
 from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.stages.jobs import submit_stage
-from slimyolo.stages.messages import eval_from_request, train_from_request
+from slimyolo.stages.messages import spec_from_request
 from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.workspace import remove_stale_work_dirs
 from slimyolo.store import Store, open_store
@@ -74,12 +74,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     def StartTraining(self, request: trainer_pb2.StartTrainingRequest,
                       context: grpc.ServicerContext) -> trainer_pb2.StartTrainingResponse:
-        job = submit_stage(self.jobs, self.store, train_from_request(request), self.metrics.observe)
+        job = submit_stage(self.jobs, self.store, spec_from_request("train", request), self.metrics.observe)
         return trainer_pb2.StartTrainingResponse(job=job)
 
     def StartEvaluation(self, request: trainer_pb2.StartEvaluationRequest,
                         context: grpc.ServicerContext) -> trainer_pb2.StartEvaluationResponse:
-        return trainer_pb2.StartEvaluationResponse(job=submit_stage(self.jobs, self.store, eval_from_request(request)))
+        return trainer_pb2.StartEvaluationResponse(job=submit_stage(self.jobs, self.store, spec_from_request("eval", request)))
 
 
 def build(server: Server, args: argparse.Namespace) -> None:

@@ -1,23 +1,30 @@
-"""The specs of the stages: what each stage reads from the store, writes to it, and its parameters.
+"""The specs of the stages: the one schema of each stage request, and its checks.
 
-A spec is a plain frozen dataclass, the one description of a stage run shared by its three
-callers: the servicers (built from a request), ``slimyolo stage NAME --spec FILE.yaml`` (the
-Kubernetes batch Jobs) and the pipeline. Inputs are references into the artifact store:
+A spec is a frozen dataclass whose fields are declared once, with how each is read and checked
+(:func:`param`). Everything else is derived from that declaration:
+
+- the **YAML spec** of ``slimyolo stage KIND --spec FILE`` (the Kubernetes batch Jobs) and the
+  pipeline's sections are read by :func:`parse_spec` (``from_dict``), field by field;
+- the **gRPC request** of the stage's service carries the spec as one ``google.protobuf.Struct``
+  (``Start...Request.spec``), written by ``to_dict`` and read back by the same
+  :func:`parse_spec` (:mod:`slimyolo.stages.messages`), so a request is checked exactly as a
+  YAML spec is, with the same messages, and every legal value (zero included) arrives unchanged;
+- the **core call**: the stage's runner (:mod:`slimyolo.stages.runners`) passes the fields on;
+  ``tests/test_stage_contract.py`` fails when a declared field is missing from any of the three.
+
+Adding a setting to a stage is one line here (and its use in the runner). Inputs are references
+into the artifact store:
 
 - a **file** (:data:`FileRef`) is an :class:`~slimyolo.store.Artifact` ``{uri, sha256,
-  size_bytes}`` (what the services exchange), or the key of a file inside a complete tree of
-  the store, such as ``runs/sparse/best.weights`` (what people write in a YAML spec); either way
-  the download is verified against the digest (the tree's ``SHA256SUMS`` gives it for keys);
+  size_bytes}``, or the key of a file inside a complete tree of the store, such as
+  ``runs/sparse/best.weights``; either way the download is verified against the digest (the
+  tree's ``SHA256SUMS`` gives it for keys);
 - a **data set** (:class:`DataRef`) is a tree in the store holding a darknet-layout data set,
-  or a tar archive of one (the proto's ``DatasetRef``), with the ``.data`` file inside.
+  or a tar archive of one, with the ``.data`` file inside.
 
-Outputs go to a store prefix (``out``), uploaded as one tree when the stage is done. Specs are
-checked when they are built, so a bad field is reported at once, naming the field, before a
-job is queued; the checks that need the heavy libraries run in :meth:`TrainSpec.check` and the
-runners.
-
-The YAML form of each spec is its fields, flat; a training spec also takes every key of the
-training configuration (``slimyolo train --config``), for example::
+Outputs go to a store prefix (``out``), published as one tree when the stage is done. The YAML
+form of each spec is its fields, flat; a training spec also takes every key of the training
+configuration (``slimyolo train --config``), for example::
 
     # slimyolo stage train --spec train.yaml
     cfg: inputs/yolov4-tiny-2c.cfg       # a file of a tree in the store, or {uri, sha256, size_bytes}
@@ -35,22 +42,15 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from slimyolo import vocab
 from slimyolo.errors import SlimYoloError
 from slimyolo.store import MAX_KEY_BYTES, Artifact, validate_key
 
 FileRef = Artifact | str
 """A stored file: an Artifact, or the key of a file inside a complete tree of the store."""
 
-PRUNE_METHODS = ("channel", "layer", "both")
-VIAS = ("tf", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
-PPP_MODES = ("resize", "fixed")
-# Inference precision hints of a benchmark (OpenVINO's INFERENCE_PRECISION_HINT), or the device's default.
-BENCH_PRECISIONS = ("f32", "bf16", "f16", "default")
-# Keys of a training spec that are store references; every other key is a training setting.
-TRAIN_REFS = ("data", "cfg", "weights", "teacher_cfg", "teacher_weights", "out")
 MAX_SEGMENT_BYTES = 255  # a file name, on the local store's file systems and on S3 servers that keep files
 MAX_OUT_BYTES = MAX_KEY_BYTES - 256  # the rest is room for the paths inside the tree published there
 
@@ -182,7 +182,7 @@ class Fields:
         return out_key(self._get(name, True), self.where(name))
 
     def number(self, name: str, kind: type, default: Any, low: float | None = None, high: float | None = None,
-               low_open: bool = False) -> Any:
+               low_open: bool = False, high_open: bool = False) -> Any:
         value = self._get(name, False)
         if value is None:
             return default
@@ -192,8 +192,8 @@ class Fields:
         value = kind(value)
         if low is not None and (value <= low if low_open else value < low):
             raise SlimYoloError(f"{self.where(name)} must be {'above' if low_open else 'at least'} {low}, got {value}")
-        if high is not None and value > high:
-            raise SlimYoloError(f"{self.where(name)} must be at most {high}, got {value}")
+        if high is not None and (value >= high if high_open else value > high):
+            raise SlimYoloError(f"{self.where(name)} must be {'below' if high_open else 'at most'} {high}, got {value}")
         return value
 
     def flag(self, name: str, default: bool = False) -> bool:
@@ -206,15 +206,15 @@ class Fields:
 
     def choice(self, name: str, options: tuple[str, ...], default: str | None) -> str | None:
         value = self._get(name, False)
-        if value is None:
-            return default
-        if value not in options:
-            raise SlimYoloError(f"{self.where(name)} must be one of {', '.join(options)}, got {value!r}")
-        return value
+        return default if value is None else vocab.choose(value, options, self.where(name))
 
     def text(self, name: str, default: str | None = None) -> str | None:
         value = self._get(name, False)
         return default if value is None else str(value)
+
+    def number_range(self, name: str, kind: type, default: Any) -> Any:
+        """(low, high, step): a range of coarse points, given as its three numbers (not as the points)."""
+        return self.numbers(name, kind, 3, default)
 
     def numbers(self, name: str, kind: type, count: int, default: Any) -> Any:
         value = self._get(name, False)
@@ -249,177 +249,213 @@ class Fields:
             raise SlimYoloError(f"{self.source}: unknown field '{unknown[0]}' (known: {', '.join(sorted(self.used))})")
 
 
-def _img_size(f: Fields) -> int | None:
-    size = f.number("img_size", int, None, 32)
-    if size is not None and size % 32:
-        raise SlimYoloError(f"{f.where('img_size')} must be a multiple of 32, got {size}")
-    return size
+
+@dataclass(frozen=True)
+class Check:
+    """How one spec field is read from YAML/JSON and checked (see :func:`param`)."""
+
+    kind: str  # file, data, key, out, int, float, bool, choice, text, strings, irange, frange, img_size
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    options: tuple[str, ...] = ()
+
+    def read(self, f: Fields, name: str, default: Any, required: bool) -> Any:
+        """The field's value from ``f`` (``default`` when absent), checked; errors name the field."""
+        kind = self.kind
+        if kind in ("file", "data", "key"):
+            value = getattr(f, kind)(name, required)
+            return default if value is None else value
+        if kind == "out":
+            return f.out(name)
+        if required and f.raw(name) is None:
+            raise SlimYoloError(f"{f.source}: '{name}' is required")
+        if kind in ("int", "float"):
+            return f.number(name, int if kind == "int" else float, default, self.low, self.high, self.low_open,
+                            self.high_open)
+        if kind == "img_size":
+            size = f.number(name, int, default, 32)
+            if size is not None and size % 32:
+                raise SlimYoloError(f"{f.where(name)} must be a multiple of 32, got {size}")
+            return size
+        if kind == "bool":
+            return f.flag(name, default)
+        if kind == "choice":
+            return f.choice(name, self.options, default)
+        if kind == "text":
+            return f.text(name, default)
+        if kind == "strings":
+            return f.strings(name) or default
+        if kind in ("irange", "frange"):
+            return f.number_range(name, int if kind == "irange" else float, default)
+        raise AssertionError(f"unknown field kind {kind!r}")
+
+
+def param(kind: str, default: Any = dataclasses.MISSING, *, low: float | None = None, high: float | None = None,
+          low_open: bool = False, high_open: bool = False, options: tuple[str, ...] = ()) -> Any:
+    """A spec field: its kind, its default (none: required) and its bounds, declared once."""
+    check = Check(kind, low, high, low_open, high_open, options)
+    return field(default=default, metadata={"check": check})
+
+
+def spec_fields(cls: type) -> list[dataclasses.Field]:
+    """The declared fields of a spec class (those made with :func:`param`)."""
+    return [f for f in dataclasses.fields(cls) if "check" in f.metadata]
+
+
+class SpecBase:
+    """``from_dict``/``to_dict`` of a spec, derived from its declared fields."""
+
+    kind: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, doc: Any, source: str | None = None) -> Any:
+        source = source or f"{cls.kind} spec"
+        f = Fields(doc, source)
+        values = {}
+        for fld in spec_fields(cls):
+            required = fld.default is dataclasses.MISSING
+            values[fld.name] = fld.metadata["check"].read(f, fld.name, None if required else fld.default, required)
+        values.update(cls._extra(f))
+        spec = cls(**values)
+        spec._validate(f)
+        return spec
+
+    @classmethod
+    def _extra(cls, f: Fields) -> dict[str, Any]:
+        """Fields not declared one by one (the training settings); by default none: unknown keys are errors."""
+        f.done()
+        return {}
+
+    def _validate(self, f: Fields) -> None:
+        """Checks across fields, after each field has been checked on its own."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as YAML/JSON data: every declared field that has a value (zeros included)."""
+        return {fld.name: _plain(getattr(self, fld.name)) for fld in spec_fields(type(self))
+                if getattr(self, fld.name) is not None}
 
 
 @dataclass(frozen=True)
-class TrainSpec:
+class TrainSpec(SpecBase):
     """Base training, sparsity training or fine-tuning (``options`` says which, as in TrainConfig)."""
 
-    data: DataRef
-    out: str
-    cfg: FileRef | None = None  # None: the cfg inside ``weights`` (a .pt checkpoint)
-    weights: FileRef | None = None  # None: trained from scratch
-    teacher_cfg: FileRef | None = None
-    teacher_weights: FileRef | None = None  # distillation from this teacher while fine-tuning
-    options: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig settings (epochs, sr, s, ...)
+    data: DataRef = param("data")
+    out: str = param("out")
+    cfg: FileRef | None = param("file", None)  # None: the cfg inside ``weights`` (a .pt checkpoint)
+    weights: FileRef | None = param("file", None)  # None: trained from scratch
+    teacher_cfg: FileRef | None = param("file", None)
+    teacher_weights: FileRef | None = param("file", None)  # distillation from this teacher while fine-tuning
+    # Every other key: a TrainConfig setting (epochs, sr, s, ...), checked by TrainConfig itself (check()).
+    options: Mapping[str, Any] = field(default_factory=dict)
 
-    kind = "train"
+    kind: ClassVar[str] = "train"
 
     @classmethod
-    def from_dict(cls, doc: Any, source: str = "train spec") -> TrainSpec:
-        f = Fields(doc, source)
-        spec = cls(data=f.data("data", True), out=f.out("out"), cfg=f.file("cfg"), weights=f.file("weights"),
-                   teacher_cfg=f.file("teacher_cfg"), teacher_weights=f.file("teacher_weights"), options=f.rest())
-        if spec.cfg is None and spec.weights is None:
-            raise SlimYoloError(f"{source}: 'cfg' is required unless 'weights' is a .pt checkpoint holding its cfg")
-        if spec.teacher_cfg is not None and spec.teacher_weights is None:
-            raise SlimYoloError(f"{source}: 'teacher_cfg' needs 'teacher_weights'")
-        return spec
+    def _extra(cls, f: Fields) -> dict[str, Any]:
+        return {"options": f.rest()}
+
+    def _validate(self, f: Fields) -> None:
+        if self.cfg is None and self.weights is None:
+            raise SlimYoloError(f"{f.source}: 'cfg' is required unless 'weights' is a .pt checkpoint holding its cfg")
+        if self.teacher_cfg is not None and self.teacher_weights is None:
+            raise SlimYoloError(f"{f.source}: 'teacher_cfg' needs 'teacher_weights'")
+        self.check(f.source)
 
     def check(self, source: str = "train spec") -> None:
-        """Check the training settings now (they are TrainConfig's: unknown keys, types, ranges)."""
+        """Check the training settings (they are TrainConfig's: unknown keys, types, ranges)."""
         from slimyolo.train.config import TrainConfig
 
         doc = {**self.options, "data": "data", "cfg": "model.cfg", "out": "run"}
         TrainConfig.from_dict(doc, source).resolved(source)
 
     def to_dict(self) -> dict[str, Any]:
-        doc = _plain({k: getattr(self, k) for k in TRAIN_REFS})
-        return {**{k: v for k, v in doc.items() if v is not None}, **dict(self.options)}
+        return {**super().to_dict(), **_plain(dict(self.options))}
 
 
 @dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(SpecBase):
     """P, R, mAP@0.5 and F1 of a model on a data set's validation split, with its size figures."""
 
-    weights: FileRef
-    data: DataRef
-    cfg: FileRef | None = None
-    img_size: int | None = None  # None: the cfg's
-    batch_size: int = 8
-    conf_thres: float = 0.001
-    iou_thres: float = 0.6
+    weights: FileRef = param("file")
+    data: DataRef = param("data")
+    cfg: FileRef | None = param("file", None)
+    img_size: int | None = param("img_size", None)  # None: the cfg's
+    batch_size: int = param("int", 8, low=1)
+    conf_thres: float = param("float", 0.001, low=0, high=1)
+    iou_thres: float = param("float", 0.6, low=0, high=1)
 
-    kind = "eval"
-
-    @classmethod
-    def from_dict(cls, doc: Any, source: str = "eval spec") -> EvalSpec:
-        f = Fields(doc, source)
-        spec = cls(weights=f.file("weights", True), data=f.data("data", True), cfg=f.file("cfg"), img_size=_img_size(f),
-                   batch_size=f.number("batch_size", int, 8, 1), conf_thres=f.number("conf_thres", float, 0.001, 0, 1),
-                   iou_thres=f.number("iou_thres", float, 0.6, 0, 1))
-        f.done()
-        return spec
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+    kind: ClassVar[str] = "eval"
 
 
 @dataclass(frozen=True)
-class PruneSpec:
+class PruneSpec(SpecBase):
     """Channel pruning, layer pruning or both, at one point; optionally mAP before and after."""
 
-    weights: FileRef
-    out: str
-    cfg: FileRef | None = None
-    method: str = "channel"
-    global_percent: float | None = None  # channel and both
-    shortcuts: int = 0  # layer and both
-    layer_keep: float = 0.01
-    round_to: int = 1
-    data: DataRef | None = None  # evaluate mAP@0.5 before and after on its validation split
-    img_size: int | None = None
-    batch_size: int = 8
-    max_images: int | None = None
+    weights: FileRef = param("file")
+    out: str = param("out")
+    cfg: FileRef | None = param("file", None)
+    method: str = param("choice", "channel", options=vocab.PRUNE_METHODS)
+    global_percent: float | None = param("float", None, low=0, high=1, low_open=True, high_open=True)  # channel, both
+    shortcuts: int = param("int", 0, low=0)  # residual units to remove (layer, both)
+    layer_keep: float = param("float", 0.01, low=0, high=1)
+    round_to: int = param("int", 1, low=1)
+    data: DataRef | None = param("data", None)  # evaluate mAP@0.5 before and after on its validation split
+    img_size: int | None = param("img_size", None)
+    batch_size: int = param("int", 8, low=1)
+    max_images: int | None = param("int", None, low=1)
 
-    kind = "prune"
+    kind: ClassVar[str] = "prune"
 
-    @classmethod
-    def from_dict(cls, doc: Any, source: str = "prune spec") -> PruneSpec:
-        f = Fields(doc, source)
-        spec = cls(weights=f.file("weights", True), out=f.out("out"), cfg=f.file("cfg"),
-                   method=f.choice("method", PRUNE_METHODS, "channel"),
-                   global_percent=f.number("global_percent", float, None, 0, 1, low_open=True),
-                   shortcuts=f.number("shortcuts", int, 0, 0), layer_keep=f.number("layer_keep", float, 0.01, 0, 1),
-                   round_to=f.number("round_to", int, 1, 1), data=f.data("data"), img_size=_img_size(f),
-                   batch_size=f.number("batch_size", int, 8, 1), max_images=f.number("max_images", int, None, 1))
-        f.done()
-        if spec.method != "layer" and spec.global_percent is None:
-            raise SlimYoloError(f"{source}: 'global_percent' is required for {spec.method} pruning")
-        if spec.global_percent is not None and spec.global_percent >= 1:
-            raise SlimYoloError(f"{source}: 'global_percent' must be below 1, got {spec.global_percent}")
-        if spec.method != "channel" and spec.shortcuts < 1:
-            raise SlimYoloError(f"{source}: 'shortcuts' (residual units to remove) must be at least 1 for "
-                                f"{spec.method} pruning")
-        return spec
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+    def _validate(self, f: Fields) -> None:
+        if self.method != "layer" and self.global_percent is None:
+            raise SlimYoloError(f"{f.source}: 'global_percent' is required for {self.method} pruning")
+        if self.method != "channel" and self.shortcuts < 1:
+            raise SlimYoloError(f"{f.source}: 'shortcuts' (residual units to remove) must be at least 1 for "
+                                f"{self.method} pruning")
 
 
 @dataclass(frozen=True)
-class SweepSpec:
+class SweepSpec(SpecBase):
     """The best-pruning-point sweep: coarse-then-fine search of channel (and layer) pruning."""
 
-    weights: FileRef
-    data: DataRef
-    out: str
-    cfg: FileRef | None = None
-    percents: tuple[float, float, float] = (0.5, 0.95, 0.05)  # low, high, coarse step
-    shortcuts: tuple[int, int, int] | None = None  # low, high, coarse step; None: channels only
-    max_map_drop: float = 0.01
-    fine_percent: float = 0.01
-    layer_keep: float = 0.01
-    round_to: int = 1
-    img_size: int | None = None
-    batch_size: int = 8
-    max_images: int | None = None
-    latency_runs: int = 0  # PyTorch timing per point (0: not measured)
-    objective: str = "bflops"  # the best point: fewest BFLOPs, or most measured OpenVINO FPS ("fps")
-    precision: str = "f32"  # of the FPS measurement: f32, bf16 or int8
-    fps_seconds: float = 1.0  # one FPS measurement
-    fps_repeats: int = 3  # FPS measurements per point (the best counts)
+    weights: FileRef = param("file")
+    data: DataRef = param("data")
+    out: str = param("out")
+    cfg: FileRef | None = param("file", None)
+    percents: tuple[float, float, float] = param("frange", (0.5, 0.95, 0.05))  # low, high, coarse step
+    shortcuts: tuple[int, int, int] | None = param("irange", None)  # low, high, coarse step; None: channels only
+    max_map_drop: float = param("float", 0.01, low=0, high=1)
+    fine_percent: float = param("float", 0.01, low=0, high=1, low_open=True)
+    layer_keep: float = param("float", 0.01, low=0, high=1)
+    round_to: int = param("int", 1, low=1)
+    img_size: int | None = param("img_size", None)
+    batch_size: int = param("int", 8, low=1)
+    max_images: int | None = param("int", None, low=1)
+    latency_runs: int = param("int", 0, low=0)  # PyTorch timing per point (0: not measured)
+    # The best point: fewest BFLOPs, or most measured OpenVINO FPS ("fps").
+    objective: str = param("choice", "bflops", options=vocab.SWEEP_OBJECTIVES)
+    precision: str = param("choice", "f32", options=vocab.FPS_PRECISIONS)  # of the FPS measurement
+    fps_seconds: float = param("float", 1.0, low=0, high=60, low_open=True)  # one FPS measurement
+    fps_repeats: int = param("int", 3, low=1)  # FPS measurements per point (the best counts)
 
-    kind = "sweep"
+    kind: ClassVar[str] = "sweep"
 
-    @classmethod
-    def from_dict(cls, doc: Any, source: str = "sweep spec") -> SweepSpec:
-        f = Fields(doc, source)
-        spec = cls(weights=f.file("weights", True), data=f.data("data", True), out=f.out("out"),
-                   cfg=f.file("cfg"), percents=f.numbers("percents", float, 3, (0.5, 0.95, 0.05)),
-                   shortcuts=f.numbers("shortcuts", int, 3, None),
-                   max_map_drop=f.number("max_map_drop", float, 0.01, 0, 1),
-                   fine_percent=f.number("fine_percent", float, 0.01, 0, 1, low_open=True),
-                   layer_keep=f.number("layer_keep", float, 0.01, 0, 1), round_to=f.number("round_to", int, 1, 1),
-                   img_size=_img_size(f), batch_size=f.number("batch_size", int, 8, 1),
-                   max_images=f.number("max_images", int, None, 1), latency_runs=f.number("latency_runs", int, 0, 0),
-                   objective=f.choice("objective", ("bflops", "fps"), "bflops"),
-                   precision=f.choice("precision", ("f32", "bf16", "int8"), "f32"),
-                   fps_seconds=f.number("fps_seconds", float, 1.0, 0, 60, low_open=True),
-                   fps_repeats=f.number("fps_repeats", int, 3, 1))
-        f.done()
-        lo, hi, step = spec.percents
+    def _validate(self, f: Fields) -> None:
+        lo, hi, step = self.percents
         if not (0 < lo <= hi < 1 and step > 0):
             raise SlimYoloError(f"{f.where('percents')}: need 0 < low <= high < 1 and a positive step, got "
-                                f"{list(spec.percents)}")
-        if spec.shortcuts is not None:
-            s_lo, s_hi, s_step = spec.shortcuts
+                                f"{list(self.percents)}")
+        if self.shortcuts is not None:
+            s_lo, s_hi, s_step = self.shortcuts
             if not (0 <= s_lo <= s_hi and s_step >= 1):
                 raise SlimYoloError(f"{f.where('shortcuts')}: need 0 <= low <= high and a step of at least 1, got "
-                                    f"{list(spec.shortcuts)}")
-        return spec
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+                                    f"{list(self.shortcuts)}")
 
 
 @dataclass(frozen=True)
-class ConvertSpec:
+class ConvertSpec(SpecBase):
     """Conversion to an OpenVINO IR published as ``<model_repository>/<name>/<version>/`` in the store.
 
     With ``evaluate`` the written IR is also evaluated on ``calib_data``'s validation split
@@ -428,89 +464,78 @@ class ConvertSpec:
     that figures from CPUs with and without bf16 compare; ``default``: the device's choice).
     """
 
-    weights: FileRef
-    name: str
-    cfg: FileRef | None = None
-    version: str | None = None  # None: one more than the newest in the repository
-    model_repository: str | None = None  # None: $SLIMYOLO_MODEL_REPOSITORY, else "models"
-    via: str = "tf"
-    precision: str = "fp32"
-    calib_data: DataRef | None = None  # calibration (INT8), parity images, class names, evaluation
-    calib_images: int = 300
-    img_size: int | None = None
-    names: tuple[str, ...] = ()
-    accuracy_control: bool = False
-    max_drop: float = 0.01
-    ppp: str | None = None
-    onnx: bool = False
-    parity_images: int = 2
-    tolerance: float = 1e-3
-    evaluate: bool = False
-    bench_seconds: float = 0.0
-    bench_precision: str = "f32"
+    weights: FileRef = param("file")
+    name: str = param("text")  # the model's name in the repository: one path segment
+    cfg: FileRef | None = param("file", None)
+    version: str | None = param("text", None)  # None: one more than the newest in the repository
+    model_repository: str | None = param("key", None)  # None: $SLIMYOLO_MODEL_REPOSITORY, else "models"
+    via: str = param("choice", "tf", options=vocab.CONVERSION_PATHS)
+    precision: str = param("choice", "fp32", options=vocab.IR_PRECISIONS)
+    calib_data: DataRef | None = param("data", None)  # calibration (INT8), parity images, class names, evaluation
+    calib_images: int = param("int", 300, low=1)
+    img_size: int | None = param("img_size", None)
+    names: tuple[str, ...] = param("strings", ())
+    accuracy_control: bool = param("bool", False)
+    max_drop: float = param("float", 0.01, low=0, high=1, low_open=True)
+    ppp: str | None = param("choice", None, options=vocab.PPP_MODES)
+    onnx: bool = param("bool", False)
+    parity_images: int = param("int", 2, low=1)
+    tolerance: float = param("float", 1e-3, low=0, low_open=True)
+    evaluate: bool = param("bool", False)
+    bench_seconds: float = param("float", 0.0, low=0)
+    bench_precision: str = param("choice", "f32", options=vocab.BENCH_PRECISIONS)
 
-    kind = "convert"
+    kind: ClassVar[str] = "convert"
 
-    @classmethod
-    def from_dict(cls, doc: Any, source: str = "convert spec") -> ConvertSpec:
-        f = Fields(doc, source)
-        name = f.text("name")
-        if not name:
-            raise SlimYoloError(f"{source}: 'name' (the model's name in the repository) is required")
-        version = f.text("version")
-        spec = cls(weights=f.file("weights", True), name=out_key(name, f.where("name")), cfg=f.file("cfg"),
-                   version=version, model_repository=f.key("model_repository"), via=f.choice("via", VIAS, "tf"),
-                   precision=f.choice("precision", PRECISIONS, "fp32"), calib_data=f.data("calib_data"),
-                   calib_images=f.number("calib_images", int, 300, 1), img_size=_img_size(f),
-                   names=f.strings("names"), accuracy_control=f.flag("accuracy_control"),
-                   max_drop=f.number("max_drop", float, 0.01, 0, 1, low_open=True),
-                   ppp=f.choice("ppp", PPP_MODES, None),
-                   onnx=f.flag("onnx"), parity_images=f.number("parity_images", int, 2, 1),
-                   tolerance=f.number("tolerance", float, 1e-3, 0, low_open=True), evaluate=f.flag("evaluate"),
-                   bench_seconds=f.number("bench_seconds", float, 0.0, 0),
-                   bench_precision=f.choice("bench_precision", BENCH_PRECISIONS, "f32"))
-        f.done()
-        if "/" in spec.name:
-            raise SlimYoloError(f"{f.where('name')}: a model name is one path segment, got {spec.name!r}")
-        if version is not None and (not version.isdigit() or int(version) < 1):
-            raise SlimYoloError(f"{f.where('version')} must be a positive integer, got {version!r}")
-        if spec.precision == "int8" and spec.calib_data is None:
-            raise SlimYoloError(f"{source}: INT8 quantization needs 'calib_data' (a data set to calibrate on)")
-        if spec.accuracy_control and spec.precision != "int8":
-            raise SlimYoloError(f"{source}: 'accuracy_control' applies to precision int8")
-        if spec.evaluate and (spec.calib_data is None or spec.ppp is not None):
-            raise SlimYoloError(f"{source}: 'evaluate' needs 'calib_data' (labelled images) and an IR with the "
+    def _validate(self, f: Fields) -> None:
+        if not self.name:
+            raise SlimYoloError(f"{f.source}: 'name' (the model's name in the repository) is required")
+        out_key(self.name, f.where("name"))
+        if "/" in self.name:
+            raise SlimYoloError(f"{f.where('name')}: a model name is one path segment, got {self.name!r}")
+        if self.version is not None and (not self.version.isdigit() or int(self.version) < 1):
+            raise SlimYoloError(f"{f.where('version')} must be a positive integer, got {self.version!r}")
+        if self.precision == "int8" and self.calib_data is None:
+            raise SlimYoloError(f"{f.source}: INT8 quantization needs 'calib_data' (a data set to calibrate on)")
+        if self.accuracy_control and self.precision != "int8":
+            raise SlimYoloError(f"{f.source}: 'accuracy_control' applies to precision int8")
+        if self.evaluate and (self.calib_data is None or self.ppp is not None):
+            raise SlimYoloError(f"{f.source}: 'evaluate' needs 'calib_data' (labelled images) and an IR with the "
                                 "plain f32 input (no 'ppp')")
-        return spec
-
-    def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
 
 
 SPECS: dict[str, type] = {s.kind: s for s in (TrainSpec, EvalSpec, PruneSpec, SweepSpec, ConvertSpec)}
 Spec = TrainSpec | EvalSpec | PruneSpec | SweepSpec | ConvertSpec
+MAX_EXACT_INT = 2**53  # integers travel exactly as JSON and protobuf Struct numbers (doubles) below this
 
 
 def parse_spec(kind: str, doc: Any, source: str | None = None) -> Spec:
-    """The spec of stage ``kind`` ("train", "eval", "prune", "sweep", "convert") from YAML/JSON data."""
+    """The spec of stage ``kind`` ("train", "eval", "prune", "sweep", "convert") from YAML/JSON data.
+
+    The one entry of every path (YAML file, gRPC request, pipeline), so all three accept the
+    same values and refuse the same ones with the same message.
+    """
     if kind not in SPECS:
         raise SlimYoloError(f"unknown stage {kind!r} (stages: {', '.join(SPECS)})")
     source = source or f"{kind} spec"
-    _check_finite(doc, source)
+    _check_values(doc, source)
     return SPECS[kind].from_dict(doc if doc is not None else {}, source)
 
 
-def _check_finite(value: Any, source: str, where: str = "") -> None:
+def _check_values(value: Any, source: str, where: str = "") -> None:
     """Refuse NaN and infinities anywhere in a spec (its settings included): no stage takes one, and a NaN
-    passes every range check (every comparison with it is false), so it would fail deep inside the work."""
+    passes every range check (every comparison with it is false), so it would fail deep inside the work.
+    Integers are below 2**53 in magnitude, so that they reach the core unchanged over gRPC too."""
     if isinstance(value, float) and not math.isfinite(value):
         raise SlimYoloError(f"{source}: '{where}' must be a finite number, got {value}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= MAX_EXACT_INT:
+        raise SlimYoloError(f"{source}: '{where}' must be below 2**53 in magnitude, got {value}")
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _check_finite(item, source, f"{where}.{key}" if where else str(key))
+            _check_values(item, source, f"{where}.{key}" if where else str(key))
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            _check_finite(item, source, f"{where}[{i}]")
+            _check_values(item, source, f"{where}[{i}]")
 
 
 def _plain(value: Any) -> Any:

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slimyolo/v1/common.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"J\n\nDatasetRef\x12)\n\x07\x61rchive\x18\x01 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12\x11\n\tdata_file\x18\x02 \x01(\t\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbb\x01\n\tJobResult\x12\x38\n\tartifacts\x18\x01 \x03(\x0b\x32%.slimyolo.v1.JobResult.ArtifactsEntry\x12(\n\x07metrics\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x1aJ\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef:\x02\x38\x01\"\x92\x01\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.slimyolo.v1.JobState\x12)\n\x08progress\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xcd\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.slimyolo.v1.JobState\x12)\n\x08progress\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06result\x18\x05 \x01(\x0b\x32\x16.slimyolo.v1.JobResult\x12$\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.slimyolo.v1.JobError\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*b\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x12\n\x0ePRECISION_FP32\x10\x01\x12\x12\n\x0ePRECISION_FP16\x10\x02\x12\x12\n\x0ePRECISION_INT8\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slimyolo/v1/common.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\")\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xbb\x01\n\tJobResult\x12\x38\n\tartifacts\x18\x01 \x03(\x0b\x32%.slimyolo.v1.JobResult.ArtifactsEntry\x12(\n\x07metrics\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x1aJ\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef:\x02\x38\x01\"\x92\x01\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.slimyolo.v1.JobState\x12)\n\x08progress\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xcd\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.slimyolo.v1.JobState\x12)\n\x08progress\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12&\n\x06result\x18\x05 \x01(\x0b\x32\x16.slimyolo.v1.JobResult\x12$\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.slimyolo.v1.JobError\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*b\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x12\n\x0ePRECISION_FP32\x10\x01\x12\x12\n\x0ePRECISION_FP16\x10\x02\x12\x12\n\x0ePRECISION_INT8\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,24 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBRESULT_ARTIFACTSENTRY']._loaded_options = None
   _globals['_JOBRESULT_ARTIFACTSENTRY']._serialized_options = b'8\001'
-  _globals['_PRECISION']._serialized_start=1006
-  _globals['_PRECISION']._serialized_end=1104
-  _globals['_JOBSTATE']._serialized_start=1107
-  _globals['_JOBSTATE']._serialized_end=1261
+  _globals['_PRECISION']._serialized_start=930
+  _globals['_PRECISION']._serialized_end=1028
+  _globals['_JOBSTATE']._serialized_start=1031
+  _globals['_JOBSTATE']._serialized_end=1185
   _globals['_ARTIFACTREF']._serialized_start=104
   _globals['_ARTIFACTREF']._serialized_end=166
-  _globals['_DATASETREF']._serialized_start=168
-  _globals['_DATASETREF']._serialized_end=242
-  _globals['_IMAGESIZE']._serialized_start=244
-  _globals['_IMAGESIZE']._serialized_end=286
-  _globals['_JOBERROR']._serialized_start=288
-  _globals['_JOBERROR']._serialized_end=329
-  _globals['_JOBRESULT']._serialized_start=332
-  _globals['_JOBRESULT']._serialized_end=519
-  _globals['_JOBRESULT_ARTIFACTSENTRY']._serialized_start=445
-  _globals['_JOBRESULT_ARTIFACTSENTRY']._serialized_end=519
-  _globals['_JOBEVENT']._serialized_start=522
-  _globals['_JOBEVENT']._serialized_end=668
-  _globals['_JOB']._serialized_start=671
-  _globals['_JOB']._serialized_end=1004
+  _globals['_IMAGESIZE']._serialized_start=168
+  _globals['_IMAGESIZE']._serialized_end=210
+  _globals['_JOBERROR']._serialized_start=212
+  _globals['_JOBERROR']._serialized_end=253
+  _globals['_JOBRESULT']._serialized_start=256
+  _globals['_JOBRESULT']._serialized_end=443
+  _globals['_JOBRESULT_ARTIFACTSENTRY']._serialized_start=369
+  _globals['_JOBRESULT_ARTIFACTSENTRY']._serialized_end=443
+  _globals['_JOBEVENT']._serialized_start=446
+  _globals['_JOBEVENT']._serialized_end=592
+  _globals['_JOB']._serialized_start=595
+  _globals['_JOB']._serialized_end=928
 # @@protoc_insertion_point(module_scope)

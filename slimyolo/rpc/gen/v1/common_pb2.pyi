@@ -47,14 +47,6 @@ class ArtifactRef(_message.Message):
     size_bytes: int
     def __init__(self, uri: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
-class DatasetRef(_message.Message):
-    __slots__ = ("archive", "data_file")
-    ARCHIVE_FIELD_NUMBER: _ClassVar[int]
-    DATA_FILE_FIELD_NUMBER: _ClassVar[int]
-    archive: ArtifactRef
-    data_file: str
-    def __init__(self, archive: _Optional[_Union[ArtifactRef, _Mapping]] = ..., data_file: _Optional[str] = ...) -> None: ...
-
 class ImageSize(_message.Message):
     __slots__ = ("width", "height")
     WIDTH_FIELD_NUMBER: _ClassVar[int]

@@ -26,19 +26,17 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from slimyolo.rpc.gen.v1 import common_pb2 as slimyolo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bslimyolo/v1/converter.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"\xaa\x03\n\x16StartConversionRequest\x12%\n\x03\x63\x66g\x18\x01 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12)\n\x07weights\x18\x02 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12(\n\x03via\x18\x03 \x01(\x0e\x32\x1b.slimyolo.v1.ConversionPath\x12)\n\tprecision\x18\x04 \x01(\x0e\x32\x16.slimyolo.v1.Precision\x12,\n\x0b\x63\x61libration\x18\x05 \x01(\x0b\x32\x17.slimyolo.v1.DatasetRef\x12\x1a\n\x12\x63\x61libration_images\x18\x06 \x01(\x05\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12(\n\x08img_size\x18\t \x01(\x0b\x32\x16.slimyolo.v1.ImageSize\x12\x13\n\x0b\x63lass_names\x18\n \x03(\t\x12\x18\n\x10model_repository\x18\x0b \x01(\t\x12\'\n\x06\x63onfig\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\"8\n\x17StartConversionResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job*d\n\x0e\x43onversionPath\x12\x1f\n\x1b\x43ONVERSION_PATH_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONVERSION_PATH_TF\x10\x01\x12\x19\n\x15\x43ONVERSION_PATH_TORCH\x10\x02\x32i\n\tConverter\x12\\\n\x0fStartConversion\x12#.slimyolo.v1.StartConversionRequest\x1a$.slimyolo.v1.StartConversionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bslimyolo/v1/converter.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"E\n\x16StartConversionRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"8\n\x17StartConversionResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2i\n\tConverter\x12\\\n\x0fStartConversion\x12#.slimyolo.v1.StartConversionRequest\x1a$.slimyolo.v1.StartConversionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slimyolo.rpc.gen.v1.converter_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONVERSIONPATH']._serialized_start=587
-  _globals['_CONVERSIONPATH']._serialized_end=687
-  _globals['_STARTCONVERSIONREQUEST']._serialized_start=101
-  _globals['_STARTCONVERSIONREQUEST']._serialized_end=527
-  _globals['_STARTCONVERSIONRESPONSE']._serialized_start=529
-  _globals['_STARTCONVERSIONRESPONSE']._serialized_end=585
-  _globals['_CONVERTER']._serialized_start=689
-  _globals['_CONVERTER']._serialized_end=794
+  _globals['_STARTCONVERSIONREQUEST']._serialized_start=100
+  _globals['_STARTCONVERSIONREQUEST']._serialized_end=169
+  _globals['_STARTCONVERSIONRESPONSE']._serialized_start=171
+  _globals['_STARTCONVERSIONRESPONSE']._serialized_end=227
+  _globals['_CONVERTER']._serialized_start=229
+  _globals['_CONVERTER']._serialized_end=334
 # @@protoc_insertion_point(module_scope)

@@ -26,27 +26,21 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from slimyolo.rpc.gen.v1 import common_pb2 as slimyolo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slimyolo/v1/pruner.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"N\n\x0e\x43hannelPruning\x12\x16\n\x0eglobal_percent\x18\x01 \x01(\x01\x12\x12\n\nlayer_keep\x18\x02 \x01(\x01\x12\x10\n\x08round_to\x18\x03 \x01(\x05\"!\n\x0cLayerPruning\x12\x11\n\tshortcuts\x18\x01 \x01(\x05\"\xef\x02\n\x11StartPruneRequest\x12%\n\x03\x63\x66g\x18\x01 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12)\n\x07weights\x18\x02 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12(\n\x06method\x18\x03 \x01(\x0e\x32\x18.slimyolo.v1.PruneMethod\x12,\n\x07\x63hannel\x18\x04 \x01(\x0b\x32\x1b.slimyolo.v1.ChannelPruning\x12(\n\x05layer\x18\x05 \x01(\x0b\x32\x19.slimyolo.v1.LayerPruning\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.slimyolo.v1.DatasetRef\x12(\n\x08img_size\x18\x07 \x01(\x0b\x32\x16.slimyolo.v1.ImageSize\x12\'\n\x06\x63onfig\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04name\x18\t \x01(\t\"3\n\x12StartPruneResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job\"\x93\x03\n\x11StartSweepRequest\x12%\n\x03\x63\x66g\x18\x01 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12)\n\x07weights\x18\x02 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.slimyolo.v1.DatasetRef\x12(\n\x06method\x18\x04 \x01(\x0e\x32\x18.slimyolo.v1.PruneMethod\x12\x17\n\x0fglobal_percents\x18\x05 \x03(\x01\x12\x11\n\tshortcuts\x18\x06 \x03(\x05\x12\x12\n\nlayer_keep\x18\x07 \x01(\x01\x12\x10\n\x08round_to\x18\x08 \x01(\x05\x12\x14\n\x0cmax_map_drop\x18\t \x01(\x01\x12(\n\x08img_size\x18\n \x01(\x0b\x32\x16.slimyolo.v1.ImageSize\x12\x12\n\nbatch_size\x18\x0b \x01(\x05\x12\'\n\x06\x63onfig\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04name\x18\r \x01(\t\"3\n\x12StartSweepResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job*\x81\x01\n\x0bPruneMethod\x12\x1c\n\x18PRUNE_METHOD_UNSPECIFIED\x10\x00\x12\x18\n\x14PRUNE_METHOD_CHANNEL\x10\x01\x12\x16\n\x12PRUNE_METHOD_LAYER\x10\x02\x12\"\n\x1ePRUNE_METHOD_CHANNEL_AND_LAYER\x10\x03\x32\xa6\x01\n\x06Pruner\x12M\n\nStartPrune\x12\x1e.slimyolo.v1.StartPruneRequest\x1a\x1f.slimyolo.v1.StartPruneResponse\x12M\n\nStartSweep\x12\x1e.slimyolo.v1.StartSweepRequest\x1a\x1f.slimyolo.v1.StartSweepResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slimyolo/v1/pruner.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"@\n\x11StartPruneRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"3\n\x12StartPruneResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job\"@\n\x11StartSweepRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"3\n\x12StartSweepResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2\xa6\x01\n\x06Pruner\x12M\n\nStartPrune\x12\x1e.slimyolo.v1.StartPruneRequest\x1a\x1f.slimyolo.v1.StartPruneResponse\x12M\n\nStartSweep\x12\x1e.slimyolo.v1.StartSweepRequest\x1a\x1f.slimyolo.v1.StartSweepResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slimyolo.rpc.gen.v1.pruner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PRUNEMETHOD']._serialized_start=1095
-  _globals['_PRUNEMETHOD']._serialized_end=1224
-  _globals['_CHANNELPRUNING']._serialized_start=97
-  _globals['_CHANNELPRUNING']._serialized_end=175
-  _globals['_LAYERPRUNING']._serialized_start=177
-  _globals['_LAYERPRUNING']._serialized_end=210
-  _globals['_STARTPRUNEREQUEST']._serialized_start=213
-  _globals['_STARTPRUNEREQUEST']._serialized_end=580
-  _globals['_STARTPRUNERESPONSE']._serialized_start=582
-  _globals['_STARTPRUNERESPONSE']._serialized_end=633
-  _globals['_STARTSWEEPREQUEST']._serialized_start=636
-  _globals['_STARTSWEEPREQUEST']._serialized_end=1039
-  _globals['_STARTSWEEPRESPONSE']._serialized_start=1041
-  _globals['_STARTSWEEPRESPONSE']._serialized_end=1092
-  _globals['_PRUNER']._serialized_start=1227
-  _globals['_PRUNER']._serialized_end=1393
+  _globals['_STARTPRUNEREQUEST']._serialized_start=97
+  _globals['_STARTPRUNEREQUEST']._serialized_end=161
+  _globals['_STARTPRUNERESPONSE']._serialized_start=163
+  _globals['_STARTPRUNERESPONSE']._serialized_end=214
+  _globals['_STARTSWEEPREQUEST']._serialized_start=216
+  _globals['_STARTSWEEPREQUEST']._serialized_end=280
+  _globals['_STARTSWEEPRESPONSE']._serialized_start=282
+  _globals['_STARTSWEEPRESPONSE']._serialized_end=333
+  _globals['_PRUNER']._serialized_start=336
+  _globals['_PRUNER']._serialized_end=502
 # @@protoc_insertion_point(module_scope)

@@ -26,27 +26,21 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from slimyolo.rpc.gen.v1 import common_pb2 as slimyolo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slimyolo/v1/trainer.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\">\n\x08Sparsity\x12\t\n\x01s\x18\x01 \x01(\x01\x12\'\n\x04mode\x18\x02 \x01(\x0e\x32\x19.slimyolo.v1.SparsityMode\"\x80\x01\n\x0c\x44istillation\x12-\n\x0bteacher_cfg\x18\x01 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12\x31\n\x0fteacher_weights\x18\x02 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\xaa\x03\n\x14StartTrainingRequest\x12%\n\x03\x63\x66g\x18\x01 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12)\n\x07weights\x18\x02 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.slimyolo.v1.DatasetRef\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\x05\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12(\n\x08img_size\x18\x06 \x01(\x0b\x32\x16.slimyolo.v1.ImageSize\x12\'\n\x08sparsity\x18\x07 \x01(\x0b\x32\x15.slimyolo.v1.Sparsity\x12/\n\x0c\x64istillation\x18\x08 \x01(\x0b\x32\x19.slimyolo.v1.Distillation\x12\x15\n\rwarmup_epochs\x18\t \x01(\x05\x12\x15\n\rlearning_rate\x18\n \x01(\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12\'\n\x06\x63onfig\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04name\x18\r \x01(\t\"6\n\x15StartTrainingResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job\"\x82\x02\n\x16StartEvaluationRequest\x12%\n\x03\x63\x66g\x18\x01 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12)\n\x07weights\x18\x02 \x01(\x0b\x32\x18.slimyolo.v1.ArtifactRef\x12%\n\x04\x64\x61ta\x18\x03 \x01(\x0b\x32\x17.slimyolo.v1.DatasetRef\x12(\n\x08img_size\x18\x04 \x01(\x0b\x32\x16.slimyolo.v1.ImageSize\x12\x12\n\nbatch_size\x18\x05 \x01(\x05\x12\x16\n\x0e\x63onf_threshold\x18\x06 \x01(\x02\x12\x19\n\x11nms_iou_threshold\x18\x07 \x01(\x02\"8\n\x17StartEvaluationResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job*g\n\x0cSparsityMode\x12\x1d\n\x19SPARSITY_MODE_UNSPECIFIED\x10\x00\x12!\n\x1dSPARSITY_MODE_EXCEPT_SHORTCUT\x10\x01\x12\x15\n\x11SPARSITY_MODE_ALL\x10\x02\x32\xbf\x01\n\x07Trainer\x12V\n\rStartTraining\x12!.slimyolo.v1.StartTrainingRequest\x1a\".slimyolo.v1.StartTrainingResponse\x12\\\n\x0fStartEvaluation\x12#.slimyolo.v1.StartEvaluationRequest\x1a$.slimyolo.v1.StartEvaluationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slimyolo/v1/trainer.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"C\n\x14StartTrainingRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"6\n\x15StartTrainingResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job\"E\n\x16StartEvaluationRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"8\n\x17StartEvaluationResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2\xbf\x01\n\x07Trainer\x12V\n\rStartTraining\x12!.slimyolo.v1.StartTrainingRequest\x1a\".slimyolo.v1.StartTrainingResponse\x12\\\n\x0fStartEvaluation\x12#.slimyolo.v1.StartEvaluationRequest\x1a$.slimyolo.v1.StartEvaluationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slimyolo.rpc.gen.v1.trainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SPARSITYMODE']._serialized_start=1097
-  _globals['_SPARSITYMODE']._serialized_end=1200
-  _globals['_SPARSITY']._serialized_start=98
-  _globals['_SPARSITY']._serialized_end=160
-  _globals['_DISTILLATION']._serialized_start=163
-  _globals['_DISTILLATION']._serialized_end=291
-  _globals['_STARTTRAININGREQUEST']._serialized_start=294
-  _globals['_STARTTRAININGREQUEST']._serialized_end=720
-  _globals['_STARTTRAININGRESPONSE']._serialized_start=722
-  _globals['_STARTTRAININGRESPONSE']._serialized_end=776
-  _globals['_STARTEVALUATIONREQUEST']._serialized_start=779
-  _globals['_STARTEVALUATIONREQUEST']._serialized_end=1037
-  _globals['_STARTEVALUATIONRESPONSE']._serialized_start=1039
-  _globals['_STARTEVALUATIONRESPONSE']._serialized_end=1095
-  _globals['_TRAINER']._serialized_start=1203
-  _globals['_TRAINER']._serialized_end=1394
+  _globals['_STARTTRAININGREQUEST']._serialized_start=98
+  _globals['_STARTTRAININGREQUEST']._serialized_end=165
+  _globals['_STARTTRAININGRESPONSE']._serialized_start=167
+  _globals['_STARTTRAININGRESPONSE']._serialized_end=221
+  _globals['_STARTEVALUATIONREQUEST']._serialized_start=223
+  _globals['_STARTEVALUATIONREQUEST']._serialized_end=292
+  _globals['_STARTEVALUATIONRESPONSE']._serialized_start=294
+  _globals['_STARTEVALUATIONRESPONSE']._serialized_end=350
+  _globals['_TRAINER']._serialized_start=353
+  _globals['_TRAINER']._serialized_end=544
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,49 @@
+"""The words of the stage settings, defined once: prune methods, conversion paths, precisions.
+
+Two different things are called "precision" in this field, and they have different names here
+on purpose, as OpenVINO names them:
+
+- the **IR precision** (:data:`IR_PRECISIONS`: ``fp32``, ``fp16``, ``int8``) is how a converted
+  model stores its weights: what the converter writes (FP16-compressed weights, NNCF INT8);
+- the **execution precision** (:data:`EXEC_PRECISIONS`: ``f32``, ``bf16``, ``f16``) is what
+  the CPU plugin computes in, OpenVINO's ``INFERENCE_PRECISION_HINT``. An fp32 IR runs in bf16
+  by default on a CPU with AVX-512 BF16 or AMX, so the two are independent settings.
+
+Where a setting takes an execution precision, the IR spellings ``fp32``/``fp16`` are accepted
+too (:func:`exec_precision`) and mean ``f32``/``f16``: a user who writes one or the other means
+the same thing. Nothing here imports the heavy libraries or the generated protobuf code; the
+proto enum of the IR precision is named in :data:`IR_PRECISION_ENUM` and looked up by name in
+:mod:`slimyolo.rpc.messages`.
+"""
+
+from __future__ import annotations
+
+from slimyolo.errors import SlimYoloError
+
+PRUNE_METHODS = ("channel", "layer", "both")  # "both": layer pruning first, then channel pruning
+SWEEP_METHODS = ("channel", "both")  # a layer-only sweep is not offered
+CONVERSION_PATHS = ("tf", "torch")  # cfg + weights → Keras/TF → OpenVINO, or PyTorch → OpenVINO
+PPP_MODES = ("fixed", "resize")  # u8 NHWC BGR input of the model size / of any size (letterboxed inside)
+IR_PRECISIONS = ("fp32", "fp16", "int8")
+EXEC_PRECISIONS = ("f32", "bf16", "f16")
+# Execution precision of a benchmark: a hint, or "default" (the device's own choice, bf16 on some CPUs).
+BENCH_PRECISIONS = (*EXEC_PRECISIONS, "default")
+# What the sweep measures FPS at: an execution precision of the f32 IR, or the INT8 IR.
+FPS_PRECISIONS = ("f32", "bf16", "int8")
+SWEEP_OBJECTIVES = ("bflops", "fps")
+# The IR precision's enum value in the protos (slimyolo.v1.Precision), by name.
+IR_PRECISION_ENUM = {"fp32": "PRECISION_FP32", "fp16": "PRECISION_FP16", "int8": "PRECISION_INT8"}
+_EXEC_ALIASES = {"fp32": "f32", "fp16": "f16"}
+
+
+def exec_precision(value: str) -> str:
+    """The canonical execution precision of ``value`` (``fp32`` → ``f32``, ``fp16`` → ``f16``)."""
+    return _EXEC_ALIASES.get(value, value)
+
+
+def choose(value: object, options: tuple[str, ...], where: str) -> str:
+    """``value`` if it is one of ``options`` (aliases of execution precisions resolved), else an error."""
+    canonical = exec_precision(value) if isinstance(value, str) and "f32" in options else value
+    if canonical not in options:
+        raise SlimYoloError(f"{where} must be one of {', '.join(options)}, got {value!r}")
+    return canonical  # type: ignore[return-value]
