@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from slimyolo import __version__
+from slimyolo import __version__, vocab
 from slimyolo.convert import ir
 from slimyolo.convert.calib import ImageSource, open_source, read_frames, to_tensor
 from slimyolo.convert.parity import NOISE_FACTOR, Comparison, ParityReport, compare, reference64
@@ -45,8 +45,6 @@ from slimyolo.fsutil import atomic_dir, atomic_write_text
 from slimyolo.infer.meta import InputSpec, ModelMeta, attach_meta
 from slimyolo.store import hash_file
 
-VIAS = ("tf", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
 TOLERANCE = 1e-3
 FILES = {"xml": "model.xml", "bin": "model.bin", "onnx": "model.onnx", "report": "conversion.json"}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -159,12 +157,10 @@ def convert(cfg: Cfg | str | Path | None, weights: str | Path, out_dir: str | Pa
             progress({"stage": "convert", "step": step, **extra})
 
     # -- arguments, checked before anything slow ------------------------------------------------
-    if via not in VIAS:
-        raise SlimYoloError(f"via must be one of {', '.join(VIAS)}, got {via!r}")
-    if precision not in PRECISIONS:
-        raise SlimYoloError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if ppp is not None and ppp not in ir.PPP_MODES:
-        raise SlimYoloError(f"ppp must be one of {', '.join(ir.PPP_MODES)}, got {ppp!r}")
+    vocab.choose(via, vocab.CONVERSION_PATHS, "via")
+    vocab.choose(precision, vocab.IR_PRECISIONS, "precision")
+    if ppp is not None:
+        vocab.choose(ppp, vocab.PPP_MODES, "ppp")
     if accuracy_control and precision != "int8":
         raise SlimYoloError("accuracy control applies to INT8 quantization: add --precision int8")
     if not 0.0 < max_drop < 1.0:

@@ -22,11 +22,11 @@ import openvino as ov
 from openvino import opset15 as ops
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
+from slimyolo import vocab
 from slimyolo.darknet.graph import Head
 from slimyolo.data.letterbox import PAD_VALUE
 
 INPUT_NAME = "images"
-PPP_MODES = ("fixed", "resize")  # u8 NHWC BGR at the model size / of any size (letterboxed inside)
 F32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}  # parity is judged at f32 whatever the CPU's default
 
 
@@ -96,14 +96,14 @@ def _letterbox_inside(height: int, width: int, pad_value: int) -> Any:
 
 
 def add_preprocessing(model: ov.Model, mode: str, height: int, width: int, pad_value: int = PAD_VALUE) -> ov.Model:
-    """The u8 NHWC BGR variant of an ``images`` IR (``mode`` in :data:`PPP_MODES`).
+    """The u8 NHWC BGR variant of an ``images`` IR (``mode`` in :data:`slimyolo.vocab.PPP_MODES`).
 
     ``"fixed"``: the host letterboxes to ``height``×``width`` (OpenCV frames need no other work);
     ``"resize"``: the host passes the frame as it is and the IR letterboxes it. Either way the
     IR converts u8 → f32, BGR → RGB, divides by 255 and transposes NHWC → NCHW.
     """
-    if mode not in PPP_MODES:
-        raise ValueError(f"unknown preprocessing mode {mode!r} (choose from {', '.join(PPP_MODES)})")
+    if mode not in vocab.PPP_MODES:
+        raise ValueError(f"unknown preprocessing mode {mode!r} (choose from {', '.join(vocab.PPP_MODES)})")
     ppp = PrePostProcessor(model)
     inp = ppp.input(INPUT_NAME)
     tensor = inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC")) \

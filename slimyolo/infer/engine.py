@@ -21,13 +21,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from slimyolo import vocab
 from slimyolo.data.letterbox import Letterbox, letterbox, placement, unletterbox_boxes
 from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.infer.decode import decode, postprocess
 from slimyolo.infer.meta import ModelMeta, read_meta
 
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
-PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "f16": "f16", "fp16": "f16"}
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ class Engine:
         path = resolve_ir(model)
         if hint not in HINTS:
             raise SlimYoloError(f"unknown performance hint {hint!r} (choose from {', '.join(HINTS)})")
-        if precision is not None and precision not in PRECISIONS:
-            raise SlimYoloError(f"unknown inference precision {precision!r} (choose from f32, bf16, f16)")
+        if precision is not None:
+            precision = vocab.choose(precision, vocab.EXEC_PRECISIONS, "inference precision")
         self.path = path
         self.core = core or ov.Core()
         ov_model = _read_model(self.core, path)
@@ -106,7 +106,7 @@ class Engine:
         self.input_size = self._check_and_reshape(ov_model, input_size)
         config: dict[str, str] = {"PERFORMANCE_HINT": HINTS[hint]}
         if precision is not None:
-            config["INFERENCE_PRECISION_HINT"] = PRECISIONS[precision]
+            config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = self.core.compile_model(ov_model, device, config)
         names = [o.get_any_name() for o in self.compiled.outputs]
         missing = [n for n in self.meta.outputs if n not in names]

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from slimyolo import vocab
 from slimyolo.cpuinfo import cpu_info, describe
 from slimyolo.darknet.model import Darknet
 from slimyolo.errors import SlimYoloError
 
-PRECISIONS = ("f32", "bf16", "int8")
-OBJECTIVES = ("bflops", "fps")
 CALIB_IMAGES = 8
 
 
@@ -44,8 +43,7 @@ class FpsMeter:
     cpu: dict[str, Any] = field(default_factory=cpu_info)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise SlimYoloError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.precision = vocab.choose(self.precision, vocab.FPS_PRECISIONS, "precision")
         if self.seconds <= 0 or self.repeats < 1:
             raise SlimYoloError(f"FPS measurement needs positive seconds and at least one repeat, got "
                                 f"{self.seconds} s x {self.repeats}")

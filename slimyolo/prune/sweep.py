@@ -41,13 +41,13 @@ from typing import Any, Protocol
 
 import torch
 
+from slimyolo import vocab
 from slimyolo.darknet.model import Darknet
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import atomic_dir
 from slimyolo.prune.algorithms import check_args, choose_units, model_sparsity, prune_both, prune_layers
 from slimyolo.prune.report import GAP_WARN, SparsityReport
 from slimyolo.prune.result import PruneResult, check_out_dir, prepare_out_dir
-from slimyolo.prune.speed import OBJECTIVES
 
 
 class Metrics(Protocol):
@@ -117,7 +117,7 @@ class SweepResult:
 
     def choices(self) -> dict[str, SweepRow | None]:
         """The best row by each objective the rows can judge (fps only when it was measured)."""
-        objectives = OBJECTIVES if self.fps_note else ("bflops",)
+        objectives = vocab.SWEEP_OBJECTIVES if self.fps_note else ("bflops",)
         return {o: choose(self.rows, o) for o in objectives}
 
     def as_dict(self) -> dict:
@@ -335,8 +335,7 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
         raise SlimYoloError(f"latency runs must not be negative, got {latency_runs}")
     if max_map_drop < 0:
         raise SlimYoloError(f"max mAP drop must not be negative, got {max_map_drop}")
-    if objective not in OBJECTIVES:
-        raise SlimYoloError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    vocab.choose(objective, vocab.SWEEP_OBJECTIVES, "objective")
     if objective == "fps" and measure_fps is None:
         raise SlimYoloError("the fps objective needs an FPS measurement (measure_fps)")
     if shortcuts is not None:

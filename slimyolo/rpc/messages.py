@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
+from slimyolo import vocab
 from slimyolo.errors import SlimYoloError
 from slimyolo.rpc.gen.v1 import common_pb2
 from slimyolo.store import Artifact
@@ -25,6 +26,12 @@ def artifact_from_proto(ref: common_pb2.ArtifactRef, field: str) -> Artifact:
     if not ref.uri:
         raise SlimYoloError(f"{field}: an artifact (uri, sha256, size_bytes) is required")
     return Artifact(ref.uri, ref.sha256, ref.size_bytes)
+
+
+def precision_to_proto(precision: str) -> int:
+    """The ``slimyolo.v1.Precision`` of an IR precision (vocab.IR_PRECISIONS); unknown: UNSPECIFIED."""
+    name = vocab.IR_PRECISION_ENUM.get(precision)
+    return common_pb2.Precision.Value(name) if name else common_pb2.PRECISION_UNSPECIFIED
 
 
 def dict_to_struct(values: Mapping[str, Any]) -> struct_pb2.Struct:

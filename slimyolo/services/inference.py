@@ -22,6 +22,7 @@ import grpc
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from slimyolo.rpc.messages import precision_to_proto
 from slimyolo.rpc.server import Server, on_call_end
 from slimyolo.rpc.status import status_of
 from slimyolo.serving import config as serving_config
@@ -33,8 +34,6 @@ from slimyolo.serving.manager import ModelInfo
 
 KSERVE = "inference.GRPCInferenceService"
 INFERENCE = "slimyolo.v1.Inference"
-_PRECISIONS = {"fp32": common_pb2.PRECISION_FP32, "fp16": common_pb2.PRECISION_FP16,
-               "int8": common_pb2.PRECISION_INT8}
 
 
 # -- protobuf → plain values ----------------------------------------------------------------------
@@ -72,7 +71,7 @@ def _model_info(info: ModelInfo) -> inference_pb2.ModelInfo:
     message = inference_pb2.ModelInfo(name=info.name, version=info.version, reason=info.reason,
                                       state=inference_pb2.ModelState.Value(f"MODEL_STATE_{info.state.name}"))
     if info.meta is not None:
-        message.precision = _PRECISIONS.get(info.meta.precision, common_pb2.PRECISION_UNSPECIFIED)
+        message.precision = precision_to_proto(info.meta.precision)
         message.input_size.CopyFrom(common_pb2.ImageSize(width=info.meta.input.width, height=info.meta.input.height))
         message.class_names.extend(info.meta.names)
     return message

@@ -29,11 +29,13 @@ class PrunerServicer(pruner_pb2_grpc.PrunerServicer):
 
     def StartPrune(self, request: pruner_pb2.StartPruneRequest,
                    context: grpc.ServicerContext) -> pruner_pb2.StartPruneResponse:
-        return pruner_pb2.StartPruneResponse(job=submit_stage(self.jobs, self.store, spec_from_request("prune", request)))
+        spec = spec_from_request("prune", request)
+        return pruner_pb2.StartPruneResponse(job=submit_stage(self.jobs, self.store, spec))
 
     def StartSweep(self, request: pruner_pb2.StartSweepRequest,
                    context: grpc.ServicerContext) -> pruner_pb2.StartSweepResponse:
-        return pruner_pb2.StartSweepResponse(job=submit_stage(self.jobs, self.store, spec_from_request("sweep", request)))
+        spec = spec_from_request("sweep", request)
+        return pruner_pb2.StartSweepResponse(job=submit_stage(self.jobs, self.store, spec))
 
 
 def build(server: Server, args: argparse.Namespace) -> None:

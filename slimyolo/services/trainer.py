@@ -79,7 +79,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     def StartEvaluation(self, request: trainer_pb2.StartEvaluationRequest,
                         context: grpc.ServicerContext) -> trainer_pb2.StartEvaluationResponse:
-        return trainer_pb2.StartEvaluationResponse(job=submit_stage(self.jobs, self.store, spec_from_request("eval", request)))
+        spec = spec_from_request("eval", request)
+        return trainer_pb2.StartEvaluationResponse(job=submit_stage(self.jobs, self.store, spec))
 
 
 def build(server: Server, args: argparse.Namespace) -> None:

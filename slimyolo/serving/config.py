@@ -36,9 +36,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from slimyolo import vocab
 from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import SlimYoloError
-from slimyolo.infer.engine import HINTS, PRECISIONS
+from slimyolo.infer.engine import HINTS
 from slimyolo.infer.mosaic import parse_grid
 
 ENV_MODEL_REPOSITORY = "SLIMYOLO_MODEL_REPOSITORY"
@@ -111,8 +112,8 @@ class ServingConfig(EnvConfig):
             raise SlimYoloError(f"{where('poll_seconds')}: must not be negative")
         if self.hint not in HINTS:
             raise SlimYoloError(f"{where('hint')}: {self.hint!r} is not one of {', '.join(HINTS)}")
-        if self.precision and self.precision not in PRECISIONS:
-            raise SlimYoloError(f"{where('precision')}: {self.precision!r} is not one of f32, bf16, f16")
+        if self.precision:
+            vocab.choose(self.precision, vocab.EXEC_PRECISIONS, where("precision"))
         try:
             self.mosaic_k  # noqa: B018 - parsed for its error
         except SlimYoloError as exc:
