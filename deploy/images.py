@@ -203,7 +203,8 @@ def tiny_cfg(path: Path, size: int = 96) -> Path:
 def stage_jobs(addresses: dict[str, str], store_dir: Path, work: Path, report: Report) -> None:
     """Train one epoch, prune, convert and Detect, each through its service; then check the store."""
     from slimyolo.data.synth import write_synthetic
-    from slimyolo.pipeline import RemoteRunner, _pack, served_detection
+    from slimyolo.pipeline.run import _pack
+    from slimyolo.rpc.stages import RemoteRunner, served_detection
     from slimyolo.stages.specs import ConvertSpec, DataRef, PruneSpec, TrainSpec
     from slimyolo.store import open_store
 
