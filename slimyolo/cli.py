@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from slimyolo import __version__
+from slimyolo import __version__, store_cli
 from slimyolo.convert import cli as convert_cli
 from slimyolo.darknet import cli as darknet_cli
 from slimyolo.data import cli as data_cli
@@ -27,7 +27,8 @@ from slimyolo.stages import cli as stages_cli
 from slimyolo.train import cli as train_cli
 
 REGISTRARS = (darknet_cli.register, infer_cli.register, convert_cli.register, prune_cli.register,
-              data_cli.register, train_cli.register, rpc_cli.register, stages_cli.register, pipeline_register)
+              data_cli.register, train_cli.register, rpc_cli.register, stages_cli.register, pipeline_register,
+              store_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

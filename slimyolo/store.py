@@ -126,6 +126,29 @@ def next_version(versions: Iterable[str]) -> str:
     return str(max((int(v) for v in versions if v.isdigit()), default=0) + 1)
 
 
+def folder_files(folder: str | Path) -> dict[str, Path]:
+    """The files under a local ``folder`` by relative path, as :meth:`Store.put_tree` publishes them.
+
+    Their paths must be valid keys (no hidden names: a ``.git`` or ``.DS_Store`` is refused, not
+    skipped) and none may be the manifest's name.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError(f"{folder}: not a folder")
+    files = {validate_key(p.relative_to(folder).as_posix(), f"{folder}: file"): p
+             for p in sorted(folder.rglob("*")) if p.is_file()}
+    if MANIFEST in files:
+        raise SlimYoloError(f"{folder}: a file named {MANIFEST} is reserved for the tree's manifest")
+    return files
+
+
+def subtree(files: Mapping[str, Artifact], folder: str) -> dict[str, Artifact]:
+    """The files of a tree under ``folder`` (all of them for ""), by path relative to it."""
+    if not folder:
+        return dict(files)
+    return {rel[len(folder) + 1:]: a for rel, a in files.items() if rel.startswith(folder + "/")}
+
+
 class _HashingWriter:
     """A write-only file that hashes what goes through it, so downloads are read once."""
 
@@ -219,25 +242,34 @@ class Store(abc.ABC):
                                     f"({ref.size_bytes} bytes); the download was discarded")
         return dest
 
-    def put_tree(self, prefix: str, folder: str | Path) -> dict[str, Artifact]:
+    def put_tree(self, prefix: str, folder: str | Path,
+                 progress: Callable[[str, int], None] | None = None) -> dict[str, Artifact]:
         """Upload every file under ``folder`` to ``prefix/<relative path>``, then ``prefix/SHA256SUMS``.
 
         Trees are immutable once complete (a model version never changes under a running
         server): putting a complete tree again is an error. An incomplete one (an interrupted
-        upload) is overwritten.
+        upload) is overwritten. ``progress(relative path, size)`` is called after each file.
         """
         validate_key(prefix, "prefix")
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise NotFoundError(f"{folder}: not a folder")
+        return self.put_files(prefix, folder_files(folder), progress)
+
+    def put_files(self, prefix: str, files: Mapping[str, str | Path],
+                  progress: Callable[[str, int], None] | None = None) -> dict[str, Artifact]:
+        """Upload local files as the complete tree ``prefix`` (relative path → local file), then its
+        ``SHA256SUMS``; :meth:`put_tree` of the files given one by one (a single file is a tree too)."""
+        validate_key(prefix, "prefix")
         if self._size(_join(prefix, MANIFEST)) is not None:
             raise SlimYoloError(f"prefix: {self.uri_of(prefix)} already holds a complete tree; "
                                 "trees are immutable, upload under a new prefix (a new version)")
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
-        rels = [validate_key(p.relative_to(folder).as_posix(), f"{folder}: file") for p in files]
-        if MANIFEST in rels:
-            raise SlimYoloError(f"{folder}: a file named {MANIFEST} is reserved for the tree's manifest")
-        out = {rel: self.put(_join(prefix, rel), p) for rel, p in zip(rels, files, strict=True)}
+        for rel, path in files.items():
+            validate_key(rel, f"{path}: file")
+        if MANIFEST in files:
+            raise SlimYoloError(f"{files[MANIFEST]}: the name {MANIFEST} is reserved for the tree's manifest")
+        out: dict[str, Artifact] = {}
+        for rel in sorted(files):
+            out[rel] = self.put(_join(prefix, rel), files[rel])
+            if progress is not None:
+                progress(rel, out[rel].size_bytes)
         lines = "".join(f"{a.sha256}  {rel}\n" for rel, a in out.items())
         with tempfile.TemporaryDirectory() as tmp:
             manifest = Path(tmp) / MANIFEST
@@ -251,14 +283,18 @@ class Store(abc.ABC):
         ``dest`` appears whole or not at all.
         """
         validate_key(prefix, "prefix")
-        entries = self._manifest(prefix)
-        out: dict[str, Artifact] = {}
+        return self.get_files(self.tree_files(prefix), dest, self.uri_of(prefix))
+
+    def get_files(self, files: Mapping[str, Artifact], dest: str | Path, where: str) -> dict[str, Artifact]:
+        """Download ``files`` (relative path → Artifact) into the new folder ``dest``, every file
+        verified (errors name ``where`` and the path); ``dest`` appears whole or not at all."""
+        dest = Path(dest)
+        if dest.exists():
+            raise SlimYoloError(f"{dest} already exists; give a new folder to download {where} into")
         with atomic_dir(dest) as tmp:
-            for rel, (sha, size) in entries.items():
-                ref = Artifact(self.uri_of(_join(prefix, rel)), sha, size)
-                self.fetch(ref, tmp / rel, f"{self.uri_of(prefix)}: {rel}")
-                out[rel] = ref
-        return out
+            for rel, ref in files.items():
+                self.fetch(ref, tmp / rel, f"{where}: {rel}")
+        return dict(files)
 
     def tree_files(self, prefix: str) -> dict[str, Artifact]:
         """The files of the complete tree at ``prefix`` as Artifacts, by relative path.
@@ -269,6 +305,19 @@ class Store(abc.ABC):
         validate_key(prefix, "prefix")
         return {rel: Artifact(self.uri_of(_join(prefix, rel)), sha, size)
                 for rel, (sha, size) in self._manifest(prefix).items()}
+
+    def tree_of(self, key: str) -> tuple[str, str] | None:
+        """(prefix of the complete tree at or above ``key``, ``key`` relative to it), or None.
+
+        The innermost tree wins. This is how a key names a tree (``inputs/data``), or a file or
+        folder inside one (``inputs/model/yolov4-tiny.cfg``).
+        """
+        parts = validate_key(key).split("/")
+        for n in range(len(parts), 0, -1):
+            prefix = "/".join(parts[:n])
+            if self._size(_join(prefix, MANIFEST)) is not None:
+                return prefix, "/".join(parts[n:])
+        return None
 
     def list_keys(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (every key when empty), sorted."""

@@ -33,7 +33,7 @@ from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.stages import archive
 from slimyolo.stages.specs import DataRef, FileRef
-from slimyolo.store import MANIFEST, Artifact, Store
+from slimyolo.store import MANIFEST, Artifact, Store, subtree
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,9 @@ class WorkConfig(EnvConfig):
 
 def _tree_of(store: Store, key: str, field: str) -> tuple[str, str]:
     """(prefix of the complete tree at or above ``key``, ``key`` relative to it)."""
-    parts = key.split("/")
-    for n in range(len(parts), 0, -1):
-        prefix = "/".join(parts[:n])
-        if store.exists(f"{prefix}/{MANIFEST}"):
-            return prefix, "/".join(parts[n:])
+    located = store.tree_of(key)
+    if located is not None:
+        return located
     raise NotFoundError(f"{field}: {store.uri_of(key)} is not in a complete tree of the store (keys name trees, "
                         "such as stage outputs, and the files and folders in them; give other files as "
                         "{uri, sha256, size_bytes})")
@@ -90,8 +88,7 @@ def resolve(store: Store, ref: FileRef, field: str) -> Artifact:
 def folder_files(store: Store, key: str, field: str) -> dict[str, Artifact]:
     """The files of a tree, or of a folder inside one, by path relative to ``key``."""
     prefix, rel = _tree_of(store, key, field)
-    files = {name[len(rel) + 1:] if rel else name: a for name, a in store.tree_files(prefix).items()
-             if not rel or name.startswith(rel + "/")}
+    files = subtree(store.tree_files(prefix), rel)
     if not files:
         raise NotFoundError(f"{field}: the tree {store.uri_of(prefix)} has no folder {rel!r}")
     return files
