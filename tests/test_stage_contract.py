@@ -15,6 +15,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import json
 import re
 import shutil
 import textwrap
@@ -148,7 +149,7 @@ def contract(trained_mini, tmp_path_factory):
                 server.start()
                 servers.append(server)
                 addresses[name] = f"127.0.0.1:{server.port}"
-            remote = RemoteRunner(addresses, store)
+            remote = RemoteRunner(addresses)
             yield store, remote
         finally:
             if remote is not None:
@@ -268,3 +269,32 @@ def test_illegal_values_are_the_same_invalid_argument_in_process_and_remotely(co
         getattr(stub, route.method)(messages.REQUESTS[kind](spec=dict_to_struct(doc)), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == str(local.value)
+
+
+def test_slimyolo_stage_remote_prints_what_the_run_in_process_prints(contract, run_cli, tmp_path):
+    """``slimyolo stage prune --spec F --remote HOST:PORT``: the same result JSON, errors and exit status."""
+    _, remote = contract
+    outputs = {}
+    for path, extra in (("local", ()), ("remote", ("--remote", remote.addresses["pruner"]))):
+        spec = tmp_path / f"{path}.yaml"
+        spec.write_text(yaml.safe_dump({"cfg": "inputs/mini.cfg", "weights": "inputs/thin.weights",
+                                        "out": f"runs/cli-{path}", "global_percent": 0.5, "layer_keep": 0}))
+        code, out, err = run_cli("stage", "prune", "--spec", spec, *extra)
+        assert code == 0, err
+        outputs[path] = json.loads(out)
+        spec.write_text(yaml.safe_dump({"weights": "inputs/thin.weights", "out": "runs/x", "layer_keep": -1}))
+        code, _, err = run_cli("stage", "prune", "--spec", spec, *extra)
+        assert code == 2 and f"{spec}: 'layer_keep' must be at least 0, got -1" in err, err
+    local, remote_out = outputs["local"], outputs["remote"]
+    assert local["artifacts"].keys() == remote_out["artifacts"].keys()
+    for role in local["artifacts"].keys() - TIMED:
+        assert local["artifacts"][role]["sha256"] == remote_out["artifacts"][role]["sha256"], role
+    assert _normal(local["metrics"], "cli-local") == _normal(remote_out["metrics"], "cli-remote")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"cfg": "inputs/mini.cfg", "weights": "inputs/none.weights", "out": "runs/m",
+                                       "global_percent": 0.5}))
+    errors = [run_cli("stage", "prune", "--spec", missing, *extra)
+              for extra in ((), ("--remote", remote.addresses["pruner"]))]
+    assert [e[0] for e in errors] == [2, 2] and "has no file 'none.weights'" in errors[0][2]
+    # The same message; the remote one also says which job failed ("prune job <id>: ...").
+    assert errors[1][2].endswith(errors[0][2].removeprefix("slimyolo: error: ")) and "prune job " in errors[1][2]

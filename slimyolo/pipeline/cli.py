@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
     console = StageConsole()
     runner: LocalRunner | RemoteRunner
     if args.remote:
-        runner = RemoteRunner(remote_addresses(config, os.environ), store)
+        runner = RemoteRunner(remote_addresses(config, os.environ))
         detect = served_detection(runner) if "inference" in runner.addresses else None
         say(f"remote: {', '.join(f'{s} {a}' for s, a in runner.addresses.items())}; store {store.uri}")
     else:

@@ -17,14 +17,17 @@ from slimyolo.errors import SlimYoloError
 from slimyolo.stages.routing import ROUTES
 from slimyolo.stages.runners import Progress, StageResult
 from slimyolo.stages.specs import Spec
-from slimyolo.store import Store
 
 
 class RemoteRunner:
-    """Stages as jobs of the services at ``addresses``; inputs are resolved in ``store`` (shared with them)."""
+    """Stages as jobs of the services at ``addresses`` (by service name: trainer, pruner, converter, inference).
 
-    def __init__(self, addresses: Mapping[str, str], store: Store, ready_timeout: float = 120.0) -> None:
-        self.addresses, self.store, self.ready_timeout = dict(addresses), store, ready_timeout
+    The spec travels as it is, store keys included: the services resolve them in their store,
+    which must be the store the caller means (the pipeline's uploads, the keys of a YAML spec).
+    """
+
+    def __init__(self, addresses: Mapping[str, str], ready_timeout: float = 120.0) -> None:
+        self.addresses, self.ready_timeout = dict(addresses), ready_timeout
         self._channels: dict[str, Any] = {}
 
     def channel(self, service: str) -> Any:
@@ -101,3 +104,12 @@ def served_detection(runner: RemoteRunner) -> Callable[[str, str, Path], dict]:
                     for d in answer.detections]}
 
     return detect
+
+
+def run_remote(address: str, spec: Spec, progress: Progress) -> StageResult:
+    """Run ``spec`` as a job of the stage's service at ``address`` (``slimyolo stage KIND --spec --remote``)."""
+    runner = RemoteRunner({ROUTES[spec.kind].service: address})
+    try:
+        return runner.run(spec, progress)
+    finally:
+        runner.close()

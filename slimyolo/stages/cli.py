@@ -4,6 +4,11 @@ The store comes from the environment (``SLIMYOLO_STORE`` and, for S3, ``SLIMYOLO
 names the inputs in the store and the output prefix (:mod:`slimyolo.stages.specs`). Progress goes
 to stderr; the result (artifacts by role, metrics) is printed to stdout as JSON. Under
 ``torchrun`` only rank 0 prints the result (and uploads).
+
+With ``--remote HOST:PORT`` the same spec goes to the running service of the stage as its
+Start... request and the job is followed to its end: the same progress lines, the same result
+JSON, the same errors and exit status (2) as in process. This is how a shell triggers one stage
+of a deployment; the service must use the same store as the spec's keys name.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", choices=list(SPECS), help="the stage")
     p.add_argument("--spec", type=Path, required=True, help="YAML spec: inputs (store keys), output prefix, "
                                                             "parameters")
+    p.add_argument("--remote", metavar="HOST:PORT", help="submit the spec to the running service of the stage "
+                   "(trainer: train, eval; pruner: prune, sweep; converter: convert), which must use the same store, "
+                   "and follow its job; the result is the same JSON as in process")
     p.set_defaults(func=_stage)
 
 
@@ -34,13 +42,19 @@ def load_spec_file(kind: str, path: Path):
 
 def _stage(args: argparse.Namespace) -> int:
     from slimyolo.stages.console import StageConsole
-    from slimyolo.stages.runners import run_stage
-    from slimyolo.store import open_store
 
-    spec = load_spec_file(args.name, args.spec)
+    spec = load_spec_file(args.name, args.spec)  # checked here either way: a bad field fails alike, before any call
     console = StageConsole()
     try:
-        result = run_stage(open_store(), spec, console)
+        if args.remote:
+            from slimyolo.rpc.stages import run_remote
+
+            result = run_remote(args.remote, spec, console)
+        else:
+            from slimyolo.stages.runners import run_stage
+            from slimyolo.store import open_store
+
+            result = run_stage(open_store(), spec, console)
     finally:
         console.close()
     if int(os.environ.get("RANK", "0")) == 0:
