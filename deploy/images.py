@@ -213,7 +213,7 @@ def stage_jobs(addresses: dict[str, str], store_dir: Path, work: Path, report: R
     _pack(data_file.parent, work / "data.tar.gz")
     data = DataRef(archive=store.put_file(work / "data.tar.gz"), data_file=data_file.name)
     cfg = store.put_file(tiny_cfg(work / "tiny.cfg"))
-    runner = RemoteRunner(addresses, store, ready_timeout=LIVE_TIMEOUT)
+    runner = RemoteRunner(addresses, ready_timeout=LIVE_TIMEOUT)  # the services share store_dir: keys travel as keys
     events: list[dict[str, Any]] = []
     try:
         def job(stage: str, spec: Any) -> Any:
