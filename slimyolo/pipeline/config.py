@@ -28,18 +28,19 @@ from typing import Any
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import read_yaml
-from slimyolo.stages.specs import ConvertSpec, EvalSpec, Fields, PruneSpec, SweepSpec, TrainSpec
+from slimyolo.stages.routing import stage_services
+from slimyolo.stages.specs import ConvertSpec, EvalSpec, Fields, PruneSpec, SweepSpec, TrainSpec, store_fields
 from slimyolo.store import validate_key
 
-SERVICES = ("trainer", "pruner", "converter", "inference")
+SERVICES = (*stage_services(), "inference")
 SECTIONS = ("training", "base", "sparsity", "finetune", "sweep", "prune", "convert", "eval", "remote")
 TRAININGS = ("base", "sparsity", "finetune", "reference")  # the training sections, run in the order of the steps
 
 # Fields of the stage specs that the pipeline sets itself (the stages' inputs, outputs and roles).
-RESERVED = {"training": ("data", "cfg", "weights", "out", "teacher_cfg", "teacher_weights", "sr", "finetune"),
-            "sweep": ("weights", "cfg", "data", "out"), "prune": ("weights", "cfg", "out"),
-            "convert": ("weights", "cfg", "name", "version", "precision", "calib_data", "evaluate"),
-            "eval": ("weights", "cfg", "data")}
+# They are the specs' store references and outputs, and the settings that say which model a step makes.
+RESERVED = {section: (*store_fields(spec), *extra) for section, spec, extra in (
+    ("training", TrainSpec, ("sr", "finetune")), ("sweep", SweepSpec, ()), ("prune", PruneSpec, ()),
+    ("convert", ConvertSpec, ("name", "version", "precision", "evaluate")), ("eval", EvalSpec, ()))}
 # Placeholders that let a config section be checked as a stage spec before anything runs.
 _REF = "check/file"
 _DATA = {"tree": "check/data"}
@@ -134,7 +135,7 @@ class PipelineConfig:
                     raise SlimYoloError(f"{source}: '{name}.{taken[0]}' is set by the pipeline itself")
         for stage in TRAININGS if self.reference is not None else TRAININGS[:-1]:
             TrainSpec.from_dict({"cfg": _REF, "data": _DATA, "out": "check/out", **self.train_options(stage)},
-                                f"{source}: {stage}").check(f"{source}: {stage}")
+                                f"{source}: {stage}")  # the training settings too (TrainSpec.check)
         SweepSpec.from_dict({"weights": _REF, "data": _DATA, "out": "check/out", **self.sweep}, f"{source}: sweep")
         if self.prune:
             PruneSpec.from_dict({"weights": _REF, "out": "check/out", **self.prune}, f"{source}: prune")

@@ -304,6 +304,11 @@ def spec_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "check" in f.metadata]
 
 
+def store_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a spec that name store files, data sets or the output prefix."""
+    return tuple(f.name for f in spec_fields(cls) if f.metadata["check"].kind in ("file", "data", "out"))
+
+
 class SpecBase:
     """``from_dict``/``to_dict`` of a spec, derived from its declared fields."""
 
