@@ -31,6 +31,7 @@ from common import RESULTS, machine, markdown_table, save
 
 from slimyolo.data.dataset import read_data_file
 from slimyolo.errors import SlimYoloError
+from slimyolo.progress import Event, SweepPoint
 from slimyolo.prune import open_model, prune_both, prune_layers
 from slimyolo.prune.speed import FpsMeter
 from slimyolo.prune.sweep import sweep
@@ -74,11 +75,11 @@ def main() -> None:
     def evaluate_model(m: Any) -> Any:
         return evaluate(m, data, batch_size=16, max_images=args.max_images)
 
-    def show(event: dict) -> None:
-        if "row" in event:
-            r = event["row"]
-            print(f"{r['stage']:<9} {r['global_percent']} + {r['shortcuts']}: mAP@0.5 {r['map50']:.4f}, "
-                  f"{r['bflops']:.3f} BFLOPs, {r['fps']:.1f} FPS", file=sys.stderr, flush=True)
+    def show(event: Event) -> None:
+        if isinstance(event, SweepPoint):
+            r = event.row
+            print(f"{r.stage:<9} {r.global_percent} + {r.shortcuts}: mAP@0.5 {r.map50:.4f}, "
+                  f"{r.bflops:.3f} BFLOPs, {r.fps:.1f} FPS", file=sys.stderr, flush=True)
 
     result, _ = sweep(model, evaluate_model, (lo, hi, step), units, args.max_map_drop, round_to=args.round_to,
                       latency_runs=0, progress=show, objective="fps", measure_fps=f32)

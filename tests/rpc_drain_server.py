@@ -15,6 +15,7 @@ from pathlib import Path
 
 from slimyolo.darknet.flops import model_stats
 from slimyolo.darknet.zoo import ZOO, make_cfg
+from slimyolo.progress import StageStep
 from slimyolo.rpc.jobs import JobOutcome
 from slimyolo.rpc.server import Server, ServerConfig
 
@@ -24,7 +25,7 @@ def flops_until(gate: Path):
         counted, names, deadline = 0, list(ZOO), time.monotonic() + 600
         while not gate.exists() and time.monotonic() < deadline:
             name = names[counted % len(names)]
-            progress({"model": name, "bflops": model_stats(make_cfg(name, 2, 320)).bflops})
+            progress(StageStep("flops", name, {"bflops": model_stats(make_cfg(name, 2, 320)).bflops}))
             counted += 1
             time.sleep(0.01)
         return JobOutcome(metrics={"counted": counted})

@@ -21,6 +21,7 @@ from slimyolo.data.synth import render_image
 from slimyolo.errors import Cancelled, CfgError, NotFoundError, SlimYoloError, WeightsError
 from slimyolo.infer.decode import decode
 from slimyolo.infer.meta import InputSpec, read_meta
+from slimyolo.progress import StageStep
 from slimyolo.store import hash_file
 
 SIZE = 96
@@ -59,7 +60,7 @@ def magnitude(heads: list[np.ndarray]) -> float:
 
 def test_tf_conversion_writes_a_checked_model_version(tiny, tmp_path):
     cfg, weights = tiny
-    events: list[dict] = []
+    events: list[StageStep] = []
     res = convert(cfg, weights, tmp_path, names=["cat", "dog"], progress=events.append)
     assert res.path == tmp_path / "tiny" / "1" and res.via == "tf"
     assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["1"]  # no temporary folder left
@@ -87,9 +88,10 @@ def test_tf_conversion_writes_a_checked_model_version(tiny, tmp_path):
     for name, f in doc["files"].items():
         assert [f["sha256"], f["size_bytes"]] == list(hash_file(res.path / name))
     assert {"openvino", "tensorflow-cpu", "keras", "torch"} <= set(doc["tools"])
-    steps = [e["step"] for e in events]
+    steps = [e.step for e in events]
     assert steps[0] == "load" and steps[-1] == "done" and {"keras", "ir", "parity", "save"} <= set(steps)
-    assert all(e["stage"] == "convert" for e in events)
+    assert all(isinstance(e, StageStep) and e.stage == "convert" for e in events)
+    assert events[-1].details["path"] == str(res.path) and isinstance(events[-1].details["seconds"], float)
 
     # What the engine sees: the IR's heads decode to the PyTorch model's boxes and scores.
     x = to_tensor(frames(2), SIZE, SIZE)
@@ -191,8 +193,8 @@ def test_parity_failure_and_cancel_write_nothing(tiny, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
 
-    def cancel_at_publish(event: dict) -> None:
-        if event["step"] == "publish":  # everything is written, the folder not yet renamed into place
+    def cancel_at_publish(event: StageStep) -> None:
+        if event.step == "publish":  # everything is written, the folder not yet renamed into place
             raise Cancelled("stopped by the user")
 
     with pytest.raises(Cancelled):

@@ -11,6 +11,7 @@ from test_prune_cli import sparse_model
 from test_prune_exact import mini_res_cfg
 
 from slimyolo.errors import Cancelled, SlimYoloError
+from slimyolo.progress import SweepBest, SweepPoint
 from slimyolo.prune.sweep import percent_grid, search_axis, sweep
 
 COLLAPSE = 0.3  # the fake evaluation collapses below 30% of the parameters
@@ -72,8 +73,7 @@ def test_channel_sweep_finds_the_strongest_point_within_the_drop(model):
     assert sum(p.numel() for p in best_model.model.parameters()) == result.best.params
     assert best_model.settings["global_percent"] == result.best.global_percent
     assert len(calls) == len(rows)
-    assert [e["row"] for e in events if "row" in e] == [r.__dict__ for r in rows]
-    assert events[-1]["best"] == result.best.__dict__
+    assert events == [SweepPoint(r) for r in rows] + [SweepBest(result.best)]
     table = result.table()
     assert "<- best" in table and "best pruning point by bflops: global percent" in table
     assert all(0 < r.removed_fraction < 1 for r in channel) and "asked removed" in table

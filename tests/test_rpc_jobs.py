@@ -14,6 +14,7 @@ from slimyolo.darknet.cfg import parse_cfg
 from slimyolo.darknet.flops import model_stats
 from slimyolo.darknet.zoo import ZOO, make_cfg
 from slimyolo.errors import Cancelled, NotFoundError, SlimYoloError, UnavailableError
+from slimyolo.progress import Count, StageStep, event_from_dict
 from slimyolo.rpc.client import connect, follow_job
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 from slimyolo.rpc.jobs import JobManager, JobOutcome, JobState
@@ -33,7 +34,7 @@ def zoo_flops(progress, size: int = 416) -> JobOutcome:
     bflops = {}
     for name in ZOO:
         stats = model_stats(make_cfg(name, 2, size))
-        progress({"model": name, "bflops": stats.bflops, "params": stats.params})
+        progress(StageStep("flops", name, {"bflops": stats.bflops, "params": stats.params}))
         bflops[name] = stats.bflops
     return JobOutcome(metrics={"bflops": bflops, "size": size})
 
@@ -45,7 +46,7 @@ def flops_until(gate: threading.Event):
         counted, deadline = 0, time.monotonic() + 600
         while not gate.is_set() and time.monotonic() < deadline:
             name = NAMES[counted % len(NAMES)]
-            progress({"model": name, "bflops": model_stats(make_cfg(name, 2, 320)).bflops})
+            progress(StageStep("flops", name, {"bflops": model_stats(make_cfg(name, 2, 320)).bflops}))
             counted += 1
         return JobOutcome(metrics={"counted": counted})
 
@@ -83,11 +84,13 @@ def test_a_job_reports_progress_and_result_through_the_service(served):
     assert [e.seq for e in events] == list(range(len(ZOO) + 3))
     assert [e.state for e in events] == [S.JOB_STATE_QUEUED] + [S.JOB_STATE_RUNNING] * (len(ZOO) + 1) + [
         S.JOB_STATE_SUCCEEDED]
-    assert [struct_to_dict(e.progress)["model"] for e in events if e.HasField("progress")] == NAMES
+    reported = [event_from_dict(struct_to_dict(e.progress)) for e in events if e.HasField("progress")]
+    assert [e.step for e in reported] == NAMES
+    assert reported == [e.progress for e in manager.watch(job_id) if e.progress is not None]  # typed, as reported
     assert job.state == S.JOB_STATE_SUCCEEDED and job.kind == "flops" and not job.HasField("error")
     metrics = struct_to_dict(job.result.metrics)
     assert metrics["size"] == 416 and round(metrics["bflops"]["yolov4"], 3) == YOLOV4_2C_416_BFLOPS
-    assert struct_to_dict(job.progress)["model"] == NAMES[-1]
+    assert event_from_dict(struct_to_dict(job.progress)) == manager.get(job_id).progress == reported[-1]
     assert job.create_time.ToNanoseconds() <= job.start_time.ToNanoseconds() <= job.end_time.ToNanoseconds()
 
     assert stub.GetJob(jobs_pb2.GetJobRequest(id=job_id), timeout=30).job == job
@@ -150,7 +153,10 @@ def test_failures_are_carried_as_status_codes(served, tmp_path, caplog):
     local = LocalStore(tmp_path / "store")
 
     def non_json(progress):
-        progress({"when": object()})
+        progress(StageStep("test", "when", {"when": object()}))
+
+    def not_an_event(progress):
+        progress({"when": 1})
 
     cases = {
         "cfg": (lambda progress: parse_cfg(bad_cfg), grpc.StatusCode.INVALID_ARGUMENT, SlimYoloError, "bad.cfg:"),
@@ -161,6 +167,7 @@ def test_failures_are_carried_as_status_codes(served, tmp_path, caplog):
                     "does not exist"),
         "bug": (lambda progress: {}["missing"], grpc.StatusCode.INTERNAL, SlimYoloError, "KeyError"),
         "non-json": (non_json, grpc.StatusCode.INTERNAL, SlimYoloError, "TypeError"),
+        "not-an-event": (not_an_event, grpc.StatusCode.INTERNAL, SlimYoloError, "TypeError"),
         "wrong-result": (lambda progress: {"weights": "w"}, grpc.StatusCode.INTERNAL, SlimYoloError, "TypeError"),
     }
     with caplog.at_level(logging.ERROR, logger="slimyolo.rpc.jobs"):
@@ -171,7 +178,7 @@ def test_failures_are_carried_as_status_codes(served, tmp_path, caplog):
             assert type(err.value) is error, kind
             snapshot = manager.get(job_id)
             assert (snapshot.state, snapshot.error.code) == (JobState.FAILED, code), kind
-    assert sum(1 for r in caplog.records if r.exc_info) == 3  # the three bugs, with tracebacks
+    assert sum(1 for r in caplog.records if r.exc_info) == 4  # the four bugs, with tracebacks
 
 
 def test_a_store_outage_fails_the_job_with_unavailable_and_a_retry_succeeds(served, tmp_path):
@@ -189,10 +196,10 @@ def test_a_store_outage_fails_the_job_with_unavailable_and_a_retry_succeeds(serv
         cfg = make_cfg("yolov4-tiny", 2, 64)
         cfg_path = tmp_path / "yolov4-tiny.cfg"
         cfg.write(cfg_path)
-        progress({"step": "init"})
+        progress(StageStep("init", "init"))
         weights = tmp_path / "yolov4-tiny.weights"
         init_random_weights(load_model(cfg), seed=1).save_darknet_weights(weights)
-        progress({"step": "upload", "bytes": weights.stat().st_size})
+        progress(StageStep("init", "upload", {"bytes": weights.stat().st_size}))
         return JobOutcome(artifacts={"cfg": store.put_file(cfg_path), "weights": store.put_file(weights)},
                           metrics={"bflops": model_stats(cfg).bflops})
 
@@ -216,7 +223,7 @@ def test_event_history_is_bounded_and_finished_jobs_are_forgotten():
 
     def many(progress) -> None:
         for i in range(10):
-            progress({"i": i})
+            progress(Count("many", i, 10))
 
     ids = [manager.submit("many", many).id for _ in range(3)]
     wait_for(lambda: manager.list() and all(s.state.final for s in manager.list()) and len(manager.list()) == 2,
@@ -225,8 +232,8 @@ def test_event_history_is_bounded_and_finished_jobs_are_forgotten():
         manager.get(ids[0])  # the oldest finished job was dropped
     events = list(manager.watch(ids[2]))
     assert [e.seq for e in events] == [9, 10, 11, 12]  # QUEUED, RUNNING, 10 reports, SUCCEEDED: the last 4
-    assert events[-1].state == JobState.SUCCEEDED and events[0].progress == {"i": 7}
-    assert manager.get(ids[2]).progress == {"i": 9}
+    assert events[-1].state == JobState.SUCCEEDED and events[0].progress == Count("many", 7, 10)
+    assert manager.get(ids[2]).progress == Count("many", 9, 10)
 
 
 def test_shutdown_lets_running_jobs_finish_and_fails_the_rest_with_unavailable():

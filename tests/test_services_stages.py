@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from slimyolo.errors import NotFoundError, SlimYoloError
+from slimyolo.progress import StageStep
 from slimyolo.rpc.gen.v1 import pruner_pb2
 from slimyolo.rpc.messages import dict_to_struct
 from slimyolo.stages import messages
@@ -262,7 +263,7 @@ def test_prune_and_eval_stages_on_the_trained_model(mini_store, trained_mini):
     assert set(pruned.artifacts) == {"cfg", "weights", "checkpoint", "summary"}
     assert pruned.metrics["after"]["params"] < pruned.metrics["before"]["params"]
     assert pruned.metrics["eval_before"]["map50"] == pytest.approx(trained_mini.map50, abs=1e-6)
-    assert {"stage": "prune", "step": "evaluate after"} in events
+    assert StageStep("prune", "evaluate after") in events
     assert store.list_trees("runs") == ["runs/pruned"]
     evaluated = run_eval(store, EvalSpec.from_dict({"cfg": "runs/pruned/pruned.cfg",
                                                     "weights": "runs/pruned/pruned.weights", "data": "inputs/synth"}))
@@ -314,7 +315,7 @@ def test_convert_stage_publishes_a_model_version_with_its_figures(mini_store):
     assert first.metrics["version"] == "1" and first.metrics["model"].endswith("/repo/mini/1")
     assert set(first.artifacts) == {"model.xml", "model.bin", "conversion.json"}
     assert 0 <= first.metrics["eval"]["map50"] <= 1 and first.metrics["bench"]["infer_fps"] > 0
-    assert {"stage": "convert", "step": "bench", "seconds": 0.3} in events
+    assert StageStep("convert", "bench", {"seconds": 0.3}) in events
     second = run_stage(mini_store, dataclasses.replace(spec, evaluate=False, bench_seconds=0.0, precision="fp32"))
     assert second.metrics["version"] == "2" and "bench" not in second.metrics
     assert mini_store.list_trees("repo") == ["repo/mini/1", "repo/mini/2"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from slimyolo.darknet.graph import Head
+from slimyolo.progress import Count
 from slimyolo.train.evaluate import compute_ap, evaluate_detections, evaluate_predictor
 
 A = [0, 10, 10, 50, 50]  # class 0 target
@@ -143,7 +144,7 @@ def test_predictor_path_with_an_oracle(tmp_path):
                                 progress=progress.append)
     assert result.images == 5 and result.targets == 15
     assert result.map50 == pytest.approx(1.0) and result.precision == pytest.approx(1.0)
-    assert progress[-1] == {"stage": "eval", "done": 5, "total": 5}
+    assert progress == [Count("eval", 2, 5), Count("eval", 4, 5), Count("eval", 5, 5)]
     # A corrupt image is skipped with its name recorded, the others still count.
     (tmp_path / "images" / "2.png").write_bytes(b"broken")
     result = evaluate_predictor(_oracle, [HEAD], tmp_path / "t.data", 256)

@@ -22,6 +22,7 @@ from slimyolo.darknet.weights import checkpoint_cfg, read_checkpoint, save_check
 from slimyolo.data.augment import AugmentConfig
 from slimyolo.data.synth import write_synthetic
 from slimyolo.errors import Cancelled, SlimYoloError
+from slimyolo.progress import TrainEpoch, TrainStep
 from slimyolo.train.config import TrainConfig
 from slimyolo.train.evaluate import evaluate
 from slimyolo.train.sparsity import fraction_below, prunable_bn_layers
@@ -80,10 +81,14 @@ def test_training_learns(work, base_run):
     best = load_model(checkpoint_cfg(result.best), result.best)
     assert read_checkpoint(result.best)["map50"] == pytest.approx(result.best_map50)
     assert evaluate(best, data).map50 == pytest.approx(result.best_map50, abs=1e-9)
-    steps = [e for e in events if e["event"] == "step"]
-    assert len(steps) == 15 * 6 and {"box", "obj", "cls"} <= set(steps[0]["losses"]) and steps[0]["lr"] >= 0
-    epochs = [e for e in events if e["event"] == "epoch"]
-    assert epochs[4]["map50"] > 0 and epochs[4]["stage"] == "train" and epochs[4]["bad_images"] == 0
+    steps = [e for e in events if isinstance(e, TrainStep)]
+    assert len(steps) == 15 * 6 and {"box", "obj", "cls"} <= set(steps[0].losses) and steps[0].lr >= 0
+    epochs = [e for e in events if isinstance(e, TrainEpoch)]
+    assert len(steps) + len(epochs) == len(events)
+    assert epochs[4].map50 > 0 and epochs[4].stage == "train" and epochs[4].bad_images == 0
+    assert [e.evaluated for e in epochs] == [(e % 5 == 0) for e in range(1, 16)]
+    assert epochs[0].map50 is None and epochs[0].per_class == () and len(epochs[4].per_class) == 2
+    assert epochs[-1].gamma_below_001 == pytest.approx(float(rows[-1]["gamma_below_0.01"]), rel=1e-5)
     assert _tensorboard_tags(result.run_dir / "tensorboard") >= {"bn_weights/hist", "metrics/map50", "train/box"}
 
 
@@ -119,7 +124,7 @@ def test_resume_continues_exactly(work):
     whole = train(_config(work, "whole"))
 
     def stop(event):
-        if event["event"] == "step" and event["epoch"] == 2 and event["step"] == 2:
+        if isinstance(event, TrainStep) and event.epoch == 2 and event.step == 2:
             raise Cancelled("stopped by the test")
 
     with pytest.raises(Cancelled):
@@ -208,8 +213,8 @@ def test_bad_data_is_skipped_and_counted(work, tmp_path):
     events = []
     result = train(TrainConfig(data=str(copy), cfg=str(cfg), out=str(tmp_path / "run"), img_size=64, epochs=1,
                                batch_size=16, threads=1, max_eval_images=4), events.append)
-    epoch = next(e for e in events if e["event"] == "epoch")
-    assert epoch["bad_images"] == 1 and epoch["bad_label_lines"] == 1
+    epoch = next(e for e in events if isinstance(e, TrainEpoch))
+    assert epoch.bad_images == 1 and epoch.bad_label_lines == 1
     assert result.last.exists()
 
 

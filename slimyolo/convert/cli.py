@@ -46,12 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _convert(args: argparse.Namespace) -> int:
     from slimyolo.convert.conversion import convert
     from slimyolo.darknet.zoo import parse_size
+    from slimyolo.progress import StageStep
 
     start = time.perf_counter()
 
-    def show(event: dict) -> None:
-        extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("stage", "step"))
-        print(f"[{time.perf_counter() - start:6.1f}s] {event['step']} {extra}".rstrip(), file=sys.stderr)
+    def show(event: StageStep) -> None:
+        extra = " ".join(f"{k}={v}" for k, v in event.details.items())
+        print(f"[{time.perf_counter() - start:6.1f}s] {event.step} {extra}".rstrip(), file=sys.stderr)
 
     result = convert(args.cfg, args.weights, args.out, name=args.name, version=args.version, via=args.via,
                      precision=args.precision, calib_data=args.calib_data,

@@ -43,14 +43,12 @@ from slimyolo.data.letterbox import PAD_VALUE, letterbox
 from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.fsutil import atomic_dir, atomic_write_text
 from slimyolo.infer.meta import InputSpec, ModelMeta, attach_meta
+from slimyolo.progress import Progress, StageStep
 from slimyolo.store import hash_file
 
 TOLERANCE = 1e-3
 FILES = {"xml": "model.xml", "bin": "model.bin", "onnx": "model.onnx", "report": "conversion.json"}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-Progress = Callable[[dict], None]
-
 
 @dataclass
 class ConversionResult:
@@ -147,14 +145,14 @@ def convert(cfg: Cfg | str | Path | None, weights: str | Path, out_dir: str | Pa
     without it, a small synthetic data set is generated for calibration and parity. ``names``
     defaults to the data set's names. ``ppp`` is None (f32 NCHW RGB input), ``"fixed"`` or
     ``"resize"`` (u8 NHWC BGR, see :func:`slimyolo.convert.ir.add_preprocessing`). ``progress``
-    receives ``{"stage": "convert", "step": ...}`` events; raising
+    receives a :class:`~slimyolo.progress.StageStep` of stage ``convert`` per step; raising
     :class:`~slimyolo.errors.Cancelled` from it stops the conversion with nothing written.
     """
     t_start = time.perf_counter()
 
     def report(step: str, **extra: Any) -> None:
         if progress is not None:
-            progress({"stage": "convert", "step": step, **extra})
+            progress(StageStep("convert", step, extra))
 
     # -- arguments, checked before anything slow ------------------------------------------------
     vocab.choose(via, vocab.CONVERSION_PATHS, "via")

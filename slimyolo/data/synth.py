@@ -17,7 +17,6 @@ follow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -25,6 +24,7 @@ import numpy as np
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import atomic_dir
+from slimyolo.progress import Count, Progress
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "hexagon", "diamond")
 MIN_VISIBLE = 0.35  # fraction of an object's area that must stay visible for it to be labelled
@@ -183,13 +183,13 @@ def render_image(classes: int, size: int, rng: np.random.Generator) -> tuple[np.
 
 
 def write_synthetic(out: str | Path, classes: int = 2, train: int = 300, val: int = 100, size: int = 320,
-                    seed: int = 0, progress: Callable[[dict], None] | None = None) -> Path:
+                    seed: int = 0, progress: Progress | None = None) -> Path:
     """Write the synthetic data set into the new folder ``out``; returns its ``.data`` file.
 
     ``out`` holds ``synth.data``, ``synth.names``, ``train.txt``, ``valid.txt``,
     ``images/{train,valid}/NNNNNN.jpg`` and ``labels/{train,valid}/NNNNNN.txt``. The folder
     appears whole or not at all (it is built under a temporary name); it must not exist yet.
-    ``progress`` gets ``{"stage": "synth", "done": n, "total": N}`` every 50 images.
+    ``progress`` gets a :class:`~slimyolo.progress.Count` of stage ``synth`` every 50 images.
     """
     out = Path(out)
     if not 1 <= classes <= len(SHAPES):
@@ -218,7 +218,7 @@ def write_synthetic(out: str | Path, classes: int = 2, train: int = 300, val: in
                 rel.append(f"images/{split}/{name}.jpg")
                 done += 1
                 if progress is not None and (done % 50 == 0 or done == total):
-                    progress({"stage": "synth", "done": done, "total": total})
+                    progress(Count("synth", done, total))
             (tmp / f"{split}.txt").write_text("".join(f"{r}\n" for r in rel))
         (tmp / "synth.names").write_text("".join(f"{n}\n" for n in SHAPES[:classes]))
         (tmp / "synth.data").write_text(f"classes = {classes}\ntrain = train.txt\nvalid = valid.txt\n"

@@ -60,9 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _detect(args: argparse.Namespace) -> int:
     from slimyolo.infer.detect import run_detect
     from slimyolo.infer.mosaic import parse_grid
+    from slimyolo.progress import FrameRate
 
-    def show_fps(event: dict) -> None:
-        print(f"\r{event['frames']} frames, {event['fps']:.1f} FPS", end="", file=sys.stderr, flush=True)
+    def show_fps(event: FrameRate) -> None:
+        print(f"\r{event.frames} frames, {event.fps:.1f} FPS", end="", file=sys.stderr, flush=True)
 
     summary = run_detect(args.model, args.source, args.out, parse_grid(args.mosaic) if args.mosaic else 0,
                          args.show, progress=show_fps, device=args.device, hint=args.hint,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from slimyolo.errors import SlimYoloError
 from slimyolo.infer.engine import Detections, Engine
 from slimyolo.infer.mosaic import MosaicDetector
 from slimyolo.infer.sources import Frame, Source, SourceReader, open_sources
+from slimyolo.progress import FrameRate, Progress
 
 
 def class_color(c: int) -> tuple[int, int, int]:
@@ -107,7 +108,7 @@ def _check_show() -> None:
 
 
 def run_detect(model: str | Path, sources: list[str], out: Path | None = None, mosaic: int = 0,
-               show: bool = False, progress: Callable[[dict[str, Any]], None] | None = None,
+               show: bool = False, progress: Progress | None = None,
                **engine_args: Any) -> DetectSummary:
     """Detect over ``sources``; ``mosaic=k`` multiplexes up to k² sources through one k×k frame."""
     if not sources:
@@ -137,7 +138,7 @@ def run_detect(model: str | Path, sources: list[str], out: Path | None = None, m
                     boxes += len(dets)
                 now = time.monotonic()
                 if progress and now - last >= 0.5:
-                    progress({"stage": "detect", "frames": frames, "fps": frames / (now - start)})
+                    progress(FrameRate(frames, frames / (now - start)))
                     last = now
         finally:
             outputs.close()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from slimyolo.stages.runners import Progress, StageResult
+from slimyolo.progress import Progress
+from slimyolo.stages.runners import StageResult
 from slimyolo.stages.specs import Spec
 from slimyolo.store import Store
 

@@ -22,7 +22,8 @@ choice of both (``choices`` in ``sweep.json``).
 Evaluation is a parameter (any ``Darknet -> object with precision, recall, map50``), so the
 search is testable and the service can plug in its own; the CLI uses
 :func:`slimyolo.train.evaluate.evaluate` on the ``.data`` file's validation list. Each row goes
-to ``progress`` as ``{"stage": "sweep", "row": {...}}``; raising
+to ``progress`` as a :class:`~slimyolo.progress.SweepPoint`, the choice at the end as a
+:class:`~slimyolo.progress.SweepBest`; raising
 :class:`~slimyolo.errors.Cancelled` there stops the sweep before anything is written.
 """
 
@@ -45,6 +46,7 @@ from slimyolo import vocab
 from slimyolo.darknet.model import Darknet
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import atomic_dir
+from slimyolo.progress import Event, Progress, SweepBest, SweepPoint, SweepRow
 from slimyolo.prune.algorithms import check_args, choose_units, model_sparsity, prune_both, prune_layers
 from slimyolo.prune.report import GAP_WARN, SparsityReport
 from slimyolo.prune.result import PruneResult, check_out_dir, prepare_out_dir
@@ -58,25 +60,6 @@ class Metrics(Protocol):
 
 EvalFn = Callable[[Darknet], Metrics]
 FpsFn = Callable[[Darknet], float]
-Progress = Callable[[dict], None]
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    stage: str  # "baseline", "channel", "layer" or "both"
-    global_percent: float | None  # asked: the fraction of prunable channels to remove
-    shortcuts: int
-    precision: float
-    recall: float
-    map50: float
-    params: int
-    weights_bytes: int
-    bflops: float
-    latency_ms: float | None
-    within: bool  # mAP within the allowed drop of the baseline
-    removed_fraction: float | None = None  # removed: the fraction of prunable channels that went
-    activation_mb: float = 0.0
-    fps: float | None = None  # measured OpenVINO FPS (objective fps)
 
 
 def _key(objective: str) -> Callable[[SweepRow], tuple]:
@@ -360,7 +343,7 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
                        stats.weights_bytes, float(stats.bflops), lat, within, removed, stats.activation_mb, fps)
         rows.append(row)
         if progress is not None:
-            progress({"stage": "sweep", "row": asdict(row)})
+            progress(SweepPoint(row))
         return row
 
     from slimyolo.darknet.flops import model_stats
@@ -402,7 +385,7 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
     result = SweepResult(baseline, rows, best[0], max_map_drop, settings, note if latency_runs > 0 else "not measured",
                          objective, fps_note, getattr(measure_fps, "cpu", None), sparsity)
     if progress is not None:
-        progress({"stage": "sweep", "best": asdict(best[0]) if best[0] else None})
+        progress(SweepBest(best[0]))
     return result, best[1]
 
 
@@ -430,14 +413,14 @@ def run_sweep_command(args) -> int:
     def evaluate_model(m: Darknet) -> Metrics:
         return evaluate(m, data, img_size=args.img_size, batch_size=args.batch_size, max_images=args.max_images)
 
-    def show(event: dict) -> None:
-        row = event.get("row")
-        if row:
-            pct = "-" if row["global_percent"] is None else f"{row['global_percent']:.3f}"
-            removed = "" if row["removed_fraction"] is None else f" removed {row['removed_fraction']:.3f}"
-            fps = "" if row["fps"] is None else f" FPS {row['fps']:.1f}"
-            print(f"{row['stage']:<9} percent {pct:>6}{removed} units {row['shortcuts']:>3}: mAP@0.5 "
-                  f"{row['map50']:.4f} params {row['params']:,}{fps}", file=sys.stderr, flush=True)
+    def show(event: Event) -> None:
+        if isinstance(event, SweepPoint):
+            row = event.row
+            pct = "-" if row.global_percent is None else f"{row.global_percent:.3f}"
+            removed = "" if row.removed_fraction is None else f" removed {row.removed_fraction:.3f}"
+            fps = "" if row.fps is None else f" FPS {row.fps:.1f}"
+            print(f"{row.stage:<9} percent {pct:>6}{removed} units {row.shortcuts:>3}: mAP@0.5 "
+                  f"{row.map50:.4f} params {row.params:,}{fps}", file=sys.stderr, flush=True)
 
     result, best = sweep(model, evaluate_model, percents, units, args.max_map_drop, args.layer_keep, args.round_to,
                          latency_runs=args.latency_runs, progress=show, objective=args.objective, measure_fps=meter)

@@ -6,8 +6,10 @@ Training, sweeps and conversion take minutes to hours, longer than any RPC shoul
 and cancels it.
 
 The work is a function of one argument, ``progress``, exactly the contract of the core
-library's long functions: they call ``progress(dict)`` with small JSON-serialisable reports and
-stop when the callback raises :class:`slimyolo.errors.Cancelled`. That is how cancellation
+library's long functions: they call ``progress(event)`` with a typed event of
+:mod:`slimyolo.progress` and stop when the callback raises :class:`slimyolo.errors.Cancelled`.
+The job keeps the events as they are; they become JSON values (a ``Struct``, with their
+``type``) only where they leave as protobuf messages. That is how cancellation
 works here: CancelJob sets a flag, and the job's next progress report raises Cancelled inside
 it. A job's failure is kept as a gRPC status (:func:`slimyolo.rpc.status.status_of`), so an
 object-store outage reaches the client as UNAVAILABLE, and the client knows a retry may work.
@@ -35,14 +37,13 @@ from typing import Any
 import grpc
 
 from slimyolo.errors import Cancelled, NotFoundError, SlimYoloError, UnavailableError
+from slimyolo.progress import Event, Progress, event_to_dict
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 from slimyolo.rpc.messages import artifact_to_proto, dict_to_struct
 from slimyolo.rpc.status import status_of
 from slimyolo.store import Artifact
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[Mapping[str, Any]], None]
 
 
 class JobState(enum.IntEnum):
@@ -75,7 +76,7 @@ class JobEvent:
     seq: int
     time: float
     state: JobState
-    progress: Mapping[str, Any] | None = None
+    progress: Event | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class JobSnapshot:
     id: str
     kind: str
     state: JobState
-    progress: Mapping[str, Any] | None
+    progress: Event | None
     outcome: JobOutcome | None
     error: JobError | None
     create_time: float
@@ -104,7 +105,7 @@ class _Job:
         self.id, self.kind, self.fn = job_id, kind, fn
         self.cond = threading.Condition()
         self.state = JobState.QUEUED
-        self.progress: Mapping[str, Any] | None = None
+        self.progress: Event | None = None
         self.outcome: JobOutcome | None = None
         self.error: JobError | None = None
         self.create_time, self.start_time, self.end_time = time.time(), None, None
@@ -112,7 +113,7 @@ class _Job:
         self.seq = itertools.count()
         self.cancel_reason: JobError | None = None  # set by cancel(); read by the progress callback
 
-    def emit(self, state: JobState, progress: Mapping[str, Any] | None = None) -> None:
+    def emit(self, state: JobState, progress: Event | None = None) -> None:
         """Record an event (caller holds ``cond``) and wake the watchers."""
         self.state = state
         self.events.append(JobEvent(next(self.seq), time.time(), state, progress))
@@ -123,19 +124,19 @@ class _Job:
                            self.create_time, self.start_time, self.end_time)
 
 
-def _jsonable(update: Mapping[str, Any]) -> dict[str, Any]:
-    """A progress report as plain JSON values (NumPy/torch scalars and arrays become numbers and lists)."""
+def _jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A job's metrics as plain JSON values (NumPy/torch scalars and arrays become numbers and lists)."""
 
     def default(value: Any) -> Any:
         if hasattr(value, "tolist"):
             return value.tolist()
         if isinstance(value, Path):
             return str(value)
-        raise TypeError(f"progress value {value!r} ({type(value).__name__}) is not JSON-serialisable")
+        raise TypeError(f"metric value {value!r} ({type(value).__name__}) is not JSON-serialisable")
 
-    if not isinstance(update, Mapping):
-        raise TypeError(f"progress reports are dicts, got {type(update).__name__}")
-    return json.loads(json.dumps(dict(update), default=default))
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"a job's metrics are a dict, got {type(metrics).__name__}")
+    return json.loads(json.dumps(dict(metrics), default=default))
 
 
 class JobManager:
@@ -281,13 +282,13 @@ class JobManager:
             self._metrics.active.labels("queued").dec()
             self._metrics.active.labels("running").inc()
 
-        def progress(update: Mapping[str, Any]) -> None:
+        def progress(event: Event) -> None:
             if job.cancel_reason is not None:
                 raise Cancelled(job.cancel_reason.message)
-            data = _jsonable(update)
+            event_to_dict(event)  # a TypeError here, in the job, for what could not travel
             with job.cond:
-                job.progress = data
-                job.emit(JobState.RUNNING, data)
+                job.progress = event
+                job.emit(JobState.RUNNING, event)
 
         try:
             outcome = job.fn(progress)
@@ -356,14 +357,14 @@ def event_to_proto(event: JobEvent) -> common_pb2.JobEvent:
     msg = common_pb2.JobEvent(seq=event.seq, state=int(event.state))
     _timestamp(msg.time, event.time)
     if event.progress is not None:
-        msg.progress.CopyFrom(dict_to_struct(event.progress))
+        msg.progress.CopyFrom(dict_to_struct(event_to_dict(event.progress)))
     return msg
 
 
 def job_to_proto(job: JobSnapshot) -> common_pb2.Job:
     msg = common_pb2.Job(id=job.id, kind=job.kind, state=int(job.state))
     if job.progress is not None:
-        msg.progress.CopyFrom(dict_to_struct(job.progress))
+        msg.progress.CopyFrom(dict_to_struct(event_to_dict(job.progress)))
     if job.outcome is not None:
         for role, artifact in job.outcome.artifacts.items():
             msg.result.artifacts[role].CopyFrom(artifact_to_proto(artifact))

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from slimyolo.errors import SlimYoloError
+from slimyolo.progress import Progress, event_from_dict
 from slimyolo.stages.routing import ROUTES
-from slimyolo.stages.runners import Progress, StageResult
+from slimyolo.stages.runners import StageResult
 from slimyolo.stages.specs import Spec
 
 
@@ -64,8 +65,8 @@ class RemoteRunner:
             raise remote_error(exc) from exc
 
         def on_event(event: Any) -> None:
-            if event.HasField("progress"):
-                progress(struct_to_dict(event.progress))
+            if event.HasField("progress"):  # the same typed event as the runner reported in the service
+                progress(event_from_dict(struct_to_dict(event.progress)))
 
         try:
             final = follow_job(self.channel(service), job.id, on_event)

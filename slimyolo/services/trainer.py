@@ -8,12 +8,11 @@ environment. Training progress also feeds the ``slimyolo_train_*`` gauges on ``/
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
-from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from slimyolo.progress import Event, TrainEpoch, TrainStep
 from slimyolo.rpc.gen.v1 import trainer_pb2, trainer_pb2_grpc
 from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
@@ -46,26 +45,27 @@ class TrainMetrics:
         self.epochs_done = Counter("slimyolo_train_epochs_completed_total", "Training epochs completed.", ["stage"],
                                    registry=registry)
 
-    def observe(self, event: Mapping[str, Any]) -> None:
+    def observe(self, event: Event) -> None:
         """Update the gauges from one progress event of the trainer (others are ignored)."""
-        kind, stage = event.get("event"), str(event.get("stage", "train"))
-        if kind == "step":
-            for component, value in event["losses"].items():
+        if isinstance(event, TrainStep):
+            stage = event.stage
+            for component, value in event.losses.items():
                 self.loss.labels(stage, component).set(value)
-            self.images.labels(stage).set(event["images_per_s"])
-            self.lr.labels(stage).set(event["lr"])
-            self.epochs.labels(stage).set(event["epochs"])
-        elif kind == "epoch":
-            self.epoch.labels(stage).set(event["epoch"])
+            self.images.labels(stage).set(event.images_per_s)
+            self.lr.labels(stage).set(event.lr)
+            self.epochs.labels(stage).set(event.epochs)
+        elif isinstance(event, TrainEpoch):
+            stage = event.stage
+            self.epoch.labels(stage).set(event.epoch)
             self.epochs_done.labels(stage).inc()
             for component in LOSSES:
-                self.loss.labels(stage, component).set(event[component])
-            self.images.labels(stage).set(event["images_per_s"])
-            self.gamma.labels(stage).set(event["gamma_below_0.01"])
-            if event["map50"] != "":  # "" when this epoch was not evaluated
-                self.map50.labels(stage).set(event["map50"])
-                self.precision.labels(stage).set(event["precision"])
-                self.recall.labels(stage).set(event["recall"])
+                self.loss.labels(stage, component).set(getattr(event, component))
+            self.images.labels(stage).set(event.images_per_s)
+            self.gamma.labels(stage).set(event.gamma_below_001)
+            if event.evaluated:
+                self.map50.labels(stage).set(event.map50)
+                self.precision.labels(stage).set(event.precision)
+                self.recall.labels(stage).set(event.recall)
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):

@@ -1,15 +1,16 @@
-"""Progress of any stage on the terminal: the trainer's own lines, sweep rows, conversion steps.
+"""Progress of any stage on the terminal: the trainer's own lines, sweep rows, conversion and prune steps.
 
-The same events arrive from a runner in this process and from a remote job's WatchJob stream
-(as JSON values), so ``slimyolo stage`` and ``slimyolo pipeline run`` (local or ``--remote``) print
-the same lines.
+The same events (:mod:`slimyolo.progress`) arrive from a runner in this process and from a remote
+job's WatchJob stream (rebuilt from their JSON form), so ``slimyolo stage`` and ``slimyolo pipeline
+run`` (local or ``--remote``) print the same lines.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TextIO
+
+from slimyolo.progress import Event, StageStep, SweepBest, SweepPoint, TrainEpoch, TrainStep
 
 
 class StageConsole:
@@ -22,24 +23,22 @@ class StageConsole:
         # The trainer's renderer: a tqdm bar per epoch on a terminal, one line per finished epoch.
         self._train = _Console(quiet=not (stream.isatty() if bars is None else bars))
 
-    def __call__(self, event: Mapping[str, Any]) -> None:
-        if event.get("event") in ("step", "epoch"):
-            self._train(dict(event))
-            return
-        stage = event.get("stage")
-        if stage == "sweep" and "row" in event:
-            row = event["row"]
-            pct = "-" if row["global_percent"] is None else f"{row['global_percent']:.3f}"
-            self._print(f"sweep {row['stage']:<9} percent {pct:>6} units {row['shortcuts']:>3}: "
-                        f"mAP@0.5 {row['map50']:.4f}  params {row['params']:,}" + ("" if row["within"] else "  (out)"))
-        elif stage == "sweep" and "best" in event:
-            best = event["best"]
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, TrainStep | TrainEpoch):
+            self._train(event)
+        elif isinstance(event, SweepPoint):
+            row = event.row
+            pct = "-" if row.global_percent is None else f"{row.global_percent:.3f}"
+            self._print(f"sweep {row.stage:<9} percent {pct:>6} units {row.shortcuts:>3}: "
+                        f"mAP@0.5 {row.map50:.4f}  params {row.params:,}" + ("" if row.within else "  (out)"))
+        elif isinstance(event, SweepBest):
+            best = event.row
             self._print("sweep: no point within the allowed mAP drop" if best is None else
-                        f"sweep best: {best['stage']} percent {best['global_percent']} units {best['shortcuts']}: "
-                        f"mAP@0.5 {best['map50']:.4f}, params {best['params']:,}")
-        elif stage in ("convert", "prune") and "step" in event:
-            extra = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("stage", "step"))
-            self._print(f"{stage}: {event['step']}" + (f" ({extra})" if extra else ""))
+                        f"sweep best: {best.stage} percent {best.global_percent} units {best.shortcuts}: "
+                        f"mAP@0.5 {best.map50:.4f}, params {best.params:,}")
+        elif isinstance(event, StageStep):
+            extra = ", ".join(f"{k} {v}" for k, v in event.details.items())
+            self._print(f"{event.stage}: {event.step}" + (f" ({extra})" if extra else ""))
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream, flush=True)

@@ -3,7 +3,8 @@
 One function per stage, ``run_<stage>(store, spec, progress) -> StageResult``. The servicers
 run them inside a job, ``slimyolo stage`` runs them as a batch Job, the pipeline runs them in
 process; all three get the same files, numbers and errors. ``progress`` receives the core
-function's own events (training steps and epochs, sweep rows, conversion steps); raising
+function's own events (:mod:`slimyolo.progress`: training steps and epochs, sweep rows,
+conversion and prune steps, evaluation counts); raising
 :class:`~slimyolo.errors.Cancelled` there stops the run, and nothing is published.
 
 The training stage is DDP-aware (``torchrun ... -m slimyolo stage train``): every rank fetches
@@ -20,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from slimyolo.errors import SlimYoloError
+from slimyolo.progress import Progress, StageStep
 from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, Spec, SweepSpec, TrainSpec
 from slimyolo.stages.workspace import Workspace, check_new_tree
 from slimyolo.store import Artifact, Store, validate_key
-
-Progress = Callable[[Mapping[str, Any]], None]
 
 # Output files of each stage, by the role the result names them with.
 TRAIN_ROLES = {"cfg": "model.cfg", "weights": "best.weights", "checkpoint": "best.pt", "last": "last.pt",
@@ -147,13 +147,13 @@ def run_prune(store: Store, spec: PruneSpec, progress: Progress | None = None) -
 
         def measure(m: Any, when: str) -> dict[str, Any]:
             if progress is not None:
-                progress({"stage": "prune", "step": f"evaluate {when}"})
+                progress(StageStep("prune", f"evaluate {when}"))
             r = evaluate(m, data, spec.img_size, spec.batch_size, max_images=spec.max_images)
             return {"precision": r.precision, "recall": r.recall, "map50": r.map50, "f1": r.f1}
 
         before = measure(model, "before") if data is not None else None
         if progress is not None:
-            progress({"stage": "prune", "step": spec.method})
+            progress(StageStep("prune", spec.method))
         if spec.method == "channel":
             result = prune_channels(model, spec.global_percent, spec.layer_keep, spec.round_to)
         elif spec.method == "layer":
@@ -243,7 +243,7 @@ def evaluate_ir(model_dir: Path, data: Path, progress: Progress | None = None) -
     from slimyolo.train.evaluate import evaluate_predictor
 
     if progress is not None:
-        progress({"stage": "convert", "step": "evaluate"})
+        progress(StageStep("convert", "evaluate"))
     engine = Engine(model_dir)
     result = evaluate_predictor(engine.infer, engine.meta.heads, data, engine.input_size, progress=progress)
     return {k: v for k, v in result.as_dict().items() if k != "per_class"}
@@ -257,7 +257,7 @@ def bench_ir(model_dir: Path, seconds: float, progress: Progress | None = None,
     from slimyolo.infer.bench import run_bench
 
     if progress is not None:
-        progress({"stage": "convert", "step": "bench", "seconds": seconds})
+        progress(StageStep("convert", "bench", {"seconds": seconds}))
     result = run_bench(model_dir, hint="throughput", seconds=seconds, precision=None if precision == "default"
                        else precision)
     return {"fps": result["fps"], "latency_ms": result["latency_ms"], "infer_fps": result["infer"]["fps"],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slimyolo.errors import SlimYoloError
+from slimyolo.progress import Event, TrainEpoch, TrainStep
 
 # flag → TrainConfig field, for the flags whose value is copied as it is
 _VALUE_FLAGS = ("cfg", "data", "weights", "out", "epochs", "batch_size", "img_size", "optimizer", "lr0", "schedule",
@@ -105,31 +106,29 @@ class _Console:
         self.quiet = quiet
         self.bar: Any = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         from tqdm import tqdm
 
-        if event.get("event") == "step" and not self.quiet:
+        if isinstance(event, TrainStep) and not self.quiet:
             if self.bar is None:
-                self.bar = tqdm(total=event["steps"], desc=f"{event['stage']} {event['epoch']}/{event['epochs']}",
+                self.bar = tqdm(total=event.steps, desc=f"{event.stage} {event.epoch}/{event.epochs}",
                                 file=sys.stderr, leave=False, dynamic_ncols=True)
-            losses = event["losses"]
-            self.bar.set_postfix_str(" ".join(f"{k} {v:.4f}" for k, v in losses.items() if v)
-                                     + f" lr {event['lr']:.2e} {event['images_per_s']:.1f} img/s", refresh=False)
+            self.bar.set_postfix_str(" ".join(f"{k} {v:.4f}" for k, v in event.losses.items() if v)
+                                     + f" lr {event.lr:.2e} {event.images_per_s:.1f} img/s", refresh=False)
             self.bar.update(1)
-        elif event.get("event") == "epoch":
+        elif isinstance(event, TrainEpoch):
             if self.bar is not None:
                 self.bar.close()
                 self.bar = None
-            metrics = ("" if event["map50"] == "" else
-                       f"P {event['precision']:.3f} R {event['recall']:.3f} mAP@0.5 {event['map50']:.3f} "
-                       f"F1 {event['f1']:.3f}  ")
-            line = (f"{event['stage']} epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.4f} "
-                    f"(box {event['box']:.4f} obj {event['obj']:.4f} cls {event['cls']:.4f}"
-                    + (f" distill {event['distill']:.4f}" if event["distill"] else "") + f")  {metrics}"
-                    f"|γ|<0.01 {100 * event['gamma_below_0.01']:.1f}%  {event['images_per_s']:.1f} img/s  "
-                    f"{event['time_s']:.0f} s")
-            if event["bad_images"] or event["bad_label_lines"]:
-                line += f"  [{event['bad_images']} unreadable images, {event['bad_label_lines']} bad label lines]"
+            metrics = ("" if not event.evaluated else
+                       f"P {event.precision:.3f} R {event.recall:.3f} mAP@0.5 {event.map50:.3f} F1 {event.f1:.3f}  ")
+            line = (f"{event.stage} epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f} "
+                    f"(box {event.box:.4f} obj {event.obj:.4f} cls {event.cls:.4f}"
+                    + (f" distill {event.distill:.4f}" if event.distill else "") + f")  {metrics}"
+                    f"|γ|<0.01 {100 * event.gamma_below_001:.1f}%  {event.images_per_s:.1f} img/s  "
+                    f"{event.time_s:.0f} s")
+            if event.bad_images or event.bad_label_lines:
+                line += f"  [{event.bad_images} unreadable images, {event.bad_label_lines} bad label lines]"
             print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:

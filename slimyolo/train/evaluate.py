@@ -32,6 +32,7 @@ from slimyolo.data.dataset import DataSpec, LabelReport, load_image, read_data_f
 from slimyolo.data.letterbox import letterbox
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer.decode import box_iou, detect
+from slimyolo.progress import Count, Progress
 
 if TYPE_CHECKING:
     from slimyolo.darknet.model import Darknet
@@ -162,14 +163,14 @@ def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], he
                        data: DataSpec | str | Path, img_size: int | tuple[int, int], batch_size: int = 8,
                        conf_thres: float = 0.001, iou_thres: float = 0.6, split: str = "valid",
                        max_images: int | None = None,
-                       progress: Callable[[dict], None] | None = None) -> EvalResult:
+                       progress: Progress | None = None) -> EvalResult:
     """Evaluate any runtime on a split of a data set.
 
     ``predict`` maps a float32 NCHW RGB batch in [0, 1], letterboxed to ``img_size`` (int or
     (height, width)), to the raw heads (one NCHW array per head, in ``heads`` order).
     Unreadable images are skipped with a warning and listed in ``skipped_images``; malformed
-    label lines are skipped with a warning. ``progress`` gets ``{"stage": "eval", "done",
-    "total"}`` after each batch (raise :class:`~slimyolo.errors.Cancelled` there to stop).
+    label lines are skipped with a warning. ``progress`` gets a :class:`~slimyolo.progress.Count`
+    of stage ``eval`` after each batch (raise :class:`~slimyolo.errors.Cancelled` there to stop).
     """
     spec = _as_spec(data)
     h, w = _hw(img_size)
@@ -205,7 +206,7 @@ def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], he
                 detections.append(det)
             targets.extend(batch_targets)
         if progress is not None:
-            progress({"stage": "eval", "done": min(start + batch_size, len(images)), "total": len(images)})
+            progress(Count("eval", min(start + batch_size, len(images)), len(images)))
     if report.bad_lines:
         log.warning("%s: %s", spec.path, report.summary())
     result = evaluate_detections(detections, targets, spec.classes, spec.names)
@@ -215,7 +216,7 @@ def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], he
 
 def evaluate(model: Darknet, data: DataSpec | str | Path, img_size: int | tuple[int, int] | None = None,
              batch_size: int = 8, conf_thres: float = 0.001, iou_thres: float = 0.6, split: str = "valid",
-             max_images: int | None = None, progress: Callable[[dict], None] | None = None) -> EvalResult:
+             max_images: int | None = None, progress: Progress | None = None) -> EvalResult:
     """Evaluate a PyTorch model (see :func:`evaluate_predictor`); ``img_size`` defaults to the cfg's."""
     import torch
 

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from slimyolo.data.dataset import DataSpec, read_data_file
 from slimyolo.data.loader import YoloDataset
 from slimyolo.errors import NotFoundError, SlimYoloError, WeightsError
 from slimyolo.fsutil import atomic_write_text
+from slimyolo.progress import ClassMetrics, Event, Progress, TrainEpoch, TrainStep
 from slimyolo.train.config import TrainConfig
 from slimyolo.train.ema import ModelEMA
 from slimyolo.train.evaluate import EvalResult, evaluate
@@ -179,12 +179,26 @@ def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _emit(progress: Callable[[dict], None] | None, event: dict[str, Any]) -> None:
+def _emit(progress: Progress | None, event: Event) -> None:
     if progress is not None:
         progress(event)
 
 
-def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *,
+def _epoch_event(row: dict[str, Any], epochs: int, result: EvalResult | None, bad_images: int,
+                 bad_label_lines: int) -> TrainEpoch:
+    """The progress event of an epoch's ``results.csv`` row (whose evaluation columns are "" when not evaluated)."""
+    evaluation: dict[str, Any] = {}
+    if result is not None:
+        evaluation = {"precision": result.precision, "recall": result.recall, "map50": result.map50, "f1": result.f1,
+                      "per_class": tuple(ClassMetrics(c["class"], c["name"], c["targets"], c["precision"],
+                                                      c["recall"], c["ap50"], c["f1"]) for c in result.per_class)}
+    return TrainEpoch(stage=row["stage"], epoch=row["epoch"], epochs=epochs, lr=row["lr"], box=row["box"],
+                      obj=row["obj"], cls=row["cls"], distill=row["distill"], loss=row["loss"],
+                      gamma_below_001=row["gamma_below_0.01"], s=row["s"], images_per_s=row["images_per_s"],
+                      time_s=row["time_s"], bad_images=bad_images, bad_label_lines=bad_label_lines, **evaluation)
+
+
+def train(config: TrainConfig, progress: Progress | None = None, *,
           resume: bool = False) -> TrainResult:
     """Train (base, sparsity or fine-tuning, as ``config`` says) and return what the run wrote.
 
@@ -203,9 +217,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *
     - with ``save_weights``: ``best.weights`` in darknet's layout.
 
     Every file is written atomically, so killing the process at any moment leaves the previous
-    epoch's files intact. ``progress`` receives ``{"stage", "event": "step", "epoch",
-    "epochs", "step", "steps", "losses", "lr", "images_per_s"}`` per step and ``{"event":
-    "epoch", ...metrics}`` per epoch (rank 0 only); raising
+    epoch's files intact. ``progress`` receives a :class:`~slimyolo.progress.TrainStep` per
+    step and a :class:`~slimyolo.progress.TrainEpoch` per epoch (rank 0 only); raising
     :class:`~slimyolo.errors.Cancelled` from it stops the run after the last complete epoch,
     which :func:`resume` can continue. ``resume=True`` continues ``config.out`` from its
     ``last.pt``; otherwise ``config.out`` must not already hold a run.
@@ -324,10 +337,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *
                     sums[k] += items.get(k, 0.0)
                 images_per_s = seen / max(time.monotonic() - epoch_start, 1e-9)
                 if ddp.main:
-                    _emit(progress, {"stage": stage, "event": "step", "epoch": epoch + 1, "epochs": config.epochs,
-                                     "step": step + 1, "steps": steps,
-                                     "losses": {k: v / (step + 1) for k, v in sums.items()}, "lr": lr,
-                                     "images_per_s": round(images_per_s, 2)})
+                    _emit(progress, TrainStep(stage, epoch + 1, config.epochs, step + 1, steps,
+                                              {k: v / (step + 1) for k, v in sums.items()}, lr,
+                                              round(images_per_s, 2)))
             train_time = time.monotonic() - epoch_start
             images_per_s = seen / max(train_time, 1e-9)
             final_model = ema.ema if ema else model
@@ -353,12 +365,11 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *
                     save_checkpoint(final_model, best_path, epoch=epoch + 1, map50=fitness)
                 _write_results(run_dir / RESULTS_FILE, rows)
                 _log_epoch(writer, row, gammas, epoch)
-                bad = {"bad_images": len(bad_images), "bad_label_lines": len(dataset.labels_report.bad_lines)}
                 if bad_images:
                     log.warning("epoch %d: %d unreadable images were replaced: %s", epoch + 1, len(bad_images),
                                 ", ".join(sorted(bad_images)[:5]))
-                _emit(progress, {"event": "epoch", "epochs": config.epochs, **row,
-                                 "per_class": metrics.get("per_class", []), **bad})
+                _emit(progress, _epoch_event(row, config.epochs, result, len(bad_images),
+                                             len(dataset.labels_report.bad_lines)))
             ddp.barrier()
         if ddp.main and sparsity:
             plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_end.png", "after sparsity training")
@@ -376,7 +387,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None, *
                        elapsed_s=time.monotonic() - started)
 
 
-def resume(run_dir: str | Path, progress: Callable[[dict], None] | None = None) -> TrainResult:
+def resume(run_dir: str | Path, progress: Progress | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` with its saved config, from the end of its last complete epoch."""
     run_dir = Path(run_dir)
     cfg_file = run_dir / CONFIG_FILE
