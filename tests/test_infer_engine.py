@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -79,6 +80,25 @@ def test_ir_detections_equal_pytorch(irs, images, trained_mini):
         assert np.array_equal(ours[:, 5], ref[:, 5])
         total += len(ours)
     assert total >= len(images)  # a trained model finds objects on its validation images
+
+
+def test_completions_run_on_a_python_thread_the_interpreter_joins(irs, images):
+    """No Python runs on OpenVINO's threads: a completion handled there could still need the
+    GIL while the interpreter finalizes, and the process aborted after its work was done
+    ("terminate called without an active exception", 2 % of short scripts). Completions run on
+    the engine's own non-daemon thread, which the interpreter joins before it finalizes."""
+    threads: list[threading.Thread] = []
+    engine = Engine(irs[0], hint="throughput", on_infer=lambda _: threads.append(threading.current_thread()))
+    tensor, _ = engine.prepare(images[0])
+    futures = [engine.submit(tensor) for _ in range(3 * engine.num_requests)]
+    engine.wait()
+    assert all(f.done() for f in futures)
+    assert len(threads) == len(futures)
+    assert {type(t) for t in threads} == {threading.Thread}  # not threading._DummyThread: a foreign thread
+    assert not any(t.daemon for t in threads)
+    threads[-1].join(timeout=5)  # idle, the collector ends (it lingers a moment for the next frame)
+    assert not threads[-1].is_alive()
+    assert len(engine.detect(images[0])) == len(engine.detect(images[0]))  # and starts again on demand
 
 
 def test_pipelined_stream_keeps_order_and_results(irs, images):

@@ -1,16 +1,24 @@
 """The OpenVINO engine: compile an IR, feed it frames, return boxes in original-image pixels.
 
 Everything the engine needs comes from the IR's metadata (:mod:`slimyolo.infer.meta`): input
-layout and type, letterbox convention, heads, class names. Frames are pipelined through an
-``AsyncInferQueue``: the calling thread letterboxes frame *k+1* and decodes frame *k−1* while
-OpenVINO runs frame *k*, and the OpenVINO callback only copies the output tensors, so the
-Python work never sits inside the inference path's critical section. ``submit`` is safe to
-call from many threads (the gRPC service does), each caller decoding its own result.
+layout and type, letterbox convention, heads, class names. Frames are pipelined through a pool
+of asynchronous infer requests: the calling thread letterboxes frame *k+1* and decodes frame
+*k−1* while OpenVINO runs frame *k*. ``submit`` is safe to call from many threads (the gRPC
+service does), each caller decoding its own result.
+
+Completions are collected by a Python thread of the engine's own, not by an OpenVINO callback:
+a callback runs Python on OpenVINO's C++ threads, and one of them that still needs the GIL when
+the interpreter finalizes (pybind11 takes it again to drop its reference to the Python function)
+is stopped while unwinding C++ frames, and the process aborts with "terminate called without
+an active exception" after its work is done (2 % of short scripts on a 2-core machine). The
+collector is not a daemon thread, so the interpreter joins it before it finalizes; it exits
+as soon as no request is running.
 """
 
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -27,6 +35,7 @@ from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.infer.decode import decode, postprocess
 from slimyolo.infer.meta import ModelMeta, read_meta
 
+COLLECTOR_LINGER = 0.05  # seconds; also the longest an idle engine delays the interpreter's exit
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
 
 
@@ -117,9 +126,13 @@ class Engine:
         self._on_infer = on_infer
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
         self.num_requests = num_requests or int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._queue = ov.AsyncInferQueue(self.compiled, self.num_requests)
-        self._queue.set_callback(self._on_done)
-        self._submit_lock = threading.Lock()
+        self._idle_requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(self.num_requests):
+            self._idle_requests.put(self.compiled.create_infer_request())
+        self._running: collections.deque[tuple[Any, Future]] = collections.deque()
+        self._unresolved = 0  # submitted, future not yet resolved
+        self._running_lock = threading.Condition()
+        self._collector: threading.Thread | None = None
         self._sync_request = self.compiled.create_infer_request()
         self._sync_lock = threading.Lock()
 
@@ -177,20 +190,51 @@ class Engine:
             self._sync_request.infer({0: tensor})
             return [self._sync_request.get_output_tensor(i).data.copy() for i in self._out_index]
 
-    def _on_done(self, request: Any, future: Future) -> None:
-        if self._on_infer is not None:
-            self._on_infer(request.latency / 1000.0)
-        try:
-            future.set_result([request.get_output_tensor(i).data.copy() for i in self._out_index])
-        except Exception as exc:  # surfaced to the waiting caller, never lost in OpenVINO's thread
-            future.set_exception(exc)
-
     def submit(self, tensor: np.ndarray) -> Future:
-        """Start asynchronous inference; the future resolves to the raw heads."""
+        """Start asynchronous inference; the future resolves to the raw heads.
+
+        Blocks while all ``num_requests`` requests run. The future is resolved, and its done
+        callbacks run, on the engine's collector thread.
+        """
+        request = self._idle_requests.get()
         future: Future = Future()
-        with self._submit_lock:
-            self._queue.start_async({0: tensor}, future)
+        try:
+            request.start_async({0: tensor})
+        except BaseException:
+            self._idle_requests.put(request)
+            raise
+        with self._running_lock:
+            self._running.append((request, future))
+            self._unresolved += 1
+            self._running_lock.notify_all()
+            if self._collector is None:
+                self._collector = threading.Thread(target=self._collect, name=f"engine-{self.path.parent.name}",
+                                                   daemon=False)
+                self._collector.start()
         return future
+
+    def _collect(self) -> None:
+        """Resolve the futures of the running requests in submission order; exit when none has
+        run for ``COLLECTOR_LINGER`` seconds (a thread start per frame would cost more than a
+        small model's inference)."""
+        while True:
+            with self._running_lock:
+                if not self._running and not self._running_lock.wait_for(lambda: self._running, COLLECTOR_LINGER):
+                    self._collector = None
+                    return
+                request, future = self._running.popleft()
+            try:
+                request.wait()
+                if self._on_infer is not None:
+                    self._on_infer(request.latency / 1000.0)
+                future.set_result([request.get_output_tensor(i).data.copy() for i in self._out_index])
+            except Exception as exc:  # surfaced to the waiting caller, never lost in this thread
+                future.set_exception(exc)
+            finally:
+                self._idle_requests.put(request)
+                with self._running_lock:
+                    self._unresolved -= 1
+                    self._running_lock.notify_all()
 
     def detect(self, image: np.ndarray) -> Detections:
         """One frame end to end (thread-safe; concurrent callers share the request pool)."""
@@ -211,4 +255,6 @@ class Engine:
             yield self.postprocess(future.result(), old_lb)
 
     def wait(self) -> None:
-        self._queue.wait_all()
+        """Return once every request submitted so far has finished and its future is resolved."""
+        with self._running_lock:
+            self._running_lock.wait_for(lambda: self._unresolved == 0)
