@@ -140,6 +140,27 @@ def pipeline_run(cluster, tmp_path_factory):
     return proc, json.loads((run_dir / "results.json").read_text()), json.loads((run_dir / "stages.json").read_text())
 
 
+def test_the_pipeline_in_process_prunes_byte_for_byte_what_it_prunes_through_the_services(pipeline_run, cluster,
+                                                                                          tmp_path):
+    """The same config, seeded and on one training thread, in this process over a local store: the same networks."""
+    _, _, remote = pipeline_run
+    (tmp_path / "mini.cfg").write_text(MINI_CFG)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "model": str(tmp_path / "mini.cfg"), "out": str(tmp_path / "runs")}))
+    env = {k: v for k, v in cluster.env.items() if not k.startswith("SLIMYOLO_S3")}
+    env["SLIMYOLO_STORE"] = str(tmp_path / "store")
+    proc = subprocess.run([sys.executable, "-m", "slimyolo", "pipeline", "run", str(config)], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    local = json.loads((run_dir / "stages.json").read_text())
+    assert local["sweep"]["metrics"]["best"] == remote["sweep"]["metrics"]["best"]
+    for step, roles in (("base", ("cfg", "weights")), ("sparse", ("weights",)), ("prune", ("cfg", "weights")),
+                        ("finetune", ("weights",))):
+        for role in roles:
+            assert local[step]["artifacts"][role]["sha256"] == remote[step]["artifacts"][role]["sha256"], (step, role)
+
+
 def test_the_pipeline_runs_through_the_services_and_ends_with_a_served_model(pipeline_run, cluster):
     proc, results, stages = pipeline_run
     assert "== [2/15] base training ==" in proc.stderr
