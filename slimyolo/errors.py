@@ -38,6 +38,10 @@ class NotFoundError(SlimYoloError):
     """Something the user named (a file, a model, a job, an object) does not exist."""
 
 
+class FailedPrecondition(SlimYoloError):
+    """The request is valid but the state it meets forbids it (a different spec for an existing ``out``)."""
+
+
 class UnavailableError(SlimYoloError):
     """A dependency (object storage, a service) is down; retrying later may succeed."""
 

@@ -191,6 +191,10 @@ class Store(abc.ABC):
     def _list(self, prefix: str) -> dict[str, int]:
         """Size of every object whose key starts with ``prefix`` (a key followed by ``/``, or "" for all)."""
 
+    @abc.abstractmethod
+    def _delete(self, key: str) -> None:
+        """Remove the object at ``key``; nothing when there is none."""
+
     # -- the interface ------------------------------------------------------------------------
 
     def uri_of(self, key: str) -> str:
@@ -225,6 +229,14 @@ class Store(abc.ABC):
         sha, size = hash_file(path)
         self._upload(key, path)
         return Artifact(self.uri_of(key), sha, size)
+
+    def get(self, key: str, dest: str | Path) -> Path:
+        """Download the object at a named key (:meth:`put`) to ``dest``; NotFoundError when there is none."""
+        validate_key(key)
+        dest = Path(dest)
+        with atomic_path(dest) as tmp:
+            self._download(key, tmp)
+        return dest
 
     def fetch(self, ref: Artifact, dest: str | Path, field: str = "artifact") -> Path:
         """Download ``ref`` to ``dest``, verified against its sha256 and size.
@@ -319,6 +331,15 @@ class Store(abc.ABC):
                 return prefix, "/".join(parts[n:])
         return None
 
+    def delete_tree(self, prefix: str) -> None:
+        """Remove the complete tree at ``prefix``: its ``SHA256SUMS`` first, so that from that moment
+        on it is an incomplete tree that no reader uses, then its files (only those; nested trees
+        stay). For trees whose life ends, such as a stage's superseded checkpoints."""
+        files = self._manifest(validate_key(prefix, "prefix"))
+        self._delete(_join(prefix, MANIFEST))
+        for rel in files:
+            self._delete(_join(prefix, rel))
+
     def list_keys(self, prefix: str = "") -> list[str]:
         """Keys under ``prefix`` (every key when empty), sorted."""
         return sorted(self._list(validate_key(prefix, "prefix") + "/" if prefix else ""))
@@ -380,6 +401,9 @@ class LocalStore(Store):
     def _size(self, key: str) -> int | None:
         path = self._path(key)
         return path.stat().st_size if path.is_file() else None
+
+    def _delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
     def _list(self, prefix: str) -> dict[str, int]:
         base = self._path(prefix) if prefix else self.root
@@ -490,6 +514,9 @@ class S3Store(Store):
                 raise
 
         return self._call("stat", self.uri_of(key), attempt)
+
+    def _delete(self, key: str) -> None:
+        self._call("delete", self.uri_of(key), lambda: self._client.remove_object(self.bucket, self._name(key)))
 
     def _list(self, prefix: str) -> dict[str, int]:
         def attempt() -> dict[str, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimyolo.errors import NotFoundError, SlimYoloError
+from slimyolo.errors import FailedPrecondition, NotFoundError, SlimYoloError
 from slimyolo.progress import StageStep
 from slimyolo.rpc.gen.v1 import pruner_pb2
 from slimyolo.rpc.messages import dict_to_struct
@@ -270,7 +270,15 @@ def test_prune_and_eval_stages_on_the_trained_model(mini_store, trained_mini):
     assert evaluated.metrics["map50"] == pytest.approx(pruned.metrics["eval_after"]["map50"], abs=1e-6)
     assert evaluated.metrics["model"]["params"] == pruned.metrics["after"]["params"]
     assert not evaluated.artifacts
-    with pytest.raises(SlimYoloError, match="runs/pruned already holds a complete tree"):
+    again: list = []  # the same spec again: the published result, without work
+    assert run_prune(store, PruneSpec.from_dict({"cfg": "inputs/mini.cfg", "weights": "inputs/best.pt",
+                                                 "out": "runs/pruned", "global_percent": 0.5,
+                                                 "data": "inputs/synth"}), again.append) == pruned
+    assert [e.step for e in again] == ["finished already"]
+    with pytest.raises(FailedPrecondition, match=r"runs/pruned holds a complete tree of another prune spec "
+                                                 r"\(differs in cfg: \"inputs/mini.cfg\" → \(not set\); "
+                                                 r"data: {\"tree\": \"inputs/synth\"} → \(not set\); "
+                                                 r"global_percent: 0.5 → 0.6\)"):
         run_prune(store, PruneSpec.from_dict({"weights": "inputs/best.pt", "out": "runs/pruned",
                                               "global_percent": 0.6}))
 
@@ -318,7 +326,15 @@ def test_convert_stage_publishes_a_model_version_with_its_figures(mini_store):
     assert StageStep("convert", "bench", {"seconds": 0.3}) in events
     second = run_stage(mini_store, dataclasses.replace(spec, evaluate=False, bench_seconds=0.0, precision="fp32"))
     assert second.metrics["version"] == "2" and "bench" not in second.metrics
+    events.clear()  # a retried conversion of the same spec: the version it published, not a third one
+    assert run_stage(mini_store, spec, events.append) == first
+    assert [e.step for e in events] == ["finished already"]
     assert mini_store.list_trees("repo") == ["repo/mini/1", "repo/mini/2"]
+    with pytest.raises(FailedPrecondition, match=r"version: .*/repo/mini/2 holds a complete tree of another convert "
+                                                 r"spec \(differs in bench_seconds: 0.0 → 0.3; evaluate: false → true; "
+                                                 r"precision: \"fp32\" → \"int8\"; version: "
+                                                 r"\(not set\) → \"2\"\)"):
+        run_stage(mini_store, dataclasses.replace(spec, version="2"))
 
 
 def test_torchrun_train_stage(mini_store, tmp_path):

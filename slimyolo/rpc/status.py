@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import grpc
 
-from slimyolo.errors import Cancelled, NotFoundError, ResourceExhausted, SlimYoloError, UnavailableError
+from slimyolo.errors import (
+    Cancelled,
+    FailedPrecondition,
+    NotFoundError,
+    ResourceExhausted,
+    SlimYoloError,
+    UnavailableError,
+)
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -26,6 +33,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, Cancelled):
         return grpc.StatusCode.CANCELLED, str(exc) or "cancelled"
+    if isinstance(exc, FailedPrecondition):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, SlimYoloError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); the server log has the traceback"
@@ -43,7 +52,8 @@ def error_for(code: grpc.StatusCode, message: str) -> SlimYoloError:
     """The SlimYOLO error a status stands for (the inverse of :func:`status_of`)."""
     kind = {grpc.StatusCode.NOT_FOUND: NotFoundError, grpc.StatusCode.UNAVAILABLE: UnavailableError,
             grpc.StatusCode.CANCELLED: Cancelled, grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
-            grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted}.get(code, SlimYoloError)
+            grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+            grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition}.get(code, SlimYoloError)
     if kind is SlimYoloError and code != grpc.StatusCode.INVALID_ARGUMENT:
         message = f"{code.name}: {message}"
     return kind(message)

@@ -22,8 +22,9 @@ from typing import Any
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.progress import Progress, StageStep
+from slimyolo.stages.durable import STAGE_FILE, Checkpoints, finished, read_stage_file, spec_digest, write_stage_file
 from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, Spec, SweepSpec, TrainSpec
-from slimyolo.stages.workspace import Workspace, check_new_tree
+from slimyolo.stages.workspace import Workspace
 from slimyolo.store import Artifact, Store, validate_key
 
 # Output files of each stage, by the role the result names them with.
@@ -76,6 +77,11 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
     The published tree is the run folder (``config.yaml``, ``best.pt``, ``last.pt``,
     ``results.csv``, TensorBoard logs) plus ``model.cfg`` and ``best.weights`` in darknet's
     layout, so every later stage (and darknet itself) can read the result.
+
+    Durable (:mod:`slimyolo.stages.durable`): every epoch but the last publishes a checkpoint
+    under ``<out>/checkpoints/``; a stage started again with the same spec resumes from the newest
+    one (``resumed_from_epoch`` in the metrics; the same weights as an uninterrupted run) or, once
+    ``out`` holds the result, returns it without training.
     """
     from slimyolo.darknet.weights import checkpoint_cfg
     from slimyolo.train.config import TrainConfig
@@ -83,10 +89,17 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
 
     spec.check()
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    done = finished(store, spec.out, spec, lambda files: _roles(files, TRAIN_ROLES), progress=progress)
+    if done is not None:
+        return StageResult(*done)
+    checkpoints = Checkpoints(store, spec.out, spec)
+    latest = checkpoints.latest()
     with Workspace(store) as ws:
-        if main_rank:
-            check_new_tree(store, spec.out, "out")
         run_dir = ws.root / "run"
+        if latest is not None:
+            checkpoints.restore(latest, run_dir)
+            if progress is not None:
+                progress(StageStep("train", "resume", {"epoch": latest.epoch, "key": latest.prefix}))
         doc: dict[str, Any] = {**spec.options, "data": str(ws.data(spec.data, "data")), "out": str(run_dir),
                                "save_weights": True}
         if spec.cfg is not None:
@@ -97,16 +110,20 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
             doc["teacher_weights"] = str(ws.file(spec.teacher_weights, "teacher_weights", "teacher.weights"))
         if spec.teacher_cfg is not None:
             doc["teacher_cfg"] = str(ws.file(spec.teacher_cfg, "teacher_cfg", "teacher.cfg"))
-        result = train(TrainConfig.from_dict(doc, "train spec"), progress)
+        callback = checkpoints.on_epoch(run_dir, ws.root / "checkpoint", progress) if main_rank else progress
+        result = train(TrainConfig.from_dict(doc, "train spec"), callback, resume=latest is not None)
         metrics = {"epochs": result.epochs, "best_map50": result.best_map50, "images_per_s": result.images_per_s,
-                   "elapsed_s": result.elapsed_s, "last_eval": {k: v for k, v in result.metrics.items()
-                                                                if k != "per_class"}}
+                   "elapsed_s": result.elapsed_s, "resumed_from_epoch": latest.epoch if latest else 0,
+                   "last_eval": {k: v for k, v in result.metrics.items() if k != "per_class"}}
         if not main_rank:  # only rank 0 writes the run folder
             return StageResult(metrics=metrics)
         metrics["gamma_below_0.01"] = _last_gamma_fraction(result.results_csv)
+        metrics["out"] = store.uri_of(spec.out)
         checkpoint_cfg(result.best).write(run_dir / TRAIN_ROLES["cfg"])
+        write_stage_file(run_dir, spec, metrics)
         files = ws.publish(spec.out, run_dir)
-    return StageResult(_roles(files, TRAIN_ROLES), {**metrics, "out": store.uri_of(spec.out)})
+    checkpoints.remove_all()
+    return StageResult(_roles(files, TRAIN_ROLES), metrics)
 
 
 def _last_gamma_fraction(results_csv: Path) -> float:
@@ -139,8 +156,10 @@ def run_prune(store: Store, spec: PruneSpec, progress: Progress | None = None) -
     from slimyolo.prune import open_model, prune_both, prune_channels, prune_layers
     from slimyolo.train.evaluate import evaluate
 
+    done = finished(store, spec.out, spec, lambda files: _roles(files, PRUNE_ROLES), progress=progress)
+    if done is not None:
+        return StageResult(*done)
     with Workspace(store) as ws:
-        check_new_tree(store, spec.out, "out")
         cfg, weights = _model_inputs(ws, spec)
         data = read_data_file(ws.data(spec.data, "data")) if spec.data is not None else None
         model = open_model(cfg, weights)
@@ -161,13 +180,15 @@ def run_prune(store: Store, spec: PruneSpec, progress: Progress | None = None) -
         else:
             result = prune_both(model, spec.global_percent, spec.shortcuts, spec.layer_keep, spec.round_to)
         after = measure(result.model, "after") if data is not None else None
+        summary = {k: v for k, v in result.summary().items() if k != "channels"}
+        if before is not None:
+            summary.update(eval_before=before, eval_after=after)
+        metrics = {**summary, "out": store.uri_of(spec.out)}
         out = ws.root / "pruned"
         result.save(out)
+        write_stage_file(out, spec, metrics)
         files = ws.publish(spec.out, out)
-    summary = {k: v for k, v in result.summary().items() if k != "channels"}
-    if before is not None:
-        summary.update(eval_before=before, eval_after=after)
-    return StageResult(_roles(files, PRUNE_ROLES), {**summary, "out": store.uri_of(spec.out)})
+    return StageResult(_roles(files, PRUNE_ROLES), metrics)
 
 
 def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -> StageResult:
@@ -178,8 +199,10 @@ def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -
     from slimyolo.prune.sweep import sweep
     from slimyolo.train.evaluate import evaluate
 
+    done = finished(store, spec.out, spec, lambda files: _roles(files, SWEEP_ROLES), progress=progress)
+    if done is not None:
+        return StageResult(*done)
     with Workspace(store) as ws:
-        check_new_tree(store, spec.out, "out")
         cfg, weights = _model_inputs(ws, spec)
         data = read_data_file(ws.data(spec.data, "data"))
         model = open_model(cfg, weights)
@@ -189,10 +212,12 @@ def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -
                              spec.fine_percent, spec.latency_runs, progress, spec.objective,
                              FpsMeter(spec.precision, spec.fps_seconds, spec.fps_repeats) if spec.objective == "fps"
                              else None)
+        metrics = {**result.as_dict(), "out": store.uri_of(spec.out)}
         out = ws.root / "sweep"
         result.save(out, best)
+        write_stage_file(out, spec, metrics)
         files = ws.publish(spec.out, out)
-    return StageResult(_roles(files, SWEEP_ROLES), {**result.as_dict(), "out": store.uri_of(spec.out)})
+    return StageResult(_roles(files, SWEEP_ROLES), metrics)
 
 
 def next_version(store: Store, prefix: str) -> str:
@@ -211,10 +236,12 @@ def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = Non
     from slimyolo.convert import convert
 
     repository = model_repository(spec.model_repository)
+    done = _converted(store, f"{repository}/{spec.name}", spec, progress)
+    if done is not None:
+        return done
     with Workspace(store) as ws:
         version = spec.version or next_version(store, f"{repository}/{spec.name}")
         prefix = f"{repository}/{spec.name}/{version}"
-        check_new_tree(store, prefix, "version")
         cfg, weights = _model_inputs(ws, spec)
         calib = ws.data(spec.calib_data, "calib_data") if spec.calib_data is not None else None
         result = convert(cfg, weights, ws.root / "models", name=spec.name, version=version, via=spec.via,
@@ -233,8 +260,34 @@ def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = Non
             metrics["eval"] = evaluate_ir(result.path, calib, progress)
         if spec.bench_seconds:
             metrics["bench"] = bench_ir(result.path, spec.bench_seconds, progress, spec.bench_precision)
+        write_stage_file(result.path, spec, metrics)
         files = ws.publish(prefix, result.path)
-    return StageResult(dict(files), metrics)
+    return StageResult(_ir_files(files), metrics)
+
+
+def _ir_files(files: Mapping[str, Artifact]) -> dict[str, Artifact]:
+    """A model version's files as the convert result names them (every file but ``stage.json``)."""
+    return {rel: a for rel, a in files.items() if rel != STAGE_FILE}
+
+
+def _converted(store: Store, model: str, spec: ConvertSpec, progress: Progress | None) -> StageResult | None:
+    """The result of a version of ``model`` converted from this very spec, if one was published.
+
+    A retried conversion (a restarted Job, a client retrying after UNAVAILABLE) returns that
+    version instead of publishing another. With an explicit ``version`` that holds another
+    spec's model, FailedPrecondition names the fields that differ.
+    """
+    if spec.version:
+        done = finished(store, f"{model}/{spec.version}", spec, _ir_files, "version", progress)
+        return None if done is None else StageResult(*done)
+    digest = spec_digest(spec)
+    for prefix in reversed(store.list_trees(model)):
+        files = store.tree_files(prefix)
+        doc = read_stage_file(store, prefix, files)
+        if doc is not None and doc.get("digest") == digest:
+            done = finished(store, prefix, spec, _ir_files, "version", progress)
+            return None if done is None else StageResult(*done)
+    return None
 
 
 def evaluate_ir(model_dir: Path, data: Path, progress: Progress | None = None) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.stages import archive
 from slimyolo.stages.specs import DataRef, FileRef
-from slimyolo.store import MANIFEST, Artifact, Store, subtree
+from slimyolo.store import Artifact, Store, subtree
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,6 @@ def folder_files(store: Store, key: str, field: str) -> dict[str, Artifact]:
     if not files:
         raise NotFoundError(f"{field}: the tree {store.uri_of(prefix)} has no folder {rel!r}")
     return files
-
-
-def check_new_tree(store: Store, prefix: str, field: str) -> None:
-    """Fail before the work, not after it, when ``prefix`` already holds a tree (trees are immutable)."""
-    if store.exists(f"{prefix}/{MANIFEST}"):
-        raise SlimYoloError(f"{field}: {store.uri_of(prefix)} already holds a complete tree; choose a new one")
 
 
 def remove_stale_work_dirs(config: WorkConfig | None = None) -> list[Path]:

@@ -1,0 +1,197 @@
+"""Durable stages: a stage keyed by its ``out`` resumes, or returns its result, instead of redoing work.
+
+A stage's published tree holds ``stage.json``: the stage's kind, its spec (every field, defaults
+included), the spec's digest and the result's metrics. Starting a stage whose ``out`` already
+holds a complete tree therefore has three outcomes (:func:`finished`):
+
+- the same spec (same digest): the stored result is returned at once, without work, byte for
+  byte the result of the run that published it (artifacts from the tree's manifest, metrics
+  from ``stage.json``);
+- another spec: :class:`~slimyolo.errors.FailedPrecondition` naming the fields that differ, so a
+  changed setting never silently reuses (or overwrites) an old result;
+- a tree without ``stage.json`` (published by hand, or by an older SlimYOLO): refused too.
+
+While it runs, the train stage publishes its resumable state after every epoch as the tree
+``<out>/checkpoints/epoch-NNNNN`` (:class:`Checkpoints`): the run folder (``last.pt`` with the
+raw and EMA weights, optimizer, EMA count, best fitness and results so far; ``best.pt``;
+``results.csv``; ``config.yaml``) and a ``stage.json`` with the spec's digest and the epoch.
+A tree is complete only once its ``SHA256SUMS`` is written, last, so a reader (and a restarted
+stage) sees the previous checkpoint or the new one, never a partial one; the older checkpoint
+is removed once the new one is complete, and all of them once the stage's own tree is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimyolo.errors import FailedPrecondition
+from slimyolo.progress import Event, Progress, StageStep, TrainEpoch
+from slimyolo.stages.specs import Spec
+from slimyolo.store import MANIFEST, Artifact, Store
+
+STAGE_FILE = "stage.json"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_FORMAT = "epoch-{:05d}"
+
+
+def spec_digest(spec: Spec) -> str:
+    """sha256 of the spec's canonical JSON (every field, defaults included; key order irrelevant)."""
+    text = json.dumps({"kind": spec.kind, **spec.to_dict()}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_stage_file(folder: Path, spec: Spec, metrics: Mapping[str, Any] | None = None,
+                     **extra: Any) -> None:
+    """Write ``stage.json`` into a folder about to be published as the stage's tree (or a checkpoint)."""
+    doc = {"kind": spec.kind, "digest": spec_digest(spec), "spec": spec.to_dict(), **extra}
+    if metrics is not None:
+        doc["metrics"] = dict(metrics)
+    (folder / STAGE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def read_stage_file(store: Store, prefix: str, files: Mapping[str, Artifact]) -> dict[str, Any] | None:
+    """The ``stage.json`` of the complete tree ``prefix`` (its manifest ``files``), None if it has none."""
+    if STAGE_FILE not in files:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = store.fetch(files[STAGE_FILE], Path(tmp) / STAGE_FILE, f"{store.uri_of(prefix)}/{STAGE_FILE}")
+        return json.loads(path.read_text())
+
+
+def differing_fields(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The fields whose values differ between two specs' dicts, as ``name: old → new``."""
+    def text(doc: Mapping[str, Any], name: str) -> str:
+        return json.dumps(doc[name]) if name in doc else "(not set)"
+
+    return [f"{name}: {text(stored, name)} → {text(wanted, name)}" for name in sorted(set(stored) | set(wanted))
+            if stored.get(name) != wanted.get(name) or (name in stored) != (name in wanted)]
+
+
+def check_same_spec(store: Store, prefix: str, doc: Mapping[str, Any] | None, spec: Spec, field: str,
+                    what: str) -> None:
+    """FailedPrecondition unless ``doc`` (a stage.json) was written for this very spec."""
+    where = store.uri_of(prefix)
+    if doc is None:
+        raise FailedPrecondition(f"{field}: {where} already holds {what} that no stage published (no {STAGE_FILE}); "
+                                 "choose a new one")
+    if doc.get("digest") != spec_digest(spec):
+        changes = differing_fields(doc.get("spec", {}), spec.to_dict())
+        raise FailedPrecondition(f"{field}: {where} holds {what} of another {spec.kind} spec (differs in "
+                                 f"{'; '.join(changes) or 'its kind'}); give the same spec to resume or reuse "
+                                 "it, or choose a new one")
+
+
+def finished(store: Store, prefix: str, spec: Spec, roles: Callable[[dict[str, Artifact]], dict[str, Artifact]],
+             field: str = "out", progress: Progress | None = None) -> tuple[dict[str, Artifact], dict] | None:
+    """(artifacts, metrics) of the stage already published at ``prefix`` for ``spec``; None when there is none.
+
+    A tree published for another spec, or by something other than a stage, is refused
+    (:class:`FailedPrecondition`). ``roles`` maps the tree's files to the result's roles.
+    """
+    if not store.exists(f"{prefix}/{MANIFEST}"):
+        return None
+    files = store.tree_files(prefix)
+    doc = read_stage_file(store, prefix, files)
+    check_same_spec(store, prefix, doc, spec, field, "a complete tree")
+    assert doc is not None
+    if progress is not None:
+        progress(StageStep(spec.kind, "finished already", {"out": store.uri_of(prefix)}))
+    return roles(files), dict(doc["metrics"])
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint tree of a stage: its prefix and the epoch it holds."""
+
+    prefix: str
+    epoch: int
+
+
+class Checkpoints:
+    """The train stage's checkpoints under ``<out>/checkpoints/``: publish, find the newest, remove."""
+
+    def __init__(self, store: Store, out: str, spec: Spec) -> None:
+        self.store, self.out, self.spec = store, out, spec
+        self.root = f"{out}/{CHECKPOINTS}"
+
+    def complete(self) -> list[Checkpoint]:
+        """The complete checkpoint trees, oldest first."""
+        found = []
+        for prefix in self.store.list_trees(self.root):
+            name = prefix.rsplit("/", 1)[1]
+            if name.startswith("epoch-") and name[6:].isdigit():
+                found.append(Checkpoint(prefix, int(name[6:])))
+        return sorted(found, key=lambda c: c.epoch)
+
+    def latest(self) -> Checkpoint | None:
+        """The newest complete checkpoint, refused (FailedPrecondition) if another spec wrote it."""
+        done = self.complete()
+        if not done:
+            return None
+        newest = done[-1]
+        files = self.store.tree_files(newest.prefix)
+        check_same_spec(self.store, newest.prefix, read_stage_file(self.store, newest.prefix, files), self.spec,
+                        "out", "a checkpoint")
+        return newest
+
+    def restore(self, checkpoint: Checkpoint, dest: Path) -> None:
+        """Download a checkpoint's run folder into the new folder ``dest`` (every file verified)."""
+        files = {rel: a for rel, a in self.store.tree_files(checkpoint.prefix).items() if rel != STAGE_FILE}
+        self.store.get_files(files, dest, self.store.uri_of(checkpoint.prefix))
+
+    def publish(self, run_dir: Path, epoch: int, staging: Path) -> Checkpoint:
+        """Publish ``run_dir`` (as it is at the end of ``epoch``) as a checkpoint tree, then drop older ones.
+
+        The files are hard-linked into ``staging`` first: the trainer replaces them by rename,
+        never in place, so the tree's manifest and bytes agree even if the next epoch's files
+        appear meanwhile. TensorBoard's event files are left out (appended in place by a
+        background thread; a resumed run starts a new one).
+        """
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in sorted(run_dir.rglob("*")):
+            rel = path.relative_to(run_dir)
+            if not path.is_file() or rel.parts[0] == "tensorboard":
+                continue
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, staging / rel)
+            except OSError:  # another file system: copy
+                shutil.copy2(path, staging / rel)
+        write_stage_file(staging, self.spec, epoch=epoch)
+        prefix = f"{self.root}/{CHECKPOINT_FORMAT.format(epoch)}"
+        if not self.store.exists(f"{prefix}/{MANIFEST}"):
+            self.store.put_tree(prefix, staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        for old in self.complete():
+            if old.epoch < epoch:
+                self.store.delete_tree(old.prefix)
+        return Checkpoint(prefix, epoch)
+
+    def remove_all(self) -> None:
+        """Remove every checkpoint tree (the stage's own tree is complete; they are no longer needed)."""
+        for old in self.complete():
+            self.store.delete_tree(old.prefix)
+
+    def on_epoch(self, run_dir: Path, staging: Path, progress: Progress | None) -> Progress:
+        """A progress callback that publishes a checkpoint at the end of every epoch but the last (the
+        stage's own tree follows it), then passes the events on."""
+        def callback(event: Event) -> None:
+            if isinstance(event, TrainEpoch) and event.epoch < event.epochs:
+                checkpoint = self.publish(run_dir, event.epoch, staging)
+                if progress is not None:
+                    progress(event)
+                    progress(StageStep("train", "checkpoint", {"epoch": event.epoch,
+                                                               "key": checkpoint.prefix}))
+            elif progress is not None:
+                progress(event)
+
+        return callback
+
