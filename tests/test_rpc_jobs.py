@@ -17,7 +17,7 @@ from slimyolo.errors import Cancelled, NotFoundError, SlimYoloError, Unavailable
 from slimyolo.progress import Count, StageStep, event_from_dict
 from slimyolo.rpc.client import connect, follow_job
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
-from slimyolo.rpc.jobs import JobManager, JobOutcome, JobState
+from slimyolo.rpc.jobs import JobJournal, JobManager, JobOutcome, JobState
 from slimyolo.rpc.messages import artifact_from_proto, struct_to_dict
 from slimyolo.rpc.server import Server, ServerConfig
 from slimyolo.store import Artifact, LocalStore, S3Store, open_store
@@ -304,3 +304,51 @@ def test_a_watcher_that_goes_away_releases_its_stream(served):
     wait_for(lambda: handled() == 1, what="the server to end the abandoned stream")
     assert manager.get(job_id).state == JobState.RUNNING  # the job itself goes on
     gate.set()
+
+
+# -- the journal: jobs that outlive their process ---------------------------------------------------
+
+
+def _journaled(store) -> JobManager:
+    """A job manager journaling to ``store`` whose jobs' spec is ``{"size": N}`` (zoo_flops at N)."""
+    return JobManager(journal=JobJournal(store, "test", flush_seconds=0.05),
+                      rebuild=lambda kind, spec: lambda progress: zoo_flops(progress, spec["size"]))
+
+
+def test_a_finished_journaled_job_answers_with_its_history_after_a_restart(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    first = _journaled(store)
+    done = first.submit("flops", lambda progress: zoo_flops(progress, 320), spec={"size": 320})
+    history = list(first.watch(done.id))
+    first.shutdown(time.monotonic() + 5)  # writes the final record
+
+    again = _journaled(store)  # a new process: nothing in memory
+    assert again.recover() == []
+    snapshot = again.get(done.id)
+    assert snapshot.state == JobState.SUCCEEDED and snapshot.outcome == first.get(done.id).outcome
+    assert list(again.watch(done.id)) == history
+    assert [e.state for e in history][:2] == [JobState.QUEUED, JobState.RUNNING]
+
+
+def test_an_unfinished_job_runs_again_once_its_owner_is_gone_not_before(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    record = {"id": "a" * 32, "kind": "flops", "spec": {"size": 256}, "state": "RUNNING",
+              "events": [{"seq": 0, "time": 1.0, "state": "QUEUED", "progress": None},
+                         {"seq": 1, "time": 2.0, "state": "RUNNING", "progress": None}],
+              "outcome": None, "error": None, "create_time": 1.0, "start_time": 2.0, "end_time": None}
+    elsewhere = JobJournal(store, "test")
+    elsewhere.owner = {**elsewhere.owner, "host": "another-replica"}
+    elsewhere.save(record)  # a live replica on another host holds the lease
+    replica = _journaled(store)
+    assert replica.recover() == []  # not taken over while the lease runs
+    assert replica.get(record["id"]).state == JobState.RUNNING  # read from the store
+    expired = JobJournal(store, "test", lease_seconds=-1)
+    expired.owner = elsewhere.owner
+    expired.save(record)  # the other replica's lease ran out: it is gone
+    assert replica.recover() == [record["id"]]
+    events = list(replica.watch(record["id"]))
+    assert [e.seq for e in events] == list(range(len(events)))
+    assert events[2].progress == StageStep("flops", "recovered", {"after": "the server restarted"})
+    assert replica.get(record["id"]).outcome.metrics["size"] == 256
+    replica.shutdown(time.monotonic() + 5)
+    assert JobJournal(store, "test").load(record["id"])["state"] == "SUCCEEDED"

@@ -16,6 +16,14 @@ object-store outage reaches the client as UNAVAILABLE, and the client knows a re
 
 Every state change and progress report is an event with a sequence number; a watcher that
 comes late replays the retained history, then follows new events as they happen.
+
+With a :class:`JobJournal` (the stage services have one), jobs outlive the process: each job's
+record (spec, state, events, result or error, owner and lease) is written to the artifact store
+as ``jobs/<service>/<id>.json`` while it runs. A service that starts again (after a SIGKILL, an
+OOM kill, an eviction) loads the records: finished jobs answer GetJob and WatchJob with their
+whole history, and unfinished ones whose owner is gone run again under their old id, from the
+stage's last checkpoint (:mod:`slimyolo.stages.durable`). A replica asked about a job another
+replica runs reads its record from the store.
 """
 
 from __future__ import annotations
@@ -25,7 +33,10 @@ import enum
 import itertools
 import json
 import logging
+import os
 import queue
+import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -37,11 +48,11 @@ from typing import Any
 import grpc
 
 from slimyolo.errors import Cancelled, NotFoundError, SlimYoloError, UnavailableError
-from slimyolo.progress import Event, Progress, event_to_dict
+from slimyolo.progress import Event, Progress, StageStep, event_from_dict, event_to_dict
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 from slimyolo.rpc.messages import artifact_to_proto, dict_to_struct
-from slimyolo.rpc.status import status_of
-from slimyolo.store import Artifact
+from slimyolo.rpc.status import code_from_number, status_of
+from slimyolo.store import Artifact, Store
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +112,9 @@ class JobSnapshot:
 
 
 class _Job:
-    def __init__(self, job_id: str, kind: str, fn: JobFn, max_events: int) -> None:
-        self.id, self.kind, self.fn = job_id, kind, fn
+    def __init__(self, job_id: str, kind: str, fn: JobFn | None, max_events: int,
+                 spec: Mapping[str, Any] | None = None) -> None:
+        self.id, self.kind, self.fn, self.spec = job_id, kind, fn, spec
         self.cond = threading.Condition()
         self.state = JobState.QUEUED
         self.progress: Event | None = None
@@ -122,6 +134,102 @@ class _Job:
     def snapshot(self) -> JobSnapshot:
         return JobSnapshot(self.id, self.kind, self.state, self.progress, self.outcome, self.error,
                            self.create_time, self.start_time, self.end_time)
+
+    def record(self) -> dict[str, Any]:
+        """The job as a JSON document (caller holds ``cond``): what the journal stores."""
+        outcome = None if self.outcome is None else {
+            "artifacts": {role: {"uri": a.uri, "sha256": a.sha256, "size_bytes": a.size_bytes}
+                          for role, a in self.outcome.artifacts.items()},
+            "metrics": dict(self.outcome.metrics)}
+        return {"id": self.id, "kind": self.kind, "spec": self.spec, "state": self.state.name,
+                "events": [{"seq": e.seq, "time": e.time, "state": e.state.name,
+                            "progress": None if e.progress is None else event_to_dict(e.progress)}
+                           for e in self.events],
+                "outcome": outcome,
+                "error": None if self.error is None else {"code": self.error.code.value[0],
+                                                          "message": self.error.message},
+                "create_time": self.create_time, "start_time": self.start_time, "end_time": self.end_time}
+
+    def restore(self, record: Mapping[str, Any]) -> None:
+        """Take state, history, result and error from a journal record (caller holds ``cond``)."""
+        self.state = JobState[record["state"]]
+        self.events.clear()
+        for e in record["events"]:
+            self.events.append(JobEvent(int(e["seq"]), float(e["time"]), JobState[e["state"]],
+                                        None if e["progress"] is None else event_from_dict(e["progress"])))
+        self.progress = next((e.progress for e in reversed(self.events) if e.progress is not None), None)
+        self.seq = itertools.count(self.events[-1].seq + 1 if self.events else 0)
+        outcome = record.get("outcome")
+        self.outcome = None if outcome is None else JobOutcome(
+            {role: Artifact(**a) for role, a in outcome["artifacts"].items()}, outcome["metrics"])
+        error = record.get("error")
+        self.error = None if error is None else JobError(code_from_number(int(error["code"])), error["message"])
+        self.create_time, self.start_time, self.end_time = (record["create_time"], record["start_time"],
+                                                            record["end_time"])
+        self.cond.notify_all()
+
+
+class JobJournal:
+    """Job records in the artifact store, ``jobs/<service>/<id>.json``, with their owner's lease.
+
+    A record is replaced whole (one object PUT: a reader sees the previous record or the new
+    one). The process running a job is its owner: it rewrites the record at most every
+    ``flush_seconds`` while events arrive, and at least every ``lease_seconds / 3`` to renew its
+    lease. Another process may take an unfinished job over when its lease has expired, or at
+    once when the owner was a process on the same host that is gone (a restarted container).
+    """
+
+    def __init__(self, store: Store, service: str, *, lease_seconds: float = 30.0,
+                 flush_seconds: float = 1.0) -> None:
+        self.store, self.prefix = store, f"jobs/{service}"
+        self.lease_seconds, self.flush_seconds = lease_seconds, flush_seconds
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}/{job_id}.json"
+
+    def save(self, record: Mapping[str, Any]) -> None:
+        """Write a job's record with this process as its owner and a fresh lease."""
+        doc = {**record, "owner": self.owner, "lease_until": time.time() + self.lease_seconds}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "job.json"
+            path.write_text(json.dumps(doc))
+            self.store.put(self.key(record["id"]), path)
+
+    def load(self, job_id: str) -> dict[str, Any] | None:
+        """The record of ``job_id``, None when the store has none (or the id cannot be one)."""
+        if not job_id.isalnum():
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.store.get(self.key(job_id), Path(tmp) / "job.json")
+            except NotFoundError:
+                return None
+            return json.loads(path.read_text())
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every job record of the service, oldest first."""
+        ids = [k.rsplit("/", 1)[1].removesuffix(".json") for k in self.store.list_keys(self.prefix)
+               if k.endswith(".json")]
+        docs = [d for d in (self.load(i) for i in ids) if d is not None]
+        return sorted(docs, key=lambda d: d["create_time"])
+
+    def owner_gone(self, record: Mapping[str, Any]) -> bool:
+        """Whether an unfinished job's owner can no longer be running it."""
+        owner = record.get("owner") or {}
+        if float(record.get("lease_until", 0)) < time.time():
+            return True
+        if owner.get("host") != self.owner["host"]:
+            return False
+        if owner.get("pid") == self.owner["pid"]:
+            return owner.get("token") != self.owner["token"]  # an earlier process with our pid (pid 1 in a container)
+        try:
+            os.kill(int(owner.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, ValueError):
+            return False
+        return False
 
 
 def _jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,10 +255,19 @@ class JobManager:
     """
 
     def __init__(self, workers: int = 1, *, registry: Any = None, max_events: int = 10_000,
-                 max_finished: int = 1_000) -> None:
+                 max_finished: int = 1_000, journal: JobJournal | None = None,
+                 rebuild: Callable[[str, Mapping[str, Any]], JobFn] | None = None) -> None:
+        """``journal`` keeps the jobs in the store; ``rebuild(kind, spec)`` turns a journaled
+        job's spec back into its function, to run it again after a restart (:meth:`recover`)."""
         if workers < 1:
             raise SlimYoloError(f"job workers must be at least 1, got {workers}")
         self.workers, self.max_events = workers, max_events
+        self.journal, self._rebuild = journal, rebuild
+        self._dirty: set[str] = set()
+        self._flushed = threading.Condition()
+        self._flush_lock = threading.Lock()
+        if journal is not None:
+            threading.Thread(target=self._flush_forever, name="job-journal", daemon=True).start()
         self._jobs: dict[str, _Job] = {}
         self._finished: collections.deque[str] = collections.deque()
         self._max_finished = max_finished
@@ -162,9 +279,57 @@ class JobManager:
 
     # -- the API ------------------------------------------------------------------------------
 
-    def submit(self, kind: str, fn: JobFn) -> JobSnapshot:
-        """Queue ``fn(progress)`` as a job of ``kind`` ("train", "sweep", ...) and return it (QUEUED)."""
-        job = _Job(uuid.uuid4().hex, kind, fn, self.max_events)
+    def submit(self, kind: str, fn: JobFn, spec: Mapping[str, Any] | None = None) -> JobSnapshot:
+        """Queue ``fn(progress)`` as a job of ``kind`` ("train", "sweep", ...) and return it (QUEUED).
+
+        ``spec`` (a JSON document) is what the journal keeps to run the job again after a restart.
+        """
+        job = _Job(uuid.uuid4().hex, kind, fn, self.max_events, spec)
+        self._enqueue(job)
+        return job.snapshot()
+
+    def recover(self) -> list[str]:
+        """Load the journal's jobs: finished ones to answer for, unfinished ones whose owner is gone
+        to run again under their id (or to fail with the reason). Returns the ids run again."""
+        if self.journal is None:
+            return []
+        again = []
+        for record in self.journal.records():
+            job = _Job(record["id"], record["kind"], None, self.max_events, record.get("spec"))
+            with job.cond:
+                job.restore(record)
+            if job.state.final:
+                with self._lock:
+                    self._jobs.setdefault(job.id, job)
+                    self._finished.append(job.id)
+                continue
+            if not self.journal.owner_gone(record):
+                continue  # another live replica runs it; GetJob reads its record from the store
+            try:
+                if self._rebuild is None or job.spec is None:
+                    raise SlimYoloError("the job's spec was not kept")
+                job.fn = self._rebuild(job.kind, job.spec)
+            except SlimYoloError as exc:
+                with job.cond:
+                    job.error = JobError(grpc.StatusCode.FAILED_PRECONDITION,
+                                         f"job {job.id} stopped with its server and cannot run again: {exc}")
+                    job.end_time = time.time()
+                    job.emit(JobState.FAILED)
+                with self._lock:
+                    self._jobs[job.id] = job
+                    self._finished.append(job.id)
+                self._changed(job)
+                continue
+            with job.cond:
+                job.progress = StageStep(job.kind, "recovered", {"after": "the server restarted"})
+                job.emit(JobState.QUEUED, job.progress)
+            self._enqueue(job, recovered=True)
+            again.append(job.id)
+        if again:
+            log.info("running %d job(s) again that stopped with an earlier server: %s", len(again), ", ".join(again))
+        return again
+
+    def _enqueue(self, job: _Job, recovered: bool = False) -> None:
         with self._lock:
             if self._closing:
                 raise UnavailableError("the server is shutting down and takes no new jobs; retry on another replica")
@@ -173,13 +338,14 @@ class JobManager:
                 thread = threading.Thread(target=self._work, name=f"job-worker-{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
-        with job.cond:
-            job.emit(JobState.QUEUED)
+        if not recovered:
+            with job.cond:
+                job.emit(JobState.QUEUED)
+        self._changed(job)
         if self._metrics:
-            self._metrics.submitted.labels(kind).inc()
+            self._metrics.submitted.labels(job.kind).inc()
             self._metrics.active.labels("queued").inc()
         self._queue.put(job)
-        return job.snapshot()
 
     def get(self, job_id: str) -> JobSnapshot:
         job = self._job(job_id)
@@ -220,6 +386,10 @@ class JobManager:
                     if pending or job.state.final or not active():
                         break
                     job.cond.wait(poll_seconds)
+                    if job.fn is None and self.journal is not None:  # run by another replica: its record
+                        record = self.journal.load(job.id)
+                        if record is not None:
+                            job.restore(record)
             yield from pending
             if pending:
                 next_seq = pending[-1].seq + 1
@@ -248,6 +418,8 @@ class JobManager:
         self._wait_idle(jobs, deadline)
         for _ in self._threads:
             self._queue.put(None)
+        if self.journal is not None:
+            self.flush()  # the jobs' final records, before the process ends
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -256,9 +428,16 @@ class JobManager:
             raise SlimYoloError("id: a job id is required")
         with self._lock:
             job = self._jobs.get(job_id)
+        if job is None and self.journal is not None:
+            record = self.journal.load(job_id)
+            if record is not None:  # run by another replica, or finished long ago
+                job = _Job(record["id"], record["kind"], None, self.max_events, record.get("spec"))
+                with job.cond:
+                    job.restore(record)
         if job is None:
-            raise NotFoundError(f"id: no job {job_id!r} on this server (finished jobs are kept only for a while, "
-                                "and not across restarts)")
+            raise NotFoundError(f"id: no job {job_id!r} on this server" + (
+                "" if self.journal is not None else " (finished jobs are kept only for a while, and not across "
+                                                    "restarts)"))
         return job
 
     @staticmethod
@@ -278,6 +457,7 @@ class JobManager:
                 return
             job.start_time = time.time()
             job.emit(JobState.RUNNING)
+        self._changed(job)
         if self._metrics:
             self._metrics.active.labels("queued").dec()
             self._metrics.active.labels("running").inc()
@@ -289,6 +469,7 @@ class JobManager:
             with job.cond:
                 job.progress = event
                 job.emit(JobState.RUNNING, event)
+            self._changed(job)
 
         try:
             outcome = job.fn(progress)
@@ -320,6 +501,7 @@ class JobManager:
         """Make the job final (caller holds ``job.cond``) and forget the oldest finished jobs."""
         job.outcome, job.error, job.end_time = outcome, error, time.time()
         job.emit(state)
+        self._changed(job)
         if self._metrics:
             self._metrics.active.labels(was.name.lower()).dec()
             self._metrics.finished.labels(job.kind, state.name.lower()).inc()
@@ -329,6 +511,57 @@ class JobManager:
             self._finished.append(job.id)
             while len(self._finished) > self._max_finished:
                 self._jobs.pop(self._finished.popleft(), None)
+
+
+    # -- the journal --------------------------------------------------------------------------
+
+    def _changed(self, job: _Job) -> None:
+        """Mark a job's record for the journal's next write."""
+        if self.journal is not None and job.spec is not None:
+            with self._flushed:
+                self._dirty.add(job.id)
+                if job.state.final:
+                    self._flushed.notify_all()
+
+    def flush(self) -> None:
+        """Write the records of the jobs that changed (and renew the running ones' leases).
+
+        One flush at a time, each record taken when it is written: a slower, older write never
+        lands after a newer one (a job's final record is the last one written).
+        """
+        assert self.journal is not None
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        assert self.journal is not None
+        with self._flushed:
+            ids, self._dirty = self._dirty, set()
+        with self._lock:
+            jobs = [self._jobs[i] for i in ids if i in self._jobs]
+            jobs += [j for j in self._jobs.values() if j.id not in ids and j.state == JobState.RUNNING
+                     and j.fn is not None and j.spec is not None]
+        for job in jobs:
+            with job.cond:
+                record = job.record()
+            try:
+                self.journal.save(record)
+            except SlimYoloError as exc:  # the store is down: keep the job, try again at the next flush
+                log.warning("could not write the record of job %s: %s", job.id, exc)
+                with self._flushed:
+                    self._dirty.add(job.id)
+
+    def _flush_forever(self) -> None:
+        assert self.journal is not None
+        renew = self.journal.lease_seconds / 3
+        last = 0.0
+        while True:
+            with self._flushed:
+                self._flushed.wait(self.journal.flush_seconds)
+                due = bool(self._dirty) or time.monotonic() - last >= renew
+            if due:
+                self.flush()
+                last = time.monotonic()
 
 
 class _JobMetrics:

@@ -392,12 +392,18 @@ class Server:
         """Call ``hook(deadline)`` during the drain, after new calls are refused (release resources)."""
         self._shutdown_hooks.append(hook)
 
-    def enable_jobs(self):
-        """Serve ``slimyolo.v1.Jobs`` here and return the JobManager for the stage's Start... calls."""
-        from slimyolo.rpc.gen.v1 import jobs_pb2_grpc
-        from slimyolo.rpc.jobs import JobManager, JobsServicer
+    def enable_jobs(self, store: Any = None, rebuild: Callable[[str, Any], Any] | None = None):
+        """Serve ``slimyolo.v1.Jobs`` here and return the JobManager for the stage's Start... calls.
 
-        manager = JobManager(self.config.job_workers, registry=self.registry)
+        With a ``store`` the jobs are journaled there (``jobs/<server name>/``) and the unfinished
+        jobs of an earlier process are run again, ``rebuild(kind, spec)`` giving their functions.
+        """
+        from slimyolo.rpc.gen.v1 import jobs_pb2_grpc
+        from slimyolo.rpc.jobs import JobJournal, JobManager, JobsServicer
+
+        journal = JobJournal(store, self.name) if store is not None else None
+        manager = JobManager(self.config.job_workers, registry=self.registry, journal=journal, rebuild=rebuild)
+        manager.recover()
         self.add_service("slimyolo.v1.Jobs", jobs_pb2_grpc.add_JobsServicer_to_server, JobsServicer(manager))
         self._serving["slimyolo.v1.Jobs"] = True
         self.on_shutdown(manager.shutdown)

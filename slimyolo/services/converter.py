@@ -18,7 +18,7 @@ from slimyolo.rpc.gen.v1 import converter_pb2, converter_pb2_grpc
 from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.serving.config import ENV_MODEL_REPOSITORY, ServingConfig
-from slimyolo.stages.jobs import submit_stage
+from slimyolo.stages.jobs import rebuild_stage, submit_stage
 from slimyolo.stages.messages import spec_from_request
 from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.runners import model_repository
@@ -49,7 +49,8 @@ def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Converter and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
     repository = model_repository(args.model_repository, "--model-repository")
     remove_stale_work_dirs()  # the work folders of jobs killed with an earlier process
-    jobs = server.enable_jobs()
+    store = open_store()
+    jobs = server.enable_jobs(store, rebuild_stage(store))
     server.add_service(SERVICE, converter_pb2_grpc.add_ConverterServicer_to_server,
-                       ConverterServicer(open_store(), jobs, repository))
+                       ConverterServicer(store, jobs, repository))
     server.set_serving(SERVICE)

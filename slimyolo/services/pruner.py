@@ -14,7 +14,7 @@ import grpc
 from slimyolo.rpc.gen.v1 import pruner_pb2, pruner_pb2_grpc
 from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
-from slimyolo.stages.jobs import submit_stage
+from slimyolo.stages.jobs import rebuild_stage, submit_stage
 from slimyolo.stages.messages import spec_from_request
 from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.workspace import remove_stale_work_dirs
@@ -41,6 +41,7 @@ class PrunerServicer(pruner_pb2_grpc.PrunerServicer):
 def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Pruner and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
     remove_stale_work_dirs()  # the work folders of jobs killed with an earlier process
-    jobs = server.enable_jobs()
-    server.add_service(SERVICE, pruner_pb2_grpc.add_PrunerServicer_to_server, PrunerServicer(open_store(), jobs))
+    store = open_store()
+    jobs = server.enable_jobs(store, rebuild_stage(store))
+    server.add_service(SERVICE, pruner_pb2_grpc.add_PrunerServicer_to_server, PrunerServicer(store, jobs))
     server.set_serving(SERVICE)

@@ -16,7 +16,7 @@ from slimyolo.progress import Event, TrainEpoch, TrainStep
 from slimyolo.rpc.gen.v1 import trainer_pb2, trainer_pb2_grpc
 from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
-from slimyolo.stages.jobs import submit_stage
+from slimyolo.stages.jobs import rebuild_stage, submit_stage
 from slimyolo.stages.messages import spec_from_request
 from slimyolo.stages.routing import grpc_service
 from slimyolo.stages.workspace import remove_stale_work_dirs
@@ -86,7 +86,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Trainer and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
     remove_stale_work_dirs()  # the work folders of jobs killed with an earlier process
-    jobs = server.enable_jobs()
-    servicer = TrainerServicer(open_store(), jobs, TrainMetrics(server.registry))
+    store, metrics = open_store(), TrainMetrics(server.registry)
+    jobs = server.enable_jobs(store, rebuild_stage(store, metrics.observe))
+    servicer = TrainerServicer(store, jobs, metrics)
     server.add_service(SERVICE, trainer_pb2_grpc.add_TrainerServicer_to_server, servicer)
     server.set_serving(SERVICE)
