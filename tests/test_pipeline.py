@@ -95,8 +95,9 @@ def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypa
               "convert": {"via": "torch", "calib_images": 8, "parity_images": 1, "bench_seconds": 0.2},
               "reference": {"epochs": 1}}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
-    code, out, err = run_cli("pipeline", "run", tmp_path / "tiny.yaml", "--out", tmp_path / "runs")
+    code, out, err = run_cli("pipeline", "run", tmp_path / "tiny.yaml", "--out", tmp_path / "runs", "--name", "t1")
     assert code == 0, err
+    assert "run t1: after an interruption, continue it with --resume t1" in err
     assert "== [1/15] data set ==" in err and "== [6/15] fine-tuning ==" in err and "train epoch 2/2" in err
     assert "== [7/15] the reference: the baseline trained 1 more epochs" in err
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -123,6 +124,18 @@ def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypa
     stages = json.loads((run_dir / "stages.json").read_text())
     assert stages["prune"]["spec"]["global_percent"] == 0.5  # the configured point, not the sweep's
     assert stages["finetune"]["spec"].get("teacher_weights") is None
+
+    # Continued: every stage keyed by its out returns what it published; nothing is trained or converted again.
+    code, out, err = run_cli("pipeline", "run", tmp_path / "tiny.yaml", "--out", tmp_path / "runs", "--resume", "t1")
+    assert code == 0, err
+    assert "run t1 (continued)" in err and "train epoch" not in err and err.count("finished already") == 9
+    again = json.loads((run_dir / "stages.json").read_text())
+    for step, stage in stages.items():
+        assert again[step]["spec"] == stage["spec"], step
+        assert again[step]["artifacts"] == stage["artifacts"], step
+    assert store.list_trees("models") == ["models/tiny-baseline/1", "models/tiny-int8/1", "models/tiny/1"]
+    code, out, err = run_cli("pipeline", "run", tmp_path / "tiny.yaml", "--out", tmp_path / "runs", "--resume", "t2")
+    assert code == 2 and "--resume: no run 't2' in" in err and "(its folders: t1)" in err
 
 
 def stages_of(run_dir: Path) -> dict:

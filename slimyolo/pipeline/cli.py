@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from slimyolo.errors import NotFoundError
 from slimyolo.pipeline.config import PipelineConfig, remote_addresses
 from slimyolo.pipeline.run import run_pipeline
 from slimyolo.pipeline.runners import LocalRunner
@@ -29,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--remote", action="store_true", help="run the stages as jobs of the services (addresses from "
                                                          "the config's remote section or SLIMYOLO_<SERVICE>_ADDRESS)")
     r.add_argument("--out", type=Path, help="folder for the run folder (default: the config's out, else runs)")
+    name = r.add_mutually_exclusive_group()
+    name.add_argument("--name", help="a stable run name (default: the config's name and the time); running the "
+                                     "config again under it continues the run: finished stages return their results, "
+                                     "an interrupted training resumes from its last epoch")
+    name.add_argument("--resume", metavar="RUN", help="continue the run RUN (a folder under --out): as --name RUN, "
+                                                      "but RUN must exist")
     r.set_defaults(func=_run)
 
 
@@ -40,6 +47,10 @@ def _run(args: argparse.Namespace) -> int:
     config = PipelineConfig.from_yaml(args.config)
     if args.out:
         config = dataclasses.replace(config, out=args.out)
+    if args.resume and not (config.out / args.resume / "pipeline.yaml").is_file():
+        runs = sorted(p.parent.name for p in config.out.glob("*/pipeline.yaml"))
+        raise NotFoundError(f"--resume: no run {args.resume!r} in {config.out} (its folders: "
+                            f"{', '.join(runs) or 'none'})")
     store = open_store()
 
     def say(line: str) -> None:
@@ -55,7 +66,8 @@ def _run(args: argparse.Namespace) -> int:
         runner, detect = LocalRunner(store), None
         say(f"in process; store {store.uri}")
     try:
-        result = run_pipeline(config, runner, store, say=say, progress=console, detect=detect)
+        result = run_pipeline(config, runner, store, say=say, progress=console, detect=detect,
+                              name=args.resume or args.name)
     finally:
         console.close()
         if isinstance(runner, RemoteRunner):

@@ -3,7 +3,8 @@
 base training → sparsity training → sweep → prune (at the sweep's best point, or at the point
 the config names) → fine-tuning → conversion (the baseline and the fine-tuned model in FP32, the
 fine-tuned model in INT8) → evaluation, then the table (:mod:`slimyolo.pipeline.report`), printed
-and saved as ``results.json`` and ``results.md`` in the run folder ``<out>/<name>-<time>/``.
+and saved as ``results.json`` and ``results.md`` in the run folder ``<out>/<name>-<time>/`` (or
+``<out>/<--name>/``, a run that continues when started again).
 
 Every step is a stage (:mod:`slimyolo.stages`) run by a :class:`~slimyolo.pipeline.runners.StageRunner`
 and exchanging artifacts through the store.
@@ -12,7 +13,9 @@ and exchanging artifacts through the store.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import shutil
 import tarfile
 import time
 from collections.abc import Callable, Mapping
@@ -29,14 +32,23 @@ from slimyolo.pipeline.report import ROWS, story
 from slimyolo.pipeline.runners import Progress, StageRunner
 from slimyolo.stages.runners import StageResult
 from slimyolo.stages.specs import ConvertSpec, DataRef, EvalSpec, FileRef, PruneSpec, Spec, SweepSpec, TrainSpec
-from slimyolo.store import Store
+from slimyolo.store import Store, validate_key
 
 
 def _pack(folder: Path, archive: Path) -> None:
-    """A gzip tar of the data set folder's contents (what a DatasetRef carries)."""
-    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:  # JPEGs do not compress; be quick
+    """A gzip tar of the data set folder's contents (what a DatasetRef carries).
+
+    Reproducible: the same files give the same bytes (no times, owners or gzip timestamp), so
+    the stages' specs, which name the archive by its sha256, are the same when a run continues.
+    """
+    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:  # JPEGs do not compress; be quick
         for path in sorted(folder.iterdir()):
-            tar.add(path, arcname=path.name)
+            tar.add(path, arcname=path.name, filter=plain)
 
 
 def prepare_data(config: PipelineConfig, run_dir: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
@@ -50,6 +62,7 @@ def prepare_data(config: PipelineConfig, run_dir: Path, say: Callable[[str], Non
                  **(config.data["synth"] or {})}
         say(f"synthetic data set: {synth['classes']} classes, {synth['train']} training and {synth['val']} "
             f"validation images of {synth['size']} px (seed {synth['seed']})")
+        shutil.rmtree(run_dir / "data", ignore_errors=True)  # a continued run writes the same set again
         data_file = write_synthetic(run_dir / "data", **synth)
         return data_file.parent, data_file
     spec = read_data_file(config.data["path"])
@@ -106,20 +119,29 @@ class PipelineResult:
 
 
 def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, say: Callable[[str], None] = print,
-                 progress: Progress | None = None, detect: Callable[[str, str, Path], dict] | None = None
-                 ) -> PipelineResult:
+                 progress: Progress | None = None, detect: Callable[[str, str, Path], dict] | None = None,
+                 name: str | None = None) -> PipelineResult:
     """Run every stage through ``runner`` (see the module docstring); ``say`` prints the headers.
 
     ``detect(model name, version, image)``, when given, asks the served fine-tuned model for
     the objects in a validation image at the end (the remote run's inference service).
+    ``name`` is the run's stable name (default: the config's name and the time): running the
+    same config under the same name again continues the run, since every stage is keyed by its
+    ``out`` under ``runs/<name>/`` (:mod:`slimyolo.stages.durable`): finished stages return
+    their results at once and an interrupted training resumes from its last checkpoint.
     """
     from slimyolo.data.dataset import read_data_file
 
     started = time.monotonic()
-    run_id = f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_id = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    prefix = validate_key(f"runs/{run_id}", "--name")
+    if "/" in run_id:
+        raise SlimYoloError(f"--name: {run_id!r} must be one name, without '/'")
     run_dir = config.out / run_id
-    run_dir.mkdir(parents=True)
-    prefix = f"runs/{run_id}"
+    continued = run_dir.is_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    say(f"run {run_id}" + (" (continued)" if continued else "") + f": after an interruption, continue it with "
+        f"--resume {run_id}")
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(_plain_config(config), sort_keys=False))
     stages: dict[str, dict[str, Any]] = {}
     with_reference = config.reference is not None
