@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slimyolo.errors import FailedPrecondition, NotFoundError, SlimYoloError
-from slimyolo.progress import StageStep
+from slimyolo.errors import Cancelled, FailedPrecondition, NotFoundError, SlimYoloError
+from slimyolo.progress import StageStep, SweepPoint
 from slimyolo.rpc.gen.v1 import pruner_pb2
 from slimyolo.rpc.messages import dict_to_struct
 from slimyolo.stages import messages
-from slimyolo.stages.runners import run_eval, run_prune, run_stage, run_train
+from slimyolo.stages.runners import run_eval, run_prune, run_stage, run_sweep, run_train
 from slimyolo.stages.specs import (
     ConvertSpec,
     DataRef,
@@ -368,3 +368,35 @@ def test_serve_checks_its_flags_before_serving(run_cli):
     assert code == 2 and "the metrics port must differ from the gRPC port" in err
     code, _, err = run_cli("serve", "converter", "--port", "0", "--metrics-port", "0", "--model-repository", "../m")
     assert code == 2 and "--model-repository / SLIMYOLO_MODEL_REPOSITORY: '../m'" in err
+
+
+def test_an_interrupted_sweep_evaluates_only_the_points_it_had_not_published(mini_store):
+    store = mini_store
+    doc = {"cfg": "inputs/mini.cfg", "weights": "inputs/best.pt", "data": "inputs/synth",
+           "percents": [0.1, 0.9, 0.2], "max_map_drop": 0.5, "latency_runs": 0, "max_images": 8}
+    whole = run_sweep(store, SweepSpec.from_dict({**doc, "out": "runs/sweep-whole"}))
+    assert whole.metrics["points_reused"] == 0
+
+    cut = SweepSpec.from_dict({**doc, "out": "runs/sweep-cut"})
+    points = []
+
+    def stop(event):  # a kill after the third point's checkpoint
+        if isinstance(event, SweepPoint):
+            points.append(event.row)
+            if len(points) == 3:
+                raise Cancelled("stopped by the test")
+
+    with pytest.raises(Cancelled):
+        run_sweep(store, cut, stop)
+    assert store.list_trees("runs/sweep-cut/checkpoints") == ["runs/sweep-cut/checkpoints/point-00003"]
+    events = []
+    again = run_sweep(store, cut, events.append)
+    assert again.metrics["points_reused"] == 3
+    assert StageStep("sweep", "resume", {"points": 3, "key": "runs/sweep-cut/checkpoints/point-00003"}) in events
+    assert [e.row for e in events if isinstance(e, SweepPoint)][:3] == points  # repeated, not evaluated
+    same = ("out", "points_reused")
+    assert {k: v for k, v in again.metrics.items() if k not in same} == \
+           {k: v for k, v in whole.metrics.items() if k not in same}
+    for role in ("cfg", "weights"):
+        assert again.artifacts[role].sha256 == whole.artifacts[role].sha256
+    assert store.list_trees("runs/sweep-cut") == ["runs/sweep-cut"]  # the checkpoints go with the result

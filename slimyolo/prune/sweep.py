@@ -35,7 +35,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -301,13 +301,16 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
           shortcuts: tuple[int, int, int] | None = None, max_map_drop: float = 0.01, layer_keep: float = 0.01,
           round_to: int = 1, fine_percent: float = 0.01, latency_runs: int = 3,
           progress: Progress | None = None, objective: str = "bflops",
-          measure_fps: FpsFn | None = None) -> tuple[SweepResult, PruneResult | None]:
+          measure_fps: FpsFn | None = None,
+          known: Mapping[tuple, SweepRow] | None = None) -> tuple[SweepResult, PruneResult | None]:
     """Search the best pruning point of ``model`` (see the module docstring).
 
     ``percents`` and ``shortcuts`` are (lo, hi, coarse step). ``measure_fps`` (a
     :class:`~slimyolo.prune.speed.FpsMeter`, or any ``Darknet -> FPS``) is required by the
-    ``fps`` objective and fills every row's ``fps``. Returns the result and the pruned model at
-    the best point (None if no point stays within the drop).
+    ``fps`` objective and fills every row's ``fps``. ``known`` holds rows an interrupted sweep of
+    the same model and settings evaluated (by :func:`point_key`): they are taken as they are,
+    without evaluating again (the search visits the same points in the same order). Returns the
+    result and the pruned model at the best point (None if no point stays within the drop).
     """
     p_lo, p_hi, p_step = percents
     check_args(p_lo, None, layer_keep, round_to)
@@ -335,6 +338,12 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
 
     def add(stage: str, percent: float | None, units: int, pruned: Darknet, stats, floor: float | None,
             removed: float | None = None) -> SweepRow:
+        reused = (known or {}).get((stage, percent, units))
+        if reused is not None:
+            rows.append(reused)
+            if progress is not None:
+                progress(SweepPoint(reused))
+            return reused
         m = evaluate(pruned)
         lat = measure_latency(pruned, latency_runs) if latency_runs > 0 else None
         fps = float(measure_fps(pruned)) if measure_fps is not None else None
@@ -387,6 +396,11 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
     if progress is not None:
         progress(SweepBest(best[0]))
     return result, best[1]
+
+
+def point_key(row: SweepRow) -> tuple:
+    """What identifies a point of the search: (stage, asked fraction, residual units)."""
+    return row.stage, row.global_percent, row.shortcuts
 
 
 def run_sweep_command(args) -> int:

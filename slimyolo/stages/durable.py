@@ -17,7 +17,9 @@ raw and EMA weights, optimizer, EMA count, best fitness and results so far; ``be
 ``results.csv``; ``config.yaml``) and a ``stage.json`` with the spec's digest and the epoch.
 A tree is complete only once its ``SHA256SUMS`` is written, last, so a reader (and a restarted
 stage) sees the previous checkpoint or the new one, never a partial one; the older checkpoint
-is removed once the new one is complete, and all of them once the stage's own tree is.
+is removed once the new one is complete, and all of them once the stage's own tree is. The sweep
+publishes ``<out>/checkpoints/point-NNNNN`` after each evaluated point (``points.json``: every row so
+far); started again it takes those rows as they are and evaluates only the points after them.
 """
 
 from __future__ import annotations
@@ -33,13 +35,22 @@ from pathlib import Path
 from typing import Any
 
 from slimyolo.errors import FailedPrecondition
-from slimyolo.progress import Event, Progress, StageStep, TrainEpoch
+from slimyolo.progress import (
+    Event,
+    Progress,
+    StageStep,
+    SweepPoint,
+    SweepRow,
+    TrainEpoch,
+    event_from_dict,
+    event_to_dict,
+)
 from slimyolo.stages.specs import Spec
 from slimyolo.store import MANIFEST, Artifact, Store
 
 STAGE_FILE = "stage.json"
 CHECKPOINTS = "checkpoints"
-CHECKPOINT_FORMAT = "epoch-{:05d}"
+POINTS_FILE = "points.json"
 
 
 def spec_digest(spec: Spec) -> str:
@@ -109,26 +120,29 @@ def finished(store: Store, prefix: str, spec: Spec, roles: Callable[[dict[str, A
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A complete checkpoint tree of a stage: its prefix and the epoch it holds."""
+    """A complete checkpoint tree of a stage: its prefix and how far it got (epochs, sweep points)."""
 
     prefix: str
     epoch: int
 
 
 class Checkpoints:
-    """The train stage's checkpoints under ``<out>/checkpoints/``: publish, find the newest, remove."""
+    """A stage's checkpoints under ``<out>/checkpoints/<unit>-NNNNN``: publish, find the newest, remove.
 
-    def __init__(self, store: Store, out: str, spec: Spec) -> None:
-        self.store, self.out, self.spec = store, out, spec
+    ``unit`` names what a checkpoint counts: ``epoch`` (training), ``point`` (a sweep's evaluated points).
+    """
+
+    def __init__(self, store: Store, out: str, spec: Spec, unit: str = "epoch") -> None:
+        self.store, self.out, self.spec, self.unit = store, out, spec, unit
         self.root = f"{out}/{CHECKPOINTS}"
 
     def complete(self) -> list[Checkpoint]:
         """The complete checkpoint trees, oldest first."""
-        found = []
+        found, head = [], f"{self.unit}-"
         for prefix in self.store.list_trees(self.root):
             name = prefix.rsplit("/", 1)[1]
-            if name.startswith("epoch-") and name[6:].isdigit():
-                found.append(Checkpoint(prefix, int(name[6:])))
+            if name.startswith(head) and name[len(head):].isdigit():
+                found.append(Checkpoint(prefix, int(name[len(head):])))
         return sorted(found, key=lambda c: c.epoch)
 
     def latest(self) -> Checkpoint | None:
@@ -148,7 +162,7 @@ class Checkpoints:
         self.store.get_files(files, dest, self.store.uri_of(checkpoint.prefix))
 
     def publish(self, run_dir: Path, epoch: int, staging: Path) -> Checkpoint:
-        """Publish ``run_dir`` (as it is at the end of ``epoch``) as a checkpoint tree, then drop older ones.
+        """Publish ``run_dir`` (as it is after ``epoch`` units) as a checkpoint tree, then drop older ones.
 
         The files are hard-linked into ``staging`` first: the trainer replaces them by rename,
         never in place, so the tree's manifest and bytes agree even if the next epoch's files
@@ -165,8 +179,8 @@ class Checkpoints:
                 os.link(path, staging / rel)
             except OSError:  # another file system: copy
                 shutil.copy2(path, staging / rel)
-        write_stage_file(staging, self.spec, epoch=epoch)
-        prefix = f"{self.root}/{CHECKPOINT_FORMAT.format(epoch)}"
+        write_stage_file(staging, self.spec, **{self.unit: epoch})
+        prefix = f"{self.root}/{self.unit}-{epoch:05d}"
         if not self.store.exists(f"{prefix}/{MANIFEST}"):
             self.store.put_tree(prefix, staging)
         shutil.rmtree(staging, ignore_errors=True)
@@ -174,6 +188,32 @@ class Checkpoints:
             if old.epoch < epoch:
                 self.store.delete_tree(old.prefix)
         return Checkpoint(prefix, epoch)
+
+    def on_point(self, folder: Path, staging: Path, progress: Progress | None, done: int) -> Progress:
+        """A progress callback for a sweep: after each newly evaluated point, publish every point so far
+        (``points.json``) as a checkpoint, then pass the events on. ``done``: the points an earlier
+        run had published (the sweep repeats them without evaluating)."""
+        rows: list[SweepRow] = []
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def callback(event: Event) -> None:
+            if isinstance(event, SweepPoint):
+                rows.append(event.row)
+                if len(rows) > done:
+                    (folder / POINTS_FILE).write_text(json.dumps([event_to_dict(SweepPoint(r)) for r in rows]))
+                    self.publish(folder, len(rows), staging)
+            if progress is not None:
+                progress(event)
+
+        return callback
+
+    def points(self, checkpoint: Checkpoint) -> list[SweepRow]:
+        """The sweep rows a point checkpoint holds, in the order they were evaluated."""
+        files = self.store.tree_files(checkpoint.prefix)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.store.fetch(files[POINTS_FILE], Path(tmp) / POINTS_FILE, self.store.uri_of(checkpoint.prefix))
+            events = [event_from_dict(doc) for doc in json.loads(path.read_text())]
+        return [e.row for e in events if isinstance(e, SweepPoint)]
 
     def remove_all(self) -> None:
         """Remove every checkpoint tree (the stage's own tree is complete; they are no longer needed)."""

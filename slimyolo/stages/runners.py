@@ -196,27 +196,35 @@ def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -
     from slimyolo.data.dataset import read_data_file
     from slimyolo.prune import open_model
     from slimyolo.prune.speed import FpsMeter
-    from slimyolo.prune.sweep import sweep
+    from slimyolo.prune.sweep import point_key, sweep
     from slimyolo.train.evaluate import evaluate
 
     done = finished(store, spec.out, spec, lambda files: _roles(files, SWEEP_ROLES), progress=progress)
     if done is not None:
         return StageResult(*done)
+    checkpoints = Checkpoints(store, spec.out, spec, unit="point")
+    latest = checkpoints.latest()
+    known = {point_key(row): row for row in (checkpoints.points(latest) if latest is not None else [])}
+    if known and progress is not None:
+        progress(StageStep("sweep", "resume", {"points": len(known), "key": latest.prefix}))
     with Workspace(store) as ws:
         cfg, weights = _model_inputs(ws, spec)
         data = read_data_file(ws.data(spec.data, "data"))
         model = open_model(cfg, weights)
+        publish = checkpoints.on_point(ws.root / "points", ws.root / "checkpoint", progress, len(known))
         result, best = sweep(model, lambda m: evaluate(m, data, spec.img_size, spec.batch_size,
                                                        max_images=spec.max_images),
                              spec.percents, spec.shortcuts, spec.max_map_drop, spec.layer_keep, spec.round_to,
-                             spec.fine_percent, spec.latency_runs, progress, spec.objective,
+                             spec.fine_percent, spec.latency_runs, publish, spec.objective,
                              FpsMeter(spec.precision, spec.fps_seconds, spec.fps_repeats) if spec.objective == "fps"
-                             else None)
-        metrics = {**result.as_dict(), "out": store.uri_of(spec.out)}
+                             else None, known)
+        metrics = {**result.as_dict(), "points_reused": sum(point_key(r) in known for r in result.rows),
+                   "out": store.uri_of(spec.out)}
         out = ws.root / "sweep"
         result.save(out, best)
         write_stage_file(out, spec, metrics)
         files = ws.publish(spec.out, out)
+    checkpoints.remove_all()
     return StageResult(_roles(files, SWEEP_ROLES), metrics)
 
 
