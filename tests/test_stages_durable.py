@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_a_killed_train_stage_resumes_from_its_last_checkpoint_with_the_same_wei
     assert again.returncode == 0, err[-3000:]
     resumed = json.loads(out)
     assert resumed["metrics"]["resumed_from_epoch"] == epoch
-    assert f"train: resume (epoch {epoch}, key {killed_at[-1]})" in err
+    assert f"train: resume (epoch {epoch}, step 0, key {killed_at[-1]})" in err
     assert f"train epoch {epoch}/{EPOCHS}" not in err and f"train epoch {epoch + 1}/{EPOCHS}" in err
     for role in ("weights", "cfg"):  # darknet's files: byte for byte
         assert resumed["artifacts"][role]["sha256"] == uninterrupted["artifacts"][role]["sha256"], role
@@ -149,3 +150,29 @@ def test_a_finished_spec_is_returned_and_a_changed_one_refused(inputs_store, tmp
     assert (code, out) == (2, "")
     assert ("out: " + store.uri_of("runs/done") + " holds a complete tree of another train spec (differs in "
             "epochs: 1 → 2; lr0: (not set) → 0.002)") in err
+
+
+def test_a_train_stage_killed_inside_an_epoch_resumes_from_its_step_checkpoint(inputs_store, tmp_path):
+    """checkpoint_steps: long epochs are checkpointed every N steps too; a kill loses at most N steps."""
+    store = inputs_store
+    code, out, err = _run(store, _spec(tmp_path, "runs/plain", epochs=2))
+    assert code == 0, err[-3000:]
+    uninterrupted = json.loads(out)
+
+    spec = _spec(tmp_path, "runs/steps", epochs=2, checkpoint_steps=2)  # 48 images, batch 8: steps 2 and 4
+    proc = _stage(store, spec)
+    deadline = time.monotonic() + 600
+    while not any("-step-" in t for t in store.list_trees("runs/steps/checkpoints")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    newest = store.list_trees("runs/steps/checkpoints")[-1]
+    code, out, err = _run(store, spec)
+    assert code == 0, err[-3000:]
+    resumed = json.loads(out)
+    epoch, step = (int(n) for n in re.fullmatch(r".*/epoch-(\d+)-step-(\d+)", newest).groups())
+    assert (resumed["metrics"]["resumed_from_epoch"], resumed["metrics"]["resumed_from_step"]) == (epoch, step)
+    assert step in (2, 4) and f"train: resume (epoch {epoch}, step {step}, key {newest})" in err
+    for role in ("weights", "cfg"):
+        assert resumed["artifacts"][role]["sha256"] == uninterrupted["artifacts"][role]["sha256"], role

@@ -149,6 +149,31 @@ def test_resume_continues_exactly(work):
         train(_config(work, "cut"))
 
 
+def test_resume_inside_an_epoch_continues_exactly(work):
+    """checkpoint_steps: last.pt every N steps inside an epoch; a run stopped after such a save goes
+    on from that step (the same batches, loss sums and LR), not from the epoch's start."""
+    whole = train(_config(work, "whole-steps", batch_size=8))  # 48 images: 6 steps an epoch
+
+    def stop(event):
+        if isinstance(event, TrainStep) and event.epoch == 2 and event.step == 5:
+            raise Cancelled("stopped by the test")
+
+    with pytest.raises(Cancelled):
+        train(_config(work, "cut-steps", batch_size=8, checkpoint_steps=2), stop)
+    cut_dir = Path(_config(work, "cut-steps").out)
+    saved = read_checkpoint(cut_dir / "last.pt")
+    assert (saved["epoch"], saved["step"], saved["epoch_seen"]) == (1, 4, 32)  # steps 2 and 4 of epoch 2 saved
+    steps: list[TrainStep] = []
+    resumed = resume(cut_dir, lambda e: isinstance(e, TrainStep) and steps.append(e))
+    assert (steps[0].epoch, steps[0].step) == (2, 5)  # the first step not yet done
+    a, b = read_checkpoint(whole.last), read_checkpoint(resumed.last)
+    for key in ("raw_model", "model"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resuming inside an epoch"
+    losses = [[r[k] for k in ("lr", "box", "obj", "cls")] for r in csv.DictReader(whole.results_csv.open())]
+    assert losses == [[r[k] for k in ("lr", "box", "obj", "cls")] for r in csv.DictReader(resumed.results_csv.open())]
+
+
 def _small_gammas_checkpoint(path: Path) -> None:
     """A model whose BN γ are spread over [0, 0.05], as after some sparsity: the penalty's effect shows fast."""
     model = Darknet(parse_cfg_text(MINI_CFG), 64)

@@ -14,7 +14,9 @@ holds a complete tree therefore has three outcomes (:func:`finished`):
 While it runs, the train stage publishes its resumable state after every epoch as the tree
 ``<out>/checkpoints/epoch-NNNNN`` (:class:`Checkpoints`): the run folder (``last.pt`` with the
 raw and EMA weights, optimizer, EMA count, best fitness and results so far; ``best.pt``;
-``results.csv``; ``config.yaml``) and a ``stage.json`` with the spec's digest and the epoch.
+``results.csv``; ``config.yaml``) and a ``stage.json`` with the spec's digest and the epoch; with
+the training setting ``checkpoint_steps: N`` also every N steps inside an epoch, as
+``epoch-NNNNN-step-SSSSSS`` (the completed epochs, the steps into the next one).
 A tree is complete only once its ``SHA256SUMS`` is written, last, so a reader (and a restarted
 stage) sees the previous checkpoint or the new one, never a partial one; the older checkpoint
 is removed once the new one is complete, and all of them once the stage's own tree is. The sweep
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -42,6 +45,7 @@ from slimyolo.progress import (
     SweepPoint,
     SweepRow,
     TrainEpoch,
+    TrainStep,
     event_from_dict,
     event_to_dict,
 )
@@ -120,10 +124,12 @@ def finished(store: Store, prefix: str, spec: Spec, roles: Callable[[dict[str, A
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A complete checkpoint tree of a stage: its prefix and how far it got (epochs, sweep points)."""
+    """A complete checkpoint tree of a stage: its prefix and how far it got: ``epoch`` units (epochs,
+    sweep points) and ``step`` steps into the next epoch (``checkpoint_steps``, long epochs)."""
 
     prefix: str
     epoch: int
+    step: int = 0
 
 
 class Checkpoints:
@@ -138,12 +144,12 @@ class Checkpoints:
 
     def complete(self) -> list[Checkpoint]:
         """The complete checkpoint trees, oldest first."""
-        found, head = [], f"{self.unit}-"
+        found = []
         for prefix in self.store.list_trees(self.root):
-            name = prefix.rsplit("/", 1)[1]
-            if name.startswith(head) and name[len(head):].isdigit():
-                found.append(Checkpoint(prefix, int(name[len(head):])))
-        return sorted(found, key=lambda c: c.epoch)
+            name = re.fullmatch(rf"{self.unit}-(\d+)(?:-step-(\d+))?", prefix.rsplit("/", 1)[1])
+            if name:
+                found.append(Checkpoint(prefix, int(name[1]), int(name[2] or 0)))
+        return sorted(found, key=lambda c: (c.epoch, c.step))
 
     def latest(self) -> Checkpoint | None:
         """The newest complete checkpoint, refused (FailedPrecondition) if another spec wrote it."""
@@ -161,8 +167,9 @@ class Checkpoints:
         files = {rel: a for rel, a in self.store.tree_files(checkpoint.prefix).items() if rel != STAGE_FILE}
         self.store.get_files(files, dest, self.store.uri_of(checkpoint.prefix))
 
-    def publish(self, run_dir: Path, epoch: int, staging: Path) -> Checkpoint:
-        """Publish ``run_dir`` (as it is after ``epoch`` units) as a checkpoint tree, then drop older ones.
+    def publish(self, run_dir: Path, epoch: int, staging: Path, step: int = 0) -> Checkpoint:
+        """Publish ``run_dir`` (as it is after ``epoch`` units and ``step`` steps of the next) as a
+        checkpoint tree, then drop the older ones.
 
         The files are hard-linked into ``staging`` first: the trainer replaces them by rename,
         never in place, so the tree's manifest and bytes agree even if the next epoch's files
@@ -179,15 +186,15 @@ class Checkpoints:
                 os.link(path, staging / rel)
             except OSError:  # another file system: copy
                 shutil.copy2(path, staging / rel)
-        write_stage_file(staging, self.spec, **{self.unit: epoch})
-        prefix = f"{self.root}/{self.unit}-{epoch:05d}"
+        write_stage_file(staging, self.spec, **{self.unit: epoch, "step": step})
+        prefix = f"{self.root}/{self.unit}-{epoch:05d}" + (f"-step-{step:06d}" if step else "")
         if not self.store.exists(f"{prefix}/{MANIFEST}"):
             self.store.put_tree(prefix, staging)
         shutil.rmtree(staging, ignore_errors=True)
         for old in self.complete():
-            if old.epoch < epoch:
+            if (old.epoch, old.step) < (epoch, step):
                 self.store.delete_tree(old.prefix)
-        return Checkpoint(prefix, epoch)
+        return Checkpoint(prefix, epoch, step)
 
     def on_point(self, folder: Path, staging: Path, progress: Progress | None, done: int) -> Progress:
         """A progress callback for a sweep: after each newly evaluated point, publish every point so far
@@ -220,18 +227,23 @@ class Checkpoints:
         for old in self.complete():
             self.store.delete_tree(old.prefix)
 
-    def on_epoch(self, run_dir: Path, staging: Path, progress: Progress | None) -> Progress:
+    def on_epoch(self, run_dir: Path, staging: Path, progress: Progress | None, every_steps: int = 0) -> Progress:
         """A progress callback that publishes a checkpoint at the end of every epoch but the last (the
-        stage's own tree follows it), then passes the events on."""
+        stage's own tree follows it) and, with ``every_steps`` (the trainer's ``checkpoint_steps``,
+        which saves ``last.pt`` just before reporting those steps), every that many steps inside an
+        epoch; then passes the events on."""
         def callback(event: Event) -> None:
+            checkpoint = None
             if isinstance(event, TrainEpoch) and event.epoch < event.epochs:
                 checkpoint = self.publish(run_dir, event.epoch, staging)
-                if progress is not None:
-                    progress(event)
-                    progress(StageStep("train", "checkpoint", {"epoch": event.epoch,
-                                                               "key": checkpoint.prefix}))
-            elif progress is not None:
+            elif isinstance(event, TrainStep) and every_steps and event.step % every_steps == 0 \
+                    and event.step < event.steps:
+                checkpoint = self.publish(run_dir, event.epoch - 1, staging, event.step)
+            if progress is not None:
                 progress(event)
+                if checkpoint is not None:
+                    progress(StageStep("train", "checkpoint", {"epoch": checkpoint.epoch, "step": checkpoint.step,
+                                                               "key": checkpoint.prefix}))
 
         return callback
 

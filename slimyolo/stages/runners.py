@@ -99,7 +99,8 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
         if latest is not None:
             checkpoints.restore(latest, run_dir)
             if progress is not None:
-                progress(StageStep("train", "resume", {"epoch": latest.epoch, "key": latest.prefix}))
+                progress(StageStep("train", "resume", {"epoch": latest.epoch, "step": latest.step,
+                                                       "key": latest.prefix}))
         doc: dict[str, Any] = {**spec.options, "data": str(ws.data(spec.data, "data")), "out": str(run_dir),
                                "save_weights": True}
         if spec.cfg is not None:
@@ -110,10 +111,12 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
             doc["teacher_weights"] = str(ws.file(spec.teacher_weights, "teacher_weights", "teacher.weights"))
         if spec.teacher_cfg is not None:
             doc["teacher_cfg"] = str(ws.file(spec.teacher_cfg, "teacher_cfg", "teacher.cfg"))
-        callback = checkpoints.on_epoch(run_dir, ws.root / "checkpoint", progress) if main_rank else progress
+        callback = checkpoints.on_epoch(run_dir, ws.root / "checkpoint", progress,
+                                        int(spec.options.get("checkpoint_steps", 0))) if main_rank else progress
         result = train(TrainConfig.from_dict(doc, "train spec"), callback, resume=latest is not None)
         metrics = {"epochs": result.epochs, "best_map50": result.best_map50, "images_per_s": result.images_per_s,
                    "elapsed_s": result.elapsed_s, "resumed_from_epoch": latest.epoch if latest else 0,
+                   "resumed_from_step": latest.step if latest else 0,
                    "last_eval": {k: v for k, v in result.metrics.items() if k != "per_class"}}
         if not main_rank:  # only rank 0 writes the run folder
             return StageResult(metrics=metrics)

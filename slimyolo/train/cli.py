@@ -19,8 +19,8 @@ from slimyolo.progress import Event, TrainEpoch, TrainStep
 
 # flag → TrainConfig field, for the flags whose value is copied as it is
 _VALUE_FLAGS = ("cfg", "data", "weights", "out", "epochs", "batch_size", "img_size", "optimizer", "lr0", "schedule",
-                "warmup_epochs", "seed", "workers", "threads", "device", "eval_interval", "max_eval_images",
-                "teacher_cfg", "teacher_weights", "distill_weight", "s", "prune", "s_schedule")
+                "warmup_epochs", "seed", "workers", "threads", "device", "eval_interval", "checkpoint_steps",
+                "max_eval_images", "teacher_cfg", "teacher_weights", "distill_weight", "s", "prune", "s_schedule")
 _TRUE_FLAGS = ("bf16", "multi_scale", "save_weights", "finetune", "sr")
 
 
@@ -48,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads per process")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
     p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (default 1)")
+    p.add_argument("--checkpoint-steps", type=int, metavar="N", help="also save the resumable last.pt every N steps "
+                                                                      "inside an epoch, for long epochs (default 0: "
+                                                                      "at epoch ends only)")
     p.add_argument("--max-eval-images", type=int)
     p.add_argument("--save-weights", action="store_true", help="also write best.weights (darknet)")
     p.add_argument("--finetune", action="store_true", help="fine-tuning of a pruned model (6 warm-up epochs)")

@@ -69,6 +69,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads (None: torch's default, divided among DDP processes)
     device: str = "auto"  # auto, cpu, cuda
     eval_interval: int = 1  # evaluate every N epochs (and always after the last)
+    checkpoint_steps: int = 0  # also save the resumable last.pt every N steps inside an epoch (long epochs); 0: no
     max_eval_images: int | None = None
     conf_thres: float = 0.001
     iou_thres: float = 0.6
@@ -126,6 +127,8 @@ class TrainConfig:
             raise bad("prune", f"must be 0 or 1, got {self.prune}")
         if self.eval_interval < 1:
             raise bad("eval_interval", f"must be at least 1, got {self.eval_interval}")
+        if self.checkpoint_steps < 0:
+            raise bad("checkpoint_steps", f"must not be negative, got {self.checkpoint_steps}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise bad("device", f"must be auto, cpu or cuda, got {self.device!r}")
         if self.teacher_cfg and not self.teacher_weights:

@@ -261,14 +261,15 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     ema = ModelEMA(model) if config.ema else None
     sparsity = Sparsity(model, config.s, config.prune, config.s_schedule) if config.sr else None
     gamma_layers = sparsity.layers if sparsity else prunable_bn_layers(model, config.prune)
-    start_epoch, best_fitness, rows = 0, -1.0, []
+    start = _Start()
     if resume:
-        start_epoch, best_fitness, rows = _restore(last_path, model, optimizer, ema, config)
+        start = _restore(last_path, model, optimizer, ema, config)
+    best_fitness, rows = start.best_fitness, start.rows
 
     dataset = YoloDataset(spec.train, spec.classes, img_size, config.augment, config.seed)
     if dataset.labels_report.bad_lines and ddp.main:
         log.warning("%s: %s", spec.path, dataset.labels_report.summary())
-    sampler = DistributedSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=config.seed)
+    sampler = _SkippingSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=config.seed)
     loader = DataLoader(dataset, batch_size=config.batch_size // ddp.world, sampler=sampler,
                         num_workers=config.workers, collate_fn=YoloDataset.collate,
                         persistent_workers=False, pin_memory=device.type == "cuda")
@@ -281,8 +282,8 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
-        writer = _summary_writer(run_dir / "tensorboard", start_epoch)
-        if sparsity and start_epoch == 0:
+        writer = _summary_writer(run_dir / "tensorboard", start.epoch)
+        if sparsity and start.epoch == 0 and start.step == 0:
             plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_start.png", "before sparsity training")
     if config.bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("bf16 autocast on a CPU without native bfloat16 (AVX512-BF16/AMX; this one has %s): "
@@ -292,15 +293,18 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     metrics: dict[str, Any] = {}
     images_per_s = 0.0
     try:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch in range(start.epoch, config.epochs):
             epoch_start = time.monotonic()
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch)
             net.train()
             s_rate = sparsity.rate(epoch, config.epochs) if sparsity else 0.0
             sums = {"box": 0.0, "obj": 0.0, "cls": 0.0, "distill": 0.0, "loss": 0.0}
-            seen, lr = 0, 0.0
-            for step, (imgs, targets, failed) in enumerate(loader):
+            seen, lr, first = 0, 0.0, 0
+            if epoch == start.epoch and start.step:  # resumed inside this epoch: its first steps are done
+                first, sums, seen = start.step, dict(start.sums), start.seen
+            sampler.skip = first * (config.batch_size // ddp.world)
+            for step, (imgs, targets, failed) in enumerate(loader, start=first):
                 bad_images.update(failed)
                 lr = _set_lr(config, optimizer, epoch, epoch * steps + step, warmup_iters)
                 imgs = imgs.to(device, non_blocking=True).float() / 255.0
@@ -336,6 +340,10 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
                 for k in sums:
                     sums[k] += items.get(k, 0.0)
                 images_per_s = seen / max(time.monotonic() - epoch_start, 1e-9)
+                if ddp.main and config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 \
+                        and step + 1 < steps:
+                    _save(last_path, ema.ema if ema else model, model, optimizer, ema, epoch, best_fitness, rows,
+                          config, step=step + 1, sums=sums, seen=seen)
                 if ddp.main:
                     _emit(progress, TrainStep(stage, epoch + 1, config.epochs, step + 1, steps,
                                               {k: v / (step + 1) for k, v in sums.items()}, lr,
@@ -408,14 +416,39 @@ def _rescale(imgs: torch.Tensor, size: int, stride: int, rng: np.random.Generato
 
 
 def _save(path: Path, final_model: Darknet, model: Darknet, optimizer: torch.optim.Optimizer,
-          ema: ModelEMA | None, epoch: int, best_fitness: float, rows: list[dict], config: TrainConfig) -> None:
+          ema: ModelEMA | None, epoch: int, best_fitness: float, rows: list[dict], config: TrainConfig,
+          step: int = 0, sums: dict[str, float] | None = None, seen: int = 0) -> None:
+    """last.pt: ``epoch`` complete epochs, plus ``step`` steps of the next one (``checkpoint_steps``)
+    with that epoch's loss sums and images so far."""
     save_checkpoint(final_model, path, epoch=epoch, best_fitness=best_fitness, results=rows,
                     train_config=config.to_dict(), raw_model=model.state_dict(), optimizer=optimizer.state_dict(),
-                    ema_updates=ema.updates if ema else 0)
+                    ema_updates=ema.updates if ema else 0, step=step, epoch_sums=dict(sums or {}), epoch_seen=seen)
+
+
+@dataclass
+class _Start:
+    """Where a run starts: after ``epoch`` complete epochs and ``step`` steps of the next one."""
+
+    epoch: int = 0
+    step: int = 0
+    best_fitness: float = -1.0
+    rows: list[dict] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=dict)
+    seen: int = 0
+
+
+class _SkippingSampler(DistributedSampler):
+    """DistributedSampler whose epoch order can start ``skip`` samples in, for a run resumed inside
+    an epoch: the same batches as the uninterrupted run, without loading the ones already trained on."""
+
+    skip = 0
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(list(super().__iter__())[self.skip:])
 
 
 def _restore(path: Path, model: Darknet, optimizer: torch.optim.Optimizer, ema: ModelEMA | None,
-             config: TrainConfig) -> tuple[int, float, list[dict]]:
+             config: TrainConfig) -> _Start:
     ckpt = read_checkpoint(path)
     needed = ("raw_model", "optimizer", "epoch", "results")
     if any(k not in ckpt for k in needed):
@@ -428,10 +461,11 @@ def _restore(path: Path, model: Darknet, optimizer: torch.optim.Optimizer, ema: 
             ema.updates = int(ckpt["ema_updates"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise WeightsError(f"{path}: does not fit the run's model: {exc}") from None
-    epoch = int(ckpt["epoch"])
+    epoch, step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
     if epoch >= config.epochs:
         raise SlimYoloError(f"{path}: the run already finished its {config.epochs} epochs")
-    return epoch, float(ckpt["best_fitness"]), list(ckpt["results"])
+    return _Start(epoch, step, float(ckpt["best_fitness"]), list(ckpt["results"]),
+                  dict(ckpt.get("epoch_sums", {})), int(ckpt.get("epoch_seen", 0)))
 
 
 def _summary_writer(log_dir: Path, start_epoch: int) -> Any:
