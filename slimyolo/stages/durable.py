@@ -69,7 +69,7 @@ def write_stage_file(folder: Path, spec: Spec, metrics: Mapping[str, Any] | None
     doc = {"kind": spec.kind, "digest": spec_digest(spec), "spec": spec.to_dict(), **extra}
     if metrics is not None:
         doc["metrics"] = dict(metrics)
-    (folder / STAGE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    (folder / STAGE_FILE).write_text(json.dumps(doc, indent=1) + "\n")  # key order kept: a replay prints the same JSON
 
 
 def read_stage_file(store: Store, prefix: str, files: Mapping[str, Artifact]) -> dict[str, Any] | None:
