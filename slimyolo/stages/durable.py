@@ -131,6 +131,10 @@ class Checkpoint:
     epoch: int
     step: int = 0
 
+    def details(self) -> dict[str, int | str]:
+        """What a progress line says of it: ``epoch 2, key …`` (``step`` too when inside an epoch)."""
+        return {"epoch": self.epoch, **({"step": self.step} if self.step else {}), "key": self.prefix}
+
 
 class Checkpoints:
     """A stage's checkpoints under ``<out>/checkpoints/<unit>-NNNNN``: publish, find the newest, remove.
@@ -242,8 +246,7 @@ class Checkpoints:
             if progress is not None:
                 progress(event)
                 if checkpoint is not None:
-                    progress(StageStep("train", "checkpoint", {"epoch": checkpoint.epoch, "step": checkpoint.step,
-                                                               "key": checkpoint.prefix}))
+                    progress(StageStep("train", "checkpoint", checkpoint.details()))
 
         return callback
 

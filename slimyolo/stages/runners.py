@@ -99,8 +99,7 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
         if latest is not None:
             checkpoints.restore(latest, run_dir)
             if progress is not None:
-                progress(StageStep("train", "resume", {"epoch": latest.epoch, "step": latest.step,
-                                                       "key": latest.prefix}))
+                progress(StageStep("train", "resume", latest.details()))
         doc: dict[str, Any] = {**spec.options, "data": str(ws.data(spec.data, "data")), "out": str(run_dir),
                                "save_weights": True}
         if spec.cfg is not None:
