@@ -36,8 +36,8 @@ ART = {"uri": "file:///store/blobs/sha256/" + "ab" * 32, "sha256": "ab" * 32, "s
 DATA = {"archive": ART, "data_file": "synth.data"}
 # Every declared field of every spec, at a legal value other than its default.
 FULL: dict[str, dict[str, Any]] = {
-    "train": {"data": DATA, "out": "runs/t", "cfg": ART, "weights": "runs/b/best.weights", "teacher_cfg": ART,
-              "teacher_weights": ART, "epochs": 1, "lr0": 0.0, "seed": 0, "warmup_epochs": 0},
+    "train": {"data": DATA, "out": "runs/t", "cfg": ART, "weights": "runs/b/best.weights", "weights_cfg": ART,
+              "teacher_cfg": ART, "teacher_weights": ART, "epochs": 1, "lr0": 0.0, "seed": 0, "warmup_epochs": 0},
     "eval": {"weights": ART, "data": {"tree": "datasets/synth"}, "cfg": "runs/b/model.cfg", "img_size": 32,
              "batch_size": 1, "conf_thres": 0.0, "iou_thres": 1.0},
     "prune": {"weights": ART, "out": "runs/p", "cfg": ART, "method": "both", "global_percent": 1e-6,

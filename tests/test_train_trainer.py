@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -75,7 +76,9 @@ def test_training_learns(work, base_run):
     assert [int(r["epoch"]) for r in rows] == list(range(1, 16))
     assert [r["map50"] != "" for r in rows] == [(e % 5 == 0) for e in range(1, 16)]  # eval_interval 5
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
-    # The files of the docstring, all loadable on their own.
+    # The files of the docstring, all loadable on their own; the curve is a picture of the CSV's epochs.
+    curve = cv2.imread(str(result.run_dir / "results.png"))
+    assert curve is not None and curve.shape[1] > curve.shape[0] > 200
     saved = TrainConfig.from_yaml(result.config)
     assert saved.lr0 == 0.005 and saved.warmup_epochs == 3.0 and saved.optimizer == "adam"
     best = load_model(checkpoint_cfg(result.best), result.best)

@@ -32,14 +32,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("init", help="write random weights with realistic BN statistics")
+    p = sub.add_parser("init", help="write random weights with realistic BN statistics (or pretrained ones, "
+                                    "--weights, where they fit)")
     p.add_argument("cfg", type=Path)
     p.add_argument("--out", type=Path, required=True, help=".weights (or .pt) file to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", help="pretrained weights to start from: the cfg's own, a partial darknet file "
+                                     "(yolov4.conv.137, what `slimyolo partial` writes), another cfg's .weights "
+                                     "(with --weights-cfg) or a .pt; the convolutions they do not cover stay random")
+    p.add_argument("--weights-cfg", help="the cfg of --weights when it is another cfg's darknet .weights (a file, or a "
+                                         "zoo name for its 80-class cfg); its convolutions load where layer index and "
+                                         "shapes match")
     p.add_argument("--sparse", type=float, metavar="F",
                    help="make a fraction F of BN |γ| near 0 (the rest log-uniform in [0.05, 1.5]), "
                         "as after sparsity training, to try pruning without training")
     p.set_defaults(func=_init)
+
+    p = sub.add_parser("partial", help="write the weights of the first N layers, as darknet's partial "
+                                       "(e.g. yolov4-tiny.conv.29 is N=29)")
+    p.add_argument("cfg", type=Path)
+    p.add_argument("weights", help="weights of the cfg (.weights or .pt)")
+    p.add_argument("out", type=Path, help="darknet file to write (the same header; the start of the full file)")
+    p.add_argument("layers", type=int, metavar="N", help="keep the convolutions among layers 0..N-1")
+    p.set_defaults(func=_partial)
 
 
 def _zoo(args: argparse.Namespace) -> int:
@@ -113,7 +128,13 @@ def _init(args: argparse.Namespace) -> int:
 
     if args.sparse is not None and not 0.0 <= args.sparse <= 1.0:
         raise SlimYoloError(f"--sparse is a fraction in [0, 1], got {args.sparse}")
+    if args.weights_cfg and not args.weights:
+        raise SlimYoloError("--weights-cfg is the cfg of --weights; give --weights too")
     model = init_random_weights(load_model(args.cfg), args.seed)
+    if args.weights:  # after the random init: the loaded values are kept exactly
+        from slimyolo.darknet.weights import load_pretrained
+
+        print(load_pretrained(model, args.weights, args.weights_cfg).line(), file=sys.stderr)
     if args.sparse is not None:
         sparsify_gammas(model, args.sparse, args.seed)
     if args.out.suffix == ".pt":
@@ -121,4 +142,24 @@ def _init(args: argparse.Namespace) -> int:
     else:
         model.save_darknet_weights(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes, seed {args.seed})", file=sys.stderr)
+    return 0
+
+
+def _partial(args: argparse.Namespace) -> int:
+    from slimyolo.darknet.model import load_model
+    from slimyolo.darknet.weights import load_pretrained, partial_weights_bytes
+    from slimyolo.errors import WeightsError
+    from slimyolo.fsutil import atomic_write_bytes
+
+    model = load_model(args.cfg)
+    report = load_pretrained(model, args.weights)  # the cfg's own weights, or a partial file covering the N layers
+    missing = [i for i in report.reinitialised if i < args.layers]
+    if missing:
+        raise WeightsError(f"{args.weights}: holds no weights for layer {missing[0]} (a convolution below "
+                           f"{args.layers}): {report.line()}")
+    data = partial_weights_bytes(model, args.layers)
+    atomic_write_bytes(args.out, data)
+    kept = sum(1 for i, _ in model.conv_blocks() if i < args.layers)
+    print(f"wrote {args.out} ({len(data):,} bytes: the {kept} convolutions among layers 0..{args.layers - 1})",
+          file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""``slimyolo data synth`` and ``slimyolo data check``: make and inspect darknet-layout data sets."""
+"""``slimyolo data synth``, ``import`` and ``check``: make, import and inspect darknet-layout data sets."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from slimyolo.errors import SlimYoloError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="darknet-layout data sets: make the synthetic one, check one")
+    p = sub.add_parser("data", help="darknet-layout data sets: make the synthetic one, import photos, check one")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     s = data_sub.add_parser("synth", help="write the synthetic data set (deterministic under --seed)")
@@ -27,6 +27,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("data", type=Path, help=".data file or a folder holding one")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=_check)
+
+    i = data_sub.add_parser("import", help="import annotated photos (Pascal VOC XML, COCO JSON, YOLO txt) as a "
+                                           "darknet-layout data set")
+    i.add_argument("source", type=Path, help="voc: the folder of XML files and images; coco: the instances JSON; "
+                                             "yolo: a darknet .data file or an ultralytics data.yaml")
+    i.add_argument("--format", required=True, choices=("voc", "coco", "yolo"), help="the source's annotation format")
+    i.add_argument("--out", type=Path, required=True, help="new (or empty) folder for the data set")
+    i.add_argument("--val-fraction", type=float, default=None,
+                   help="fraction of the images for validation, 0..1 (default 0.2; a VOCdevkit's ImageSets or a "
+                        "YOLO source's train/val lists are kept unless given)")
+    i.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    i.add_argument("--names", default="", help="class order, comma-separated (default: sorted VOC names, COCO "
+                                               "category ids, the YOLO source's names); other classes are dropped")
+    i.add_argument("--skip-difficult", action="store_true", help="drop VOC objects marked difficult")
+    i.add_argument("--images", type=Path, default=None, help="folder of the images (default: found beside the "
+                                                             "annotations)")
+    i.add_argument("--name", default="", help="stem of the .data and .names files (default: the --out folder's name)")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    i.set_defaults(func=_import)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -67,3 +86,24 @@ def _check(args: argparse.Namespace) -> int:
               f"images; objects per class: {result['objects']}")
         print(f"{len(bad_images)} unreadable images, {report.summary()}")
     return 1 if bad_images or report.bad_lines else 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from slimyolo.data.importer import ImportOptions, NothingImported, import_dataset
+
+    names = tuple(n.strip() for n in args.names.split(",")) if args.names.strip() else ()
+    options = ImportOptions(val_fraction=args.val_fraction, seed=args.seed, names=names,
+                            skip_difficult=args.skip_difficult, images=args.images, name=args.name)
+    try:
+        report = import_dataset(args.format, args.source, args.out, options)
+    except NothingImported as exc:
+        for issue in exc.report.issues:
+            print(f"warning: {issue}", file=sys.stderr)
+        raise
+    for issue in report.issues:
+        print(f"warning: {issue}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print("\n".join(report.summary()))
+    return 0

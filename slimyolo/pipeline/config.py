@@ -4,8 +4,10 @@ The config (``configs/demo.yaml`` is the example)::
 
     name: demo                       # run and model name (models/<name>/<version>)
     out: runs                        # local folder for the run folders
-    data: {synth: {classes: 2, train: 300, val: 80, size: 160, seed: 0}}   # or {path: DATA_SET}
+    data: {synth: {classes: 2, train: 300, val: 80, size: 160, seed: 0}}   # or {path: DATA_SET}, or {import: ...}
     model: yolov4-tiny               # a zoo name (sized for the data) or a cfg file
+    weights: yolov4-tiny.conv.29     # optional: pretrained darknet weights base training starts from (a partial
+    weights_cfg: yolov4-tiny.cfg     #   file, or another cfg's weights and, optional, their cfg; README)
     img_size: 160
     training: {batch_size: 16}       # training settings of all three training stages
     base: {epochs: 30}               # ... and of each one
@@ -17,6 +19,17 @@ The config (``configs/demo.yaml`` is the example)::
     eval: {batch_size: 16}
     remote: {trainer: 127.0.0.1:50051, pruner: 127.0.0.1:50052, converter: 127.0.0.1:50053,
              inference: 127.0.0.1:50054}
+
+``data`` is one of
+
+- ``{synth: {classes, train, val, size, seed}}``: the synthetic data set, written into the run folder;
+- ``{path: DATA_SET}``: a darknet-layout data set (a ``.data`` file or a folder holding one) whose lists
+  name its images by relative paths inside its folder;
+- ``{import: {format: voc|coco|yolo, source: PATH, images: PATH, val_fraction: 0.25, seed: 0,
+  names: [a, b], skip_difficult: false}}``: the user's annotated photos, imported into the run folder's
+  ``data/`` as ``slimyolo data import`` does (``format`` and ``source`` are required; a relative
+  ``source`` or ``images`` is relative to the working directory; ``val_fraction`` absent: the source's
+  own split if it has one, else 0.2). A continued run imports again and gets the same bytes.
 """
 
 from __future__ import annotations
@@ -29,7 +42,16 @@ from typing import Any
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import read_yaml
 from slimyolo.stages.routing import stage_services
-from slimyolo.stages.specs import ConvertSpec, EvalSpec, Fields, PruneSpec, SweepSpec, TrainSpec, store_fields
+from slimyolo.stages.specs import (
+    ConvertSpec,
+    EvalSpec,
+    Fields,
+    PruneSpec,
+    SweepSpec,
+    TrainSpec,
+    import_ref,
+    store_fields,
+)
 from slimyolo.store import validate_key
 
 SERVICES = (*stage_services(), "inference")
@@ -53,7 +75,7 @@ def address_variable(service: str) -> str:
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str
-    data: Mapping[str, Any]  # {"synth": {...}} or {"path": "..."}
+    data: Mapping[str, Any]  # {"synth": {...}}, {"path": "..."} or {"import": {...}}
     model: str  # a zoo name or a cfg file
     img_size: int
     out: Path = Path("runs")
@@ -70,6 +92,8 @@ class PipelineConfig:
     # The fair reference: the baseline trained on for as many epochs as sparsity training and
     # fine-tuning took together (its own settings on top of base's); None: not trained.
     reference: Mapping[str, Any] | None = field(default_factory=dict)
+    weights: str | None = None  # pretrained weights of base training (its cfg's, a partial file, another cfg's)
+    weights_cfg: str | None = None  # the cfg of ``weights`` when they are another cfg's darknet .weights
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineConfig:
@@ -92,9 +116,11 @@ class PipelineConfig:
         if img_size is None or img_size % 32:
             raise SlimYoloError(f"{f.where('img_size')}: a multiple of 32 is required, got {img_size}")
         data = f.raw("data")
-        if not (isinstance(data, Mapping) and len(data) == 1 and set(data) <= {"synth", "path"}):
-            raise SlimYoloError(f"{f.where('data')}: expected {{synth: {{classes, train, val, size, seed}}}} or "
-                                f"{{path: DATA_SET}}, got {data!r}")
+        if not (isinstance(data, Mapping) and len(data) == 1 and set(data) <= {"synth", "path", "import"}):
+            raise SlimYoloError(f"{f.where('data')}: expected {{synth: {{classes, train, val, size, seed}}}}, "
+                                f"{{path: DATA_SET}} or {{import: {{format, source, ...}}}}, got {data!r}")
+        if "import" in data:
+            import_ref(data["import"], f"{source}: 'data.import'", local=True)
         sections = {}
         for key in SECTIONS:
             value = f.raw(key) or {}
@@ -110,7 +136,13 @@ class PipelineConfig:
             raise SlimYoloError(f"{f.where('reference')}: expected training settings (a mapping, {{}} for the "
                                 f"defaults) or false to leave the reference out, got {reference!r}")
         out = Path(f.text("out") or "runs")
+        weights, weights_cfg = f.text("weights"), f.text("weights_cfg")
         f.done()
+        if weights_cfg is not None and weights is None:
+            raise SlimYoloError(f"{source}: 'weights_cfg' is the cfg of 'weights'; it needs weights")
+        for key, value in (("weights", weights), ("weights_cfg", weights_cfg)):
+            if value is not None and not Path(value).is_file():
+                raise SlimYoloError(f"{source}: '{key}': no such file {value!r}")
         finetune = dict(sections["finetune"])
         distill = finetune.pop("distill", True)
         if not isinstance(distill, bool):
@@ -121,7 +153,7 @@ class PipelineConfig:
         config = cls(name, dict(data), model, img_size, out, sections["training"], sections["base"],
                      sections["sparsity"], finetune, distill, sections["sweep"], sections["prune"], sections["convert"],
                      sections["eval"], {k: str(v) for k, v in sections["remote"].items()},
-                     None if reference is None else dict(reference))
+                     None if reference is None else dict(reference), weights, weights_cfg)
         config._check(source)
         return config
 

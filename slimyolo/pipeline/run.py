@@ -52,7 +52,8 @@ def _pack(folder: Path, archive: Path) -> None:
 
 
 def prepare_data(config: PipelineConfig, run_dir: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
-    """(data set folder, its .data file): the synthetic set written into the run folder, or the given one."""
+    """(data set folder, its .data file): the synthetic set written into the run folder, annotated photos
+    imported into it (``slimyolo data import``), or the given data set."""
     from slimyolo.data.dataset import read_data_file
 
     if "synth" in config.data:
@@ -65,6 +66,24 @@ def prepare_data(config: PipelineConfig, run_dir: Path, say: Callable[[str], Non
         shutil.rmtree(run_dir / "data", ignore_errors=True)  # a continued run writes the same set again
         data_file = write_synthetic(run_dir / "data", **synth)
         return data_file.parent, data_file
+    if "import" in config.data:
+        from slimyolo.data.importer import ImportOptions, import_dataset
+        from slimyolo.stages.specs import import_ref
+
+        ref = import_ref(config.data["import"], "data.import", local=True)
+        options = ImportOptions(val_fraction=ref.val_fraction, seed=ref.seed, names=tuple(ref.names),
+                                skip_difficult=ref.skip_difficult, images=Path(ref.images) if ref.images else None,
+                                name=config.name)
+        shutil.rmtree(run_dir / "data", ignore_errors=True)  # a continued run imports the same bytes again
+        result = import_dataset(ref.format, ref.source, run_dir / "data", options)
+        for line in result.summary():
+            say(line.strip())
+        for issue in result.issues:
+            say(f"  {issue}")
+        if not result.train or not result.valid:
+            raise SlimYoloError(f"data.import: the pipeline trains and evaluates, so it needs training and validation "
+                                f"images; the import gave {result.train} and {result.valid} (val_fraction)")
+        return run_dir / "data", Path(result.data_file)
     spec = read_data_file(config.data["path"])
     folder = spec.path.parent
     try:  # the stages read it as a data set that arrived in an archive: every path inside, and relative
@@ -178,7 +197,10 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
         options = config.train_options({"sparse": "sparsity"}.get(step, step))
         return stage(step, title, TrainSpec(data=data, out=f"{prefix}/{step}", options=options, **refs))
 
-    base = train("base", "base training", cfg=cfg)
+    pretrained = {k: store.put_file(Path(v)) for k, v in (("weights", config.weights),
+                                                          ("weights_cfg", config.weights_cfg)) if v}
+    base = train("base", "base training" + (f" (from {Path(config.weights).name})" if config.weights else ""),
+                 cfg=cfg, **pretrained)
     sparse = train("sparse", "sparsity training", cfg=base.artifacts["cfg"], weights=base.artifacts["weights"])
     model = {"cfg": sparse.artifacts["cfg"], "weights": sparse.artifacts["weights"]}
     sweep = SweepSpec.from_dict({**model, "data": data, "out": f"{prefix}/sweep", **config.sweep})

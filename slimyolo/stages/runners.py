@@ -106,6 +106,8 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
             doc["cfg"] = str(ws.file(spec.cfg, "cfg", "model.cfg"))
         if spec.weights is not None:
             doc["weights"] = str(ws.file(spec.weights, "weights", "init.weights"))
+        if spec.weights_cfg is not None:
+            doc["weights_cfg"] = str(ws.file(spec.weights_cfg, "weights_cfg", "weights.cfg"))
         if spec.teacher_weights is not None:
             doc["teacher_weights"] = str(ws.file(spec.teacher_weights, "teacher_weights", "teacher.weights"))
         if spec.teacher_cfg is not None:

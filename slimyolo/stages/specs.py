@@ -55,9 +55,68 @@ MAX_SEGMENT_BYTES = 255  # a file name, on the local store's file systems and on
 MAX_OUT_BYTES = MAX_KEY_BYTES - 256  # the rest is room for the paths inside the tree published there
 
 
+IMPORT_FORMATS = ("voc", "coco", "yolo")  # slimyolo.data.importer.FORMATS
+
+
+@dataclass(frozen=True)
+class ImportRef:
+    """A user's annotated photos, imported into a darknet data set where they are used (``slimyolo data import``).
+
+    In a stage spec ``source`` is a store tree (the user's VOC/COCO/YOLO folder, uploaded with
+    ``slimyolo store put``) and ``file`` (the COCO JSON, the YOLO ``.data``/``data.yaml``; empty: found
+    in the tree) and ``images`` (the image folder; empty: found) are paths inside it. In the pipeline
+    config ``source`` and ``images`` are local paths (relative ones to the working directory).
+    """
+
+    format: str
+    source: str
+    file: str = ""
+    images: str = ""
+    val_fraction: float | None = None  # None: the source's own split, else 0.2
+    seed: int = 0
+    names: tuple[str, ...] = ()
+    skip_difficult: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = {"format": self.format, "source": self.source, "file": self.file, "images": self.images,
+               "val_fraction": self.val_fraction, "seed": self.seed, "names": list(self.names),
+               "skip_difficult": self.skip_difficult}
+        return {k: v for k, v in doc.items() if v not in (None, "", [])}
+
+
+def import_ref(value: Any, where: str, local: bool = False) -> ImportRef:
+    """An ImportRef from YAML/JSON; ``local``: the pipeline config's (``source`` and ``images`` are local paths)."""
+    f = Fields(value, where)
+    fmt = f.choice("format", IMPORT_FORMATS, None)
+    if fmt is None:
+        raise SlimYoloError(f"{f.where('format')} is required (one of {', '.join(IMPORT_FORMATS)})")
+    source = f.raw("source")
+    if not isinstance(source, str) or not source:
+        raise SlimYoloError(f"{f.where('source')} is required: " + (
+            "the path of the VOC folder, the COCO JSON or the YOLO .data/data.yaml" if local
+            else "the store tree holding the annotated images"))
+    if local:
+        file, images = "", f.text("images") or ""
+    else:
+        source = validate_key(source, f.where("source"))
+        file, images = (f.text(k) or "" for k in ("file", "images"))
+        for key, path in (("file", file), ("images", images)):
+            if path:
+                data_file_path(path, f.where(key))
+    val_fraction = f.number("val_fraction", float, None, 0.0, 1.0)
+    seed = f.number("seed", int, 0, 0)
+    names = f.strings("names")
+    if len(set(names)) != len(names) or any(n != n.strip() or "\n" in n for n in names):
+        raise SlimYoloError(f"{f.where('names')} must list distinct class names, got {list(names)!r}")
+    skip = f.flag("skip_difficult")
+    f.done()
+    return ImportRef(fmt, source, file, images, val_fraction, seed, names, skip)
+
+
 @dataclass(frozen=True)
 class DataRef:
-    """A darknet-layout data set in the store: a tree, or a tar archive (gzip allowed) of one.
+    """A darknet-layout data set in the store: a tree, or a tar archive (gzip allowed) of one; or annotated
+    photos (``imported``, written ``import:`` in YAML/JSON) that the stage imports into one first.
 
     ``data_file`` is the ``.data`` file's path inside; empty: the only ``.data`` file at the root.
     """
@@ -65,6 +124,7 @@ class DataRef:
     tree: str | None = None
     archive: FileRef | None = None
     data_file: str = ""
+    imported: ImportRef | None = None
 
 
 def file_ref(value: Any, where: str) -> FileRef:
@@ -117,14 +177,22 @@ def data_file_path(value: Any, where: str) -> str:
 def data_ref(value: Any, where: str) -> DataRef:
     """A DataRef from YAML/JSON: a tree key, or a mapping with ``tree`` or ``archive`` (and ``data_file``)."""
     if isinstance(value, DataRef):  # from a request: checked as the same fields in YAML would be
-        value = {"tree": value.tree, "archive": value.archive, "data_file": value.data_file}
+        value = {"import": value.imported.to_dict()} if value.imported is not None else \
+            {"tree": value.tree, "archive": value.archive, "data_file": value.data_file}
     if isinstance(value, str):
         return DataRef(tree=validate_key(value, where))
     if not isinstance(value, Mapping):
-        raise SlimYoloError(f"{where}: expected a data set tree key or {{tree|archive, data_file}}, got {value!r}")
+        raise SlimYoloError(f"{where}: expected a data set tree key, {{tree|archive, data_file}} or "
+                            f"{{import: {{format, source, ...}}}}, got {value!r}")
+    if "import" in value:
+        others = sorted(k for k in value if k != "import" and value[k] not in (None, ""))
+        if others:
+            raise SlimYoloError(f"{where}: 'import' takes no {others[0]!r} beside it (the import makes the data set)")
+        return DataRef(imported=import_ref(value["import"], f"{where}.import"))
     unknown = sorted(set(value) - {"tree", "archive", "data_file"})
     if unknown:
-        raise SlimYoloError(f"{where}: unknown key {unknown[0]!r} (a data set has tree or archive, and data_file)")
+        raise SlimYoloError(f"{where}: unknown key {unknown[0]!r} (a data set has tree or archive, and data_file; "
+                            "or import)")
     tree, archive = value.get("tree"), value.get("archive")
     if (tree is None) == (archive is None):
         raise SlimYoloError(f"{where}: give exactly one of tree (a store key) and archive (a tar file)")
@@ -349,7 +417,8 @@ class TrainSpec(SpecBase):
     data: DataRef = param("data")
     out: str = param("out")
     cfg: FileRef | None = param("file", None)  # None: the cfg inside ``weights`` (a .pt checkpoint)
-    weights: FileRef | None = param("file", None)  # None: trained from scratch
+    weights: FileRef | None = param("file", None)  # None: trained from scratch; base training: also partial files
+    weights_cfg: FileRef | None = param("file", None)  # the cfg of ``weights`` when they are another cfg's .weights
     teacher_cfg: FileRef | None = param("file", None)
     teacher_weights: FileRef | None = param("file", None)  # distillation from this teacher while fine-tuning
     # Every other key: a TrainConfig setting (epochs, sr, s, ...), checked by TrainConfig itself (check()).
@@ -366,6 +435,8 @@ class TrainSpec(SpecBase):
             raise SlimYoloError(f"{f.source}: 'cfg' is required unless 'weights' is a .pt checkpoint holding its cfg")
         if self.teacher_cfg is not None and self.teacher_weights is None:
             raise SlimYoloError(f"{f.source}: 'teacher_cfg' needs 'teacher_weights'")
+        if self.weights_cfg is not None and self.weights is None:
+            raise SlimYoloError(f"{f.source}: 'weights_cfg' is the cfg of 'weights'; it needs weights")
         self.check(f.source)
 
     def check(self, source: str = "train spec") -> None:
@@ -373,6 +444,8 @@ class TrainSpec(SpecBase):
         from slimyolo.train.config import TrainConfig
 
         doc = {**self.options, "data": "data", "cfg": "model.cfg", "out": "run"}
+        if self.weights_cfg is not None:  # base training only (checked with the settings)
+            doc.update(weights="init.weights", weights_cfg="weights.cfg")
         TrainConfig.from_dict(doc, source).resolved(source)
 
     def to_dict(self) -> dict[str, Any]:
@@ -548,6 +621,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Artifact):
         return dataclasses.asdict(value)
     if isinstance(value, DataRef):
+        if value.imported is not None:
+            return {"import": value.imported.to_dict()}
         return {k: _plain(v) for k, v in dataclasses.asdict(value).items() if v not in (None, "")}
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items() if v is not None}

@@ -32,7 +32,7 @@ from typing import ClassVar
 from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.stages import archive
-from slimyolo.stages.specs import DataRef, FileRef
+from slimyolo.stages.specs import DataRef, FileRef, ImportRef
 from slimyolo.store import Artifact, Store, subtree
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,9 @@ class Workspace:
         self._data_sets += 1
         folder = self.root / "inputs" / f"data-{self._data_sets}"
         self._fields[str(folder)] = field
-        if ref.tree is not None:
+        if ref.imported is not None:
+            folder = self._import(ref.imported, folder, f"{field}.import")
+        elif ref.tree is not None:
             for rel, artifact in folder_files(self.store, ref.tree, field).items():
                 self.store.fetch(artifact, folder / rel, f"{field}: {rel}")
         else:
@@ -204,6 +206,31 @@ class Workspace:
             return read_data_file(path, root=folder).path
         except SlimYoloError as exc:
             raise type(exc)(f"{field}: {exc}") from None
+
+    def _import(self, ref: ImportRef, folder: Path, field: str) -> Path:
+        """Fetch the annotated photos of ``ref.source`` and import them into ``folder`` (slimyolo data import).
+
+        Every path the source names (a COCO ``file_name``, an XML's ``filename``, a YOLO list's
+        entries) must stay inside the fetched tree: the rest is reported and skipped, never read.
+        """
+        from slimyolo.data.importer import ImportOptions, import_dataset
+
+        source = folder.with_name(folder.name + "-source")
+        self._fields[str(source)] = f"{field}.source"
+        for rel, artifact in folder_files(self.store, ref.source, f"{field}.source").items():
+            self.store.fetch(artifact, source / rel, f"{field}.source: {rel}")
+        options = ImportOptions(val_fraction=ref.val_fraction, seed=ref.seed, names=tuple(ref.names),
+                                skip_difficult=ref.skip_difficult, images=source / ref.images if ref.images else None,
+                                name="data", root=source)
+        try:
+            report = import_dataset(ref.format, source / ref.file if ref.file else source, folder, options)
+        except SlimYoloError as exc:
+            raise type(exc)(f"{field}: {exc}") from None
+        for line in report.summary():
+            log.info("%s: %s", field, line.strip())
+        for issue in report.issues:
+            log.warning("%s: %s", field, issue)
+        return folder
 
     def publish(self, prefix: str, folder: Path) -> dict[str, Artifact]:
         """Upload ``folder`` as the tree ``prefix``; its files as Artifacts by relative path."""

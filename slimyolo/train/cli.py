@@ -18,9 +18,10 @@ from slimyolo.errors import SlimYoloError
 from slimyolo.progress import Event, TrainEpoch, TrainStep
 
 # flag → TrainConfig field, for the flags whose value is copied as it is
-_VALUE_FLAGS = ("cfg", "data", "weights", "out", "epochs", "batch_size", "img_size", "optimizer", "lr0", "schedule",
-                "warmup_epochs", "seed", "workers", "threads", "device", "eval_interval", "checkpoint_steps",
-                "max_eval_images", "teacher_cfg", "teacher_weights", "distill_weight", "s", "prune", "s_schedule")
+_VALUE_FLAGS = ("cfg", "data", "weights", "weights_cfg", "out", "epochs", "batch_size", "img_size", "optimizer",
+                "lr0", "schedule", "warmup_epochs", "seed", "workers", "threads", "device", "eval_interval",
+                "checkpoint_steps", "max_eval_images", "teacher_cfg", "teacher_weights", "distill_weight", "s", "prune",
+                "s_schedule")
 _TRUE_FLAGS = ("bf16", "multi_scale", "save_weights", "finetune", "sr")
 
 
@@ -30,7 +31,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder exactly")
     p.add_argument("--cfg", help="model cfg file, a zoo name (yolov4-tiny, ...), or a .pt holding its cfg")
     p.add_argument("--data", help=".data file or a data set folder holding one")
-    p.add_argument("--weights", help="initial weights (.weights or .pt)")
+    p.add_argument("--weights", help="initial weights (.weights or .pt). Base training also starts from a partial "
+                                     "darknet file (yolov4.conv.137, yolov4-tiny.conv.29) or another cfg's weights "
+                                     "(--weights-cfg): what they cover loads, the rest (e.g. the heads) starts fresh; "
+                                     "-sr and --finetune need the full weights of the cfg")
+    p.add_argument("--weights-cfg", help="the cfg of --weights when they are another cfg's darknet .weights (a file, "
+                                         "or a zoo name for its 80-class cfg), e.g. yolov4-tiny.weights for a "
+                                         "1-class model: convolutions load where layer index and shapes match")
     p.add_argument("--out", help="run folder (default runs/train)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="total batch size over all processes (default 16)")
@@ -76,6 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--split", default="valid", choices=("valid", "train"))
     e.add_argument("--max-images", type=int)
     e.add_argument("--json", action="store_true", help="print JSON")
+    e.add_argument("--save-json", type=Path, metavar="FILE",
+                   help="also write the detections scored as COCO results JSON (pycocotools' loadRes), "
+                        "boxes in the original images' pixels")
+    e.add_argument("--save-gt-json", type=Path, metavar="FILE",
+                   help="also write the ground truth of the images scored as COCO JSON (same image ids)")
     e.set_defaults(func=_eval)
 
 
@@ -164,14 +176,21 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from slimyolo.darknet.model import load_model
     from slimyolo.darknet.weights import checkpoint_cfg
+    from slimyolo.data.coco_format import check_writable
     from slimyolo.data.dataset import read_data_file
     from slimyolo.train.evaluate import evaluate
 
+    for flag, path in (("--save-json", args.save_json), ("--save-gt-json", args.save_gt_json)):
+        if path is not None:
+            check_writable(path, flag)  # before the model loads and the evaluation runs
     cfg = args.cfg if args.cfg else checkpoint_cfg(args.weights)
     model = load_model(cfg, args.weights, args.img_size)
     spec = read_data_file(args.data)
     result = evaluate(model, spec, args.img_size, args.batch_size, args.conf, args.iou, args.split,
-                      args.max_images)
+                      args.max_images, save_json=args.save_json, save_gt_json=args.save_gt_json)
+    for what, path in (("detections (COCO results)", args.save_json), ("ground truth (COCO)", args.save_gt_json)):
+        if path is not None:
+            print(f"wrote the {what} to {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0

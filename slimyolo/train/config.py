@@ -25,6 +25,11 @@ from slimyolo.fsutil import read_yaml
 from slimyolo.train.loss import LossGains
 
 OPTIMIZERS = ("sgd", "adam")
+# Why sparsity training and fine-tuning take only the full weights of their cfg.
+CONTINUES_A_TRAINED_MODEL = ("sparsity training and fine-tuning continue a trained model, so they need the full "
+                             "weights of its cfg; start base training (without sr or finetune) from a partial file or "
+                             "another cfg's weights, then continue from its best.pt")
+RECORD_KEYS = ("pretrained",)  # what config.yaml records beside the settings (read back, not settings)
 LR_SCHEDULES = ("cosine", "step")
 
 
@@ -47,7 +52,9 @@ class TrainConfig:
 
     data: str  # darknet .data file or a folder holding one
     cfg: str | None = None  # cfg file, a zoo name (sized for the data's classes), or None: the cfg inside a .pt
-    weights: str | None = None  # initial weights (.weights or .pt); None trains from scratch
+    weights: str | None = None  # initial weights (.weights or .pt); None trains from scratch. Base training also takes
+    # a partial darknet file (yolov4.conv.137) or another cfg's weights (see weights_cfg): what they cover loads
+    weights_cfg: str | None = None  # the cfg of ``weights`` when they are another cfg's .weights (base training)
     out: str = "runs/train"  # run directory
     epochs: int = 30
     batch_size: int = 16  # total over all DDP processes
@@ -133,6 +140,10 @@ class TrainConfig:
             raise bad("device", f"must be auto, cpu or cuda, got {self.device!r}")
         if self.teacher_cfg and not self.teacher_weights:
             raise bad("teacher_cfg", "needs teacher_weights")
+        if self.weights_cfg and not self.weights:
+            raise bad("weights_cfg", "is the cfg of 'weights'; it needs weights")
+        if self.weights_cfg and self.stage != "train":
+            raise bad("weights_cfg", f"is for base training only: {CONTINUES_A_TRAINED_MODEL}")
         if self.cfg is None and not (self.weights and _holds_cfg(self.weights)):
             raise bad("cfg", "is required unless weights is a .pt checkpoint (which holds its cfg)")
 
@@ -148,7 +159,10 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Load a YAML config; a run's config.yaml is one too (what it records, RECORD_KEYS, is left out)."""
         doc = read_yaml(path)
+        if isinstance(doc, dict):
+            doc = {k: v for k, v in doc.items() if k not in RECORD_KEYS}
         return cls.from_dict(doc or {}, str(path))
 
     def to_yaml(self) -> str:

@@ -8,6 +8,10 @@ Three layers, so every runtime gets the same numbers from the same code:
   (:mod:`slimyolo.infer.decode`, multi-label at conf 0.001), then :func:`evaluate_detections`;
 - :func:`evaluate` wraps a :class:`~slimyolo.darknet.model.Darknet` as such a predictor.
 
+Both can also write the detections they scored in the COCO results format (``save_json``, boxes
+in the original image's pixels) and the split's ground truth as COCO JSON (``save_gt_json``), so
+pycocotools can check the numbers (:mod:`slimyolo.data.coco_format`).
+
 The metric follows ultralytics/yolov3: detections of an image are matched greedily in score
 order, each to its highest-IoU ground-truth box of the same class, a match counting when the
 IoU exceeds 0.5 and the box is not already taken; AP is the all-point interpolated area under
@@ -28,8 +32,9 @@ import cv2
 import numpy as np
 
 from slimyolo.darknet.graph import Head
+from slimyolo.data.coco_format import CocoGroundTruth, check_writable, image_ids, result_records, write_coco_results
 from slimyolo.data.dataset import DataSpec, LabelReport, load_image, read_data_file, read_labels
-from slimyolo.data.letterbox import letterbox
+from slimyolo.data.letterbox import letterbox, unletterbox_boxes
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer.decode import box_iou, detect
 from slimyolo.progress import Count, Progress
@@ -162,8 +167,8 @@ def preprocess(img: np.ndarray, height: int, width: int) -> tuple[np.ndarray, An
 def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], heads: Sequence[Head],
                        data: DataSpec | str | Path, img_size: int | tuple[int, int], batch_size: int = 8,
                        conf_thres: float = 0.001, iou_thres: float = 0.6, split: str = "valid",
-                       max_images: int | None = None,
-                       progress: Progress | None = None) -> EvalResult:
+                       max_images: int | None = None, progress: Progress | None = None,
+                       save_json: str | Path | None = None, save_gt_json: str | Path | None = None) -> EvalResult:
     """Evaluate any runtime on a split of a data set.
 
     ``predict`` maps a float32 NCHW RGB batch in [0, 1], letterboxed to ``img_size`` (int or
@@ -171,17 +176,33 @@ def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], he
     Unreadable images are skipped with a warning and listed in ``skipped_images``; malformed
     label lines are skipped with a warning. ``progress`` gets a :class:`~slimyolo.progress.Count`
     of stage ``eval`` after each batch (raise :class:`~slimyolo.errors.Cancelled` there to stop).
+
+    ``save_json``: also write the detections scored (after ``conf_thres`` and NMS) as a COCO results
+    JSON list, boxes un-letterboxed to the original image's pixels and clipped to it (see
+    :mod:`slimyolo.data.coco_format`); ``save_gt_json``: also write the ground truth of the images
+    scored as COCO JSON, with the same image ids. Both are written atomically after the last batch;
+    a path that cannot be written, or two images with one id, fail before the first.
     """
     spec = _as_spec(data)
     h, w = _hw(img_size)
     images = spec.split(split)[:max_images] if max_images else spec.split(split)
+    coco = save_json is not None or save_gt_json is not None
+    ids = image_ids(images) if coco else [None] * len(images)
+    if save_json is not None:
+        check_writable(save_json, "COCO results file")
+    if save_gt_json is not None:
+        check_writable(save_gt_json, "COCO ground-truth file")
+        if save_json is not None and Path(save_json).resolve() == Path(save_gt_json).resolve():
+            raise SlimYoloError(f"{save_json}: the COCO results and ground-truth files must differ")
+    gt = CocoGroundTruth(spec.names, spec.path.parent)
+    records: list[dict[str, Any]] = []
     report = LabelReport()
     detections: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     skipped: list[str] = []
     for start in range(0, len(images), batch_size):
-        batch, batch_targets = [], []
-        for path in images[start:start + batch_size]:
+        batch, batch_targets, batch_coco = [], [], []
+        for path, img_id in zip(images[start:start + batch_size], ids[start:start + batch_size], strict=True):
             try:
                 img = load_image(path)
             except SlimYoloError as exc:
@@ -198,12 +219,20 @@ def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], he
             boxes[:, 4] = (labels[:, 2] + labels[:, 4] / 2) * lb.orig_h * lb.ratio + lb.pad_y
             batch.append(x)
             batch_targets.append(boxes)
+            batch_coco.append((img_id, lb))
+            if save_gt_json is not None:
+                gt.add(img_id, path, lb.orig_h, lb.orig_w, labels)
         if batch:
             raws = predict(np.stack(batch))
-            for det in detect([np.asarray(r) for r in raws], heads, conf_thres, iou_thres, multi_label=True):
+            dets = detect([np.asarray(r) for r in raws], heads, conf_thres, iou_thres, multi_label=True)
+            for det, (img_id, lb) in zip(dets, batch_coco, strict=True):
                 det[:, [0, 2]] = det[:, [0, 2]].clip(0, w)
                 det[:, [1, 3]] = det[:, [1, 3]].clip(0, h)
                 detections.append(det)
+                if save_json is not None:
+                    orig = det.copy()
+                    orig[:, :4] = unletterbox_boxes(det[:, :4], lb)
+                    records.extend(result_records(img_id, orig))
             targets.extend(batch_targets)
         if progress is not None:
             progress(Count("eval", min(start + batch_size, len(images)), len(images)))
@@ -211,13 +240,19 @@ def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], he
         log.warning("%s: %s", spec.path, report.summary())
     result = evaluate_detections(detections, targets, spec.classes, spec.names)
     result.skipped_images = skipped
+    if save_json is not None:
+        write_coco_results(save_json, records)
+    if save_gt_json is not None:
+        gt.write(save_gt_json)
     return result
 
 
 def evaluate(model: Darknet, data: DataSpec | str | Path, img_size: int | tuple[int, int] | None = None,
              batch_size: int = 8, conf_thres: float = 0.001, iou_thres: float = 0.6, split: str = "valid",
-             max_images: int | None = None, progress: Progress | None = None) -> EvalResult:
-    """Evaluate a PyTorch model (see :func:`evaluate_predictor`); ``img_size`` defaults to the cfg's."""
+             max_images: int | None = None, progress: Progress | None = None,
+             save_json: str | Path | None = None, save_gt_json: str | Path | None = None) -> EvalResult:
+    """Evaluate a PyTorch model (see :func:`evaluate_predictor`, also for ``save_json`` and
+    ``save_gt_json``); ``img_size`` defaults to the cfg's."""
     import torch
 
     size = _hw(img_size) if img_size is not None else model.input_size
@@ -232,6 +267,6 @@ def evaluate(model: Darknet, data: DataSpec | str | Path, img_size: int | tuple[
 
     try:
         return evaluate_predictor(predict, model.heads, data, size, batch_size, conf_thres, iou_thres, split,
-                                  max_images, progress)
+                                  max_images, progress, save_json, save_gt_json)
     finally:
         model.train(was_training)

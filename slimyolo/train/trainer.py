@@ -33,19 +33,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from slimyolo.darknet.cfg import Cfg, parse_cfg
 from slimyolo.darknet.model import Darknet, load_model
-from slimyolo.darknet.weights import checkpoint_cfg, is_checkpoint, load_weights, read_checkpoint, save_checkpoint
+from slimyolo.darknet.weights import checkpoint_cfg, is_checkpoint, load_pretrained, read_checkpoint, save_checkpoint
 from slimyolo.darknet.zoo import ZOO, make_cfg
 from slimyolo.data.dataset import DataSpec, read_data_file
 from slimyolo.data.loader import YoloDataset
 from slimyolo.errors import NotFoundError, SlimYoloError, WeightsError
 from slimyolo.fsutil import atomic_write_text
 from slimyolo.progress import ClassMetrics, Event, Progress, TrainEpoch, TrainStep
-from slimyolo.train.config import TrainConfig
+from slimyolo.train.config import CONTINUES_A_TRAINED_MODEL, TrainConfig
+from slimyolo.train.curves import plot_results
 from slimyolo.train.ema import ModelEMA
 from slimyolo.train.evaluate import EvalResult, evaluate
 from slimyolo.train.loss import YoloLoss, init_head_biases
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.csv"
+CURVE_FILE = "results.png"  # the training curve (slimyolo.train.curves)
 RESULTS_COLUMNS = ("epoch", "stage", "lr", "box", "obj", "cls", "distill", "loss", "precision", "recall", "map50",
                    "f1", "gamma_below_0.01", "s", "images_per_s", "time_s")
 
@@ -74,6 +77,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation (EvalResult.as_dict())
     images_per_s: float = 0.0  # training throughput of the last epoch (all processes)
     elapsed_s: float = 0.0
+    pretrained: dict[str, Any] | None = None  # what --weights loaded (WeightsReport.as_dict()); config.yaml records it
 
 
 @dataclass
@@ -204,14 +208,15 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
 
     The run directory ``config.out`` receives:
 
-    - ``config.yaml``: the resolved config (``slimyolo train --config`` repeats the run);
+    - ``config.yaml``: the resolved config (``slimyolo train --config`` repeats the run), and with
+      ``weights`` a ``pretrained`` record of what they loaded (:meth:`WeightsReport.as_dict`);
     - ``last.pt`` after every epoch: a SlimYOLO checkpoint whose model is the EMA weights
       (``load_model(cfg, "last.pt")`` works; the cfg is inside), plus the raw weights,
       optimizer, EMA and results state that :func:`resume` needs;
     - ``best.pt``: the EMA weights of the epoch with the best mAP@0.5 (the last epoch when
       there is no validation split);
     - ``results.csv``: one row per epoch (losses, lr, P, R, mAP@0.5, F1, fraction of |γ| below
-      0.01, sparsity rate, images/s);
+      0.01, sparsity rate, images/s), and ``results.png`` (loss and P, R, mAP@0.5 against the epoch) at the end;
     - ``tensorboard/``: the same scalars and the γ histogram (tag ``bn_weights/hist``);
     - with ``sr``: ``gamma_start.png`` and ``gamma_end.png`` (|γ| distributions);
     - with ``save_weights``: ``best.weights`` in darknet's layout.
@@ -244,10 +249,19 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     torch.manual_seed(config.seed)
     model = Darknet(cfg, img_size)
     _check_classes(model, spec, str(config.cfg or config.weights))
+    pretrained: dict[str, Any] | None = None
+    if not config.weights or config.stage == "train":
+        init_head_biases(model)  # also for the heads that a partial file or another cfg's weights leave out
     if config.weights and not resume:
-        load_weights(model, config.weights)
-    elif not config.weights:
-        init_head_biases(model)
+        # Base training takes what a partial file or another cfg's weights cover; the later stages continue a
+        # trained model and take only the full weights of its cfg.
+        report = load_pretrained(model, config.weights, config.weights_cfg, refuse_incomplete=None
+                                 if config.stage == "train" else CONTINUES_A_TRAINED_MODEL)
+        pretrained = report.as_dict()
+        if ddp.main:
+            log.info("%s", report.line())
+    elif resume:
+        pretrained = _recorded_pretrained(run_dir / CONFIG_FILE)
     teacher = None
     if config.teacher_weights:
         teacher_cfg = config.teacher_cfg or checkpoint_cfg(config.teacher_weights)
@@ -281,7 +295,8 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     writer = None
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
+        atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml() + (yaml.safe_dump(
+            {"pretrained": pretrained}, sort_keys=False) if pretrained else ""))
         writer = _summary_writer(run_dir / "tensorboard", start.epoch)
         if sparsity and start.epoch == 0 and start.step == 0:
             plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_start.png", "before sparsity training")
@@ -381,6 +396,8 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
             ddp.barrier()
         if ddp.main and sparsity:
             plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_end.png", "after sparsity training")
+        if ddp.main:
+            plot_results(run_dir / RESULTS_FILE, run_dir / CURVE_FILE, f"{run_dir.name}: {stage}")
         weights_path = None
         if ddp.main and config.save_weights:
             weights_path = run_dir / "best.weights"
@@ -392,7 +409,16 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     return TrainResult(run_dir=run_dir, last=last_path, best=best_path, results_csv=run_dir / RESULTS_FILE,
                        config=run_dir / CONFIG_FILE, weights=weights_path, epochs=config.epochs,
                        best_map50=max(best_fitness, 0.0), metrics=metrics, images_per_s=images_per_s,
-                       elapsed_s=time.monotonic() - started)
+                       elapsed_s=time.monotonic() - started, pretrained=pretrained)
+
+
+def _recorded_pretrained(path: Path) -> dict[str, Any] | None:
+    """The ``pretrained`` record of a run's config.yaml (what its --weights loaded), kept when the run resumes."""
+    if not path.is_file():
+        return None
+    doc = yaml.safe_load(path.read_text()) or {}
+    record = doc.get("pretrained") if isinstance(doc, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def resume(run_dir: str | Path, progress: Progress | None = None) -> TrainResult:
