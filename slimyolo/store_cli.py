@@ -18,6 +18,7 @@ Downloads are verified against the manifest's sha256 and never overwrite a local
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,9 +32,9 @@ _PUT_HELP = """\
 Publish LOCAL as one complete tree under KEY.
 
 A folder becomes the tree KEY with the same relative paths: name it in a spec by KEY (a data
-set: `data: KEY`) or name its files as KEY/<path>. A file becomes a tree holding that one file
-under its own name: `store put model.cfg inputs/model` makes the key inputs/model/model.cfg,
-which is how a spec names it (`cfg: inputs/model/model.cfg`); put several files in one folder
+set: "data: KEY") or name its files as KEY/<path>. A file becomes a tree holding that one file
+under its own name: "store put model.cfg inputs/model" makes the key inputs/model/model.cfg,
+which is how a spec names it ("cfg: inputs/model/model.cfg"); put several files in one folder
 to publish them together. Prints the keys to name in a spec.
 
 Trees are immutable: a KEY that already holds a tree, lies inside one or holds trees below it
@@ -42,9 +43,10 @@ is refused; choose a new key (a new version)."""
 _GET_HELP = """\
 Download KEY into LOCAL, every file verified against the sha256 of its tree's manifest.
 
-KEY is a complete tree (LOCAL: a new folder), a folder inside one (LOCAL: a new folder) or a
-file inside one (LOCAL: a new file, or an existing folder to download into). Nothing local is
-overwritten, and a download that fails leaves nothing behind."""
+KEY is a complete tree or a folder inside one (LOCAL: a new folder), or a file inside one
+(LOCAL: a new file). An existing folder, or any LOCAL ending in "/", means "into": the
+download is written as LOCAL/<last segment of KEY> (the folder is created when missing), as cp
+does. Nothing local is overwritten, and a download that fails leaves nothing behind."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = cmds.add_parser("get", help="download a tree, or a file or folder of one, verified",
                         description=_GET_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("key", metavar="KEY", help="a tree, or a file or folder inside one")
-    q.add_argument("local", type=Path, metavar="LOCAL", help="where to write it")
+    q.add_argument("local", metavar="LOCAL", help="where to write it (an existing folder, or one ending in /: "
+                                                 "into it, under the key's last segment)")
     q.set_defaults(func=_get)
 
 
@@ -190,6 +193,15 @@ def _ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _destination(local: str, key: str) -> Path:
+    """Where ``store get KEY LOCAL`` writes: LOCAL, or LOCAL/<last segment of KEY> when LOCAL is an
+    existing folder or ends with a slash ("into", as cp does; the download creates a missing folder)."""
+    path = Path(local)
+    if local.endswith(("/", os.sep)) or path.is_dir():
+        return path / key.rsplit("/", 1)[-1]
+    return path
+
+
 def _get(args: argparse.Namespace) -> int:
     key = _key(args.key, "KEY")
     store = _open()
@@ -199,11 +211,10 @@ def _get(args: argparse.Namespace) -> int:
                             "(`slimyolo store ls` lists the trees)")
     tree, rel = located
     files = store.tree_files(tree)
-    local: Path = args.local
+    local = _destination(str(args.local), key)
+    made = None if local.parent.exists() else local.parent  # "into" a folder the download creates
     try:
         if rel in files:
-            if local.is_dir():
-                local = local / Path(rel).name
             if local.exists():
                 raise SlimYoloError(f"{local} already exists; give a new file or a folder to download {key} into")
             store.fetch(files[rel], local, f"KEY {key}")
@@ -216,6 +227,9 @@ def _get(args: argparse.Namespace) -> int:
             done = sum(a.size_bytes for a in wanted.values())
     except OSError as exc:
         raise SlimYoloError(f"{exc.filename or local}: {exc.strerror or exc}") from None
+    finally:
+        if made is not None and made.is_dir() and not any(made.iterdir()):
+            made.rmdir()  # a failed download leaves nothing behind
     print(f"downloaded {store.uri_of(key)} ({_size(done)}, sha256 verified)", file=sys.stderr)
     print(local)
     return 0

@@ -214,3 +214,19 @@ def test_pruned_model_converts_through_both_paths():
     original = [s.filters for s in model.graph.specs if isinstance(s, Conv)]
     assert len(widths) == len(original) - 32 and any(w % 2 for w in widths)  # 16 units cut, odd widths
     check_both_paths(pruned, synth_batch(1, SIZE, SIZE))
+
+
+def test_the_tf_path_imports_tensorflow_without_console_noise():
+    """TensorFlow's C++ start-up lines (absl's pre-InitializeLog warning, the oneDNN and CPU-feature notices)
+    would precede every conversion's progress: importing the Keras builder prints nothing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "ABSL"))}
+    done = subprocess.run([sys.executable, "-c", "import slimyolo.convert.keras_model as k, os, sys; "
+                           "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'tensorflow' in sys.modules); "
+                           "print('after', file=sys.stderr)"],
+                          env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.split() == ["2", "True"]
+    assert done.stderr == "after\n"  # standard error works again after the import

@@ -119,3 +119,24 @@ def test_info_activation_traffic(run_cli, tmp_path):
     assert code == 0
     assert out.splitlines()[0].split()[-3:] == ["BFLOPs", "act", "MB"]  # the per-layer column
     assert f"{4 * sum(expected) / 1e6:.1f} MB of activation traffic" in out.splitlines()[-1]  # 4x the pixels
+
+
+def test_the_readme_shows_what_zoo_and_info_print(run_cli, tmp_path, monkeypatch):
+    """The README's first example: each command followed by its output as `# ...` lines, exactly."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split(".venv/bin/slimyolo zoo yolov4 --classes 2", 1)[1].split("```", 1)[0]
+    lines = (".venv/bin/slimyolo zoo yolov4 --classes 2" + block).strip().splitlines()
+    shown: list[tuple[list[str], list[str]]] = []
+    for line in lines:
+        if line.startswith(".venv/bin/slimyolo "):
+            shown.append((line.split()[1:], []))
+        else:
+            assert line.startswith("# "), line
+            shown[-1][1].append(line[2:])
+    assert [args[0] for args, _ in shown] == ["zoo", "info"]
+    monkeypatch.chdir(tmp_path)
+    for args, output in shown:
+        code, out, err = run_cli(*args)
+        assert code == 0 and (out + err).splitlines() == output, (args, out, err)

@@ -178,7 +178,8 @@ def test_bench_reports_fps_and_latency_percentiles(irs):
         lat = part["latency_ms"]
         assert part["fps"] > 0 and part["frames"] >= 1
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
-    assert "give --cfg and --weights" in result["compare"]["pytorch"]["skipped"]
+    # No --cfg/--weights: PyTorch runs the .pt that conversion.json records (still there, same sha256).
+    assert result["compare"]["pytorch"]["fps"] > 0 and result["compare"]["pytorch"]["weights"].endswith(".pt")
 
 
 def _bare_ir(path: Path, channels: int = 3, meta: bool = True, heads=()) -> Path:
@@ -239,3 +240,35 @@ print(len(det))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) >= 0
+
+
+def test_a_model_folder_means_its_newest_version_and_compare_finds_the_source(tmp_path, run_cli, monkeypatch):
+    """``--model models/NAME``: the newest complete version (as the server serves); ``bench --compare``
+    without --cfg/--weights takes the source files conversion.json records, or says on stderr why not."""
+    import shutil
+
+    from conftest import mini_cfg
+
+    from slimyolo.infer.engine import resolve_ir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.cfg").write_text(mini_cfg(64))
+    assert run_cli("init", "m.cfg", "--out", "m.weights")[0] == 0
+    first = convert("m.cfg", "m.weights", "models", name="mini", version=1, via="torch", parity_images=1).path
+    shutil.copytree(first, "models/mini/2")
+    (tmp_path / "models/mini/10").mkdir()  # a version still arriving: no conversion.json
+    assert resolve_ir("models/mini") == Path("models/mini/2/model.xml")
+    cv2.imwrite("street.jpg", np.full((48, 80, 3), 90, np.uint8))
+    code, _, err = run_cli("detect", "--model", "models/mini", "--source", "street.jpg", "--out", "out")
+    assert code == 0 and "models/mini: using version 2, the newest" in err, err
+    assert (tmp_path / "out/0-street/street.jpg").is_file() and (tmp_path / "out/detections.jsonl").is_file()
+    code, _, err = run_cli("detect", "--model", "nothing", "--source", "street.jpg")
+    assert code == 2 and "no such IR" in err
+
+    result = run_bench("models/mini/1", seconds=0.2, compare=True)
+    assert result["compare"]["pytorch"]["fps"] > 0 and result["compare"]["pytorch"]["weights"] == "m.weights"
+    Path("m.weights").unlink()  # the source is gone: skipped, and said so on stderr (also with --json)
+    code, out, err = run_cli("bench", "--model", "models/mini/1", "--seconds", "0.2", "--compare", "--json")
+    assert code == 0 and "skipped" in json.loads(out)["compare"]["pytorch"]
+    assert "slimyolo: --compare: pytorch skipped: give --weights" in err
+    assert "slimyolo: --compare: onnxruntime skipped: no ONNX file" in err

@@ -248,3 +248,25 @@ def test_the_stage_spec_checks_the_objective_and_its_precision():
     with pytest.raises(SlimYoloError, match=r"sweep.*'precision' must be one of f32, bf16, int8"):
         PipelineConfig.from_dict({"name": "n", "model": "yolov4-tiny", "img_size": 64, "data": {"synth": {}},
                                   "sweep": {"objective": "fps", "precision": "fp16"}})
+
+
+def test_sweep_takes_a_precision_recall_map50_tuple_or_says_what_it_needs(model):
+    """The README's `my_eval(Darknet) -> P, R, map50`: a plain tuple works like an EvalResult;
+    anything else is an error naming what the evaluation function must return."""
+    base = sum(p.numel() for p in model.parameters())
+    evaluate, _ = fake_evaluate(base)
+
+    def as_tuple(m):
+        r = evaluate(m)
+        return r.precision, r.recall, r.map50
+
+    by_object, _ = sweep(model, evaluate, percents=(0.1, 0.9, 0.2), latency_runs=0)
+    by_tuple, best = sweep(model, as_tuple, percents=(0.1, 0.9, 0.2), latency_runs=0)
+    assert [(r.global_percent, r.precision, r.recall, r.map50) for r in by_tuple.rows] == \
+        [(r.global_percent, r.precision, r.recall, r.map50) for r in by_object.rows]
+    assert by_tuple.best.global_percent == by_object.best.global_percent and best is not None
+    for bad in (0.6, {"map50": 0.6}, (0.5, 0.6)):
+        with pytest.raises(SlimYoloError, match=r"must return \(precision, recall, map50\) or an object"):
+            sweep(model, lambda m, bad=bad: bad, percents=(0.1, 0.9, 0.2), latency_runs=0)
+    with pytest.raises(SlimYoloError, match="non-numeric"):
+        sweep(model, lambda m: ("a", 0.5, 0.6), percents=(0.1, 0.9, 0.2), latency_runs=0)

@@ -400,3 +400,47 @@ def test_an_interrupted_sweep_evaluates_only_the_points_it_had_not_published(min
     for role in ("cfg", "weights"):
         assert again.artifacts[role].sha256 == whole.artifacts[role].sha256
     assert store.list_trees("runs/sweep-cut") == ["runs/sweep-cut"]  # the checkpoints go with the result
+
+
+def test_stage_prune_prints_the_warnings_prune_channel_prints(store, tmp_path, monkeypatch, run_cli):
+    """Asked against removed and the sparsity report warn on stderr alike, in process and in the stage."""
+    from conftest import MINI_CFG
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "mini.cfg").write_text(MINI_CFG)
+    assert run_cli("init", inputs / "mini.cfg", "--out", inputs / "mini.weights", "--seed", "0")[0] == 0
+    store.put_tree("inputs", inputs)
+    monkeypatch.setenv("SLIMYOLO_STORE", str(store.root))
+    # Random γ (none near 0) and a layer floor of 90 %: both warnings.
+    code, _, err = run_cli("prune", "channel", "--cfg", inputs / "mini.cfg", "--weights", inputs / "mini.weights",
+                           "--global-percent", "0.5", "--layer-keep", "0.9", "--out", tmp_path / "pruned")
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert code == 0 and len(warnings) == 2, err
+    assert "sparsity training did not go far enough" in warnings[0] and "asked to prune 50.0%" in warnings[1]
+    spec = tmp_path / "prune.yaml"
+    spec.write_text(yaml.safe_dump({"cfg": "inputs/mini.cfg", "weights": "inputs/mini.weights", "out": "runs/p",
+                                    "global_percent": 0.5, "layer_keep": 0.9}))
+    code, out, err = run_cli("stage", "prune", "--spec", spec)
+    assert code == 0, err
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == warnings
+    assert json.loads(out)["metrics"]["warnings"] == [w.removeprefix("warning: ") for w in warnings]
+
+
+def test_convert_stage_progress_names_store_keys_not_work_folder_paths(store, tmp_path, run_cli):
+    from conftest import MINI_CFG
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "mini.cfg").write_text(MINI_CFG)
+    assert run_cli("init", inputs / "mini.cfg", "--out", inputs / "mini.weights", "--seed", "0")[0] == 0
+    store.put_tree("inputs", inputs)
+    events: list = []
+    spec = ConvertSpec.from_dict({"cfg": "inputs/mini.cfg", "weights": "inputs/mini.weights", "name": "mini",
+                                  "via": "torch", "parity_images": 1, "model_repository": "repo"})
+    assert run_stage(store, spec, events.append).metrics["version"] == "1"
+    steps = {e.step: e.details for e in events if isinstance(e, StageStep)}
+    assert steps["load"] == {"cfg": "cfg", "weights": "weights"}
+    assert steps["save"] == steps["publish"] == {"path": "repo/mini/1"} and steps["done"]["path"] == "repo/mini/1"
+    work = str(tmp_path / "work")
+    assert not [e for e in events if work in json.dumps(dataclasses.asdict(e), default=str)]

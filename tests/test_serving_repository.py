@@ -102,6 +102,44 @@ def test_open_repository_follows_the_documented_rules(tmp_path, monkeypatch):
     assert ServingConfig.from_env({"SLIMYOLO_MODEL_REPOSITORY": "a"}, model_repository="b").model_repository == "b"
 
 
+def _fake_version(folder: Path) -> Path:
+    """A version folder that a FolderRepository counts as complete (sizes as conversion.json records)."""
+    import json
+
+    folder.mkdir(parents=True)
+    files = {}
+    for name, data in (("model.xml", b"<net/>"), ("model.bin", b"\0" * 8)):
+        (folder / name).write_bytes(data)
+        files[name] = {"sha256": "0" * 64, "size_bytes": len(data)}
+    (folder / "conversion.json").write_text(json.dumps({"precision": "fp32", "files": files}))
+    return folder
+
+
+def test_store_prefix_warns_only_when_a_local_model_folder_was_meant(tmp_path, monkeypatch, caplog):
+    """`convert --out models` writes the folder models/; a bare `models` is the store's prefix. The
+    warning fires only when that prefix is empty and the folder of that name holds a model, and
+    names the flag to use."""
+    monkeypatch.chdir(tmp_path)
+    env = {"SLIMYOLO_STORE": str(tmp_path / "store")}
+
+    def warnings() -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="slimyolo.serving.repository"):
+            open_repository("models", env)
+        return [r.getMessage() for r in caplog.records]
+
+    assert warnings() == []  # no folder
+    (tmp_path / "models" / "notes").mkdir(parents=True)
+    assert warnings() == []  # a folder, but no model in it
+    _fake_version(tmp_path / "models" / "detector" / "1")
+    assert FolderRepository(tmp_path / "models").scan() == {"detector": ["1"]}
+    [hint] = warnings()  # the store is empty, the folder holds a model: that is what was meant
+    assert "holds no model" in hint and "holds detector" in hint and "--model-repository ./models" in hint
+    assert "slimyolo store put models/NAME/VERSION models/NAME/VERSION" in hint
+    LocalStore(tmp_path / "store").put_tree("models/detector/1", tmp_path / "models" / "detector" / "1")
+    assert warnings() == []  # the store has models under the prefix: the user means the store
+
+
 @pytest.fixture
 def plane(mini_ir, tmp_path):
     _add(tmp_path / "repo", mini_ir, "1")
@@ -176,3 +214,55 @@ def test_pins_unloads_failures_and_removals(plane, mini_ir, tmp_path):
     manager.poll()  # the model left the repository
     assert manager.models(include_repository=True) == []
     assert plane.metrics.fps() == {}
+
+
+def test_a_local_repository_path_may_pass_through_hidden_folders(tmp_path, monkeypatch, run_cli, start_inference):
+    """``--model-repository .slimyolo/store/models`` (the default local store's models) is the user's own
+    folder; the keys of requests keep the strict rules. Served, the KServe example of
+    services/inference/README.md reads the input size from the model's metadata."""
+    import json
+
+    import grpc
+    from conftest import mini_cfg
+
+    from slimyolo.convert import convert
+    from slimyolo.rpc.client import wait_ready
+    from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as pb
+    from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as rpc
+
+    monkeypatch.chdir(tmp_path)
+    env = {"SLIMYOLO_STORE": str(tmp_path / "store")}
+    (tmp_path / "m.cfg").write_text(mini_cfg(64))
+    assert run_cli("init", "m.cfg", "--out", "m.weights")[0] == 0
+    convert("m.cfg", "m.weights", ".slimyolo/store/models", name="mini", version=1, via="torch", parity_images=1)
+    shutil.copytree(".slimyolo/store/models/mini", ".slimyolo/store/models/.hidden")  # never a model name
+    for spec in (".slimyolo/store/models", "runs/.cache/../../.slimyolo/store/models"):
+        repo = open_repository(spec, env)
+        assert isinstance(repo, FolderRepository) and repo.scan() == {"mini": ["1"]}, spec
+    with pytest.raises(SlimYoloError, match="SLIMYOLO_MODEL_REPOSITORY"):
+        open_repository("models/../etc", env)  # '..' is not a hidden folder: still a bad key
+
+    server, plane = start_inference(Path(".slimyolo/store/models"))
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        wait_ready(channel, "", timeout=120)
+        stub = rpc.GRPCInferenceServiceStub(channel)
+        readme = (Path(__file__).parents[1] / "services/inference/README.md").read_text()
+        assert "meta = stub.ModelMetadata(pb.ModelMetadataRequest(name=\"detector\"))" in readme
+        meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="mini"), timeout=30)
+        _, c, h, w = meta.inputs[0].shape
+        assert (c, h, w) == (3, 64, 64)
+        x = np.zeros((1, c, h, w), np.float32)
+        r = stub.ModelInfer(pb.ModelInferRequest(model_name="mini", inputs=[pb.ModelInferRequest.InferInputTensor(
+            name="images", datatype="FP32", shape=x.shape)], raw_input_contents=[x.tobytes()]), timeout=30)
+        heads = [np.frombuffer(b, "<f4").reshape(o.shape) for o, b in zip(r.outputs, r.raw_output_contents,
+                                                                            strict=True)]
+        assert heads[0].shape == (1, 21, 4, 4)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelMetadata(pb.ModelMetadataRequest(name=".hidden"), timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        channel.close()
+    finally:
+        server.stop(0)
+        plane.close()
+    assert json.loads(Path(".slimyolo/store/models/mini/1/conversion.json").read_text())["name"] == "mini"

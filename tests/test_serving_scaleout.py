@@ -250,3 +250,52 @@ def test_a_maximum_connection_age_makes_clients_reconnect_without_failing_calls(
                 time.sleep(0.05)
     finally:
         server.stop(0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound and closed: nothing listens there afterwards
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("api", ["infer", "detect"])
+def test_bench_remote_where_nothing_listens_says_so_at_once(api, run_cli):
+    address = f"127.0.0.1:{_free_port()}"
+    t0 = time.monotonic()
+    code, out, err = run_cli("bench", "--remote", address, "--model", "mini", "--api", api, "--seconds", "10",
+                             "--warmup", "0")
+    assert time.monotonic() - t0 < 9  # the connection wait (5 s), not the 10 s of load or a 30 s deadline
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines()[-1] == (f"slimyolo: error: {address}: nothing answers there (no connection "
+                                            "within 5 s); is the inference service running at that address?")
+
+
+def test_a_burst_of_unavailable_answers_stops_the_load():
+    """A server that answers every call UNAVAILABLE (a service gone behind a proxy that still accepts
+    connections): the load stops after a burst of them instead of spinning until the time is up."""
+    from concurrent import futures
+
+    from slimyolo.errors import UnavailableError
+    from slimyolo.rpc import loadgen
+
+    class Unavailable(grpc.GenericRpcHandler):
+        def service(self, details):
+            return grpc.unary_unary_rpc_method_handler(
+                lambda request, context: context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy upstream"),
+                request_deserializer=lambda b: b, response_serializer=lambda b: b)
+
+    server = grpc.server(futures.ThreadPoolExecutor(4), handlers=[Unavailable()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(UnavailableError) as err:
+            run_load(LoadSpec(f"127.0.0.1:{port}", "mini", "detect", concurrency=4, seconds=30, warmup=0))
+        assert time.monotonic() - t0 < 20
+        assert str(err.value).startswith(f"127.0.0.1:{port}: {loadgen.UNAVAILABLE_BURST} calls in a row failed "
+                                         "with UNAVAILABLE after ")
+        assert "(no healthy upstream)" in str(err.value) and "the load was stopped" in str(err.value)
+    finally:
+        server.stop(0)

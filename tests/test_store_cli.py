@@ -113,9 +113,9 @@ def test_errors_name_the_key_or_path(store_env, local_files, tmp_path, run_cli):
     assert code == 2 and "PREFIX: no complete tree at or under" in err and "nothing/here" in err
     code, _, err = run_cli("store", "put", tmp_path / "absent", "inputs/absent")
     assert code == 2 and f"{tmp_path / 'absent'}: no such file or folder" in err
-    (tmp_path / "x").mkdir()
-    code, _, err = run_cli("store", "get", "inputs/data", tmp_path / "x")
-    assert code == 2 and f"{tmp_path / 'x'} already exists" in err
+    (tmp_path / "x" / "data").mkdir(parents=True)
+    code, _, err = run_cli("store", "get", "inputs/data", tmp_path / "x")  # into x: x/data, which exists
+    assert code == 2 and f"{tmp_path / 'x' / 'data'} already exists" in err
     (tmp_path / "x" / "synth.names").write_text("mine\n")
     code, _, err = run_cli("store", "get", "inputs/data/synth.names", tmp_path / "x")
     assert code == 2 and "already exists" in err and (tmp_path / "x" / "synth.names").read_text() == "mine\n"
@@ -124,6 +124,27 @@ def test_errors_name_the_key_or_path(store_env, local_files, tmp_path, run_cli):
         code, _, err = run_cli("store", *args)
         assert code == 2 and ("'..' segment" in err or "is absolute" in err), (args, err)
     assert not (tmp_path / "y").exists() and open_store(env=store_env).list_trees() == ["inputs/data"]
+
+
+def test_get_into_a_folder_keeps_the_key_name(store_env, local_files, tmp_path, run_cli):
+    """LOCAL ending in a slash, or an existing folder, means "into": LOCAL/<last segment of KEY>, as cp does."""
+    data, _ = local_files
+    assert run_cli("store", "put", data, "inputs/data")[0] == 0
+    names = (data / "synth.names").read_bytes()
+    code, out, err = run_cli("store", "get", "inputs/data/synth.names", f"{tmp_path / 'new'}/")  # a missing folder
+    assert (code, out) == (0, f"{tmp_path / 'new' / 'synth.names'}\n"), err
+    assert (tmp_path / "new" / "synth.names").read_bytes() == names
+    (tmp_path / "old").mkdir()
+    code, out, _ = run_cli("store", "get", "inputs/data/synth.names", tmp_path / "old")  # an existing one
+    assert (code, out) == (0, f"{tmp_path / 'old' / 'synth.names'}\n")
+    code, out, _ = run_cli("store", "get", "inputs/data/images", f"{tmp_path / 'old'}/")  # a folder of a tree
+    assert code == 0 and _tree(tmp_path / "old" / "images") == _tree(data / "images")
+    code, out, _ = run_cli("store", "get", "inputs/data", tmp_path / "old")  # a whole tree
+    assert code == 0 and _tree(tmp_path / "old" / "data") == _tree(data)
+    code, _, err = run_cli("store", "get", "inputs/data/synth.names", f"{tmp_path / 'old'}/")
+    assert code == 2 and f"{tmp_path / 'old' / 'synth.names'} already exists" in err
+    code, _, err = run_cli("store", "get", "inputs/data/nothing", f"{tmp_path / 'gone'}/")
+    assert code == 2 and not (tmp_path / "gone").exists()
 
 
 def test_a_tampered_download_is_refused_and_leaves_nothing(store_env, local_files, tmp_path, run_cli, request):

@@ -304,3 +304,33 @@ def test_finetune_warmup_scales_with_the_epochs():
     assert warmup(8, teacher_weights="t.pt") == 2.0  # distillation is fine-tuning too
     assert [warmup(e) for e in (1, 8, 100)] == [3.0, 3.0, 3.0]
     assert warmup(8, finetune=True, warmup_epochs=5.0) == 5.0  # an explicit value wins
+
+
+def test_train_help_tells_the_finetune_warmup_the_code_uses():
+    """`train --help` said fine-tuning warms up 6 epochs; it is a quarter of the epochs, at most 6."""
+    import argparse
+
+    from slimyolo.train.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    helps = {a.dest: a.help for a in train_parser._actions}
+    for dest in ("warmup_epochs", "finetune"):
+        assert "a quarter of" in helps[dest] and "at most 6" in helps[dest], helps[dest]
+        assert "(6 warm-up epochs)" not in helps[dest] and "or 6 when" not in helps[dest]
+
+
+def test_config_yaml_of_a_pt_run_records_what_was_resolved(work):
+    """A run from a .pt without cfg or img_size: config.yaml holds the size it trained at, and says where
+    the cfg is; read back, it is a config that repeats the run."""
+    first = train(_config(work, "pt-source", epochs=1, max_eval_images=4))
+    root, data, _ = work
+    out = root / "from-pt"
+    train(TrainConfig(data=str(data), weights=str(first.best), out=str(out), epochs=1, batch_size=16, threads=1,
+                      eval_interval=100, max_eval_images=4, augment=AugmentConfig(**NO_MOSAIC)))
+    text = (out / "config.yaml").read_text()
+    assert f"\ncfg: null  # the cfg inside weights ({first.best})\n" in text
+    saved = TrainConfig.from_yaml(out / "config.yaml")
+    assert saved.cfg is None and saved.img_size == checkpoint_cfg(first.best).width == 64  # the size trained at
+    assert saved.weights == str(first.best) and saved.lr0 == 0.01

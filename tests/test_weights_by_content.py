@@ -80,3 +80,19 @@ def test_stage_inputs_tell_them_apart(misnamed, tmp_path):
             _model_inputs(ws, SimpleNamespace(weights="inputs/m/dark.pt", cfg=None))
         cfg, weights = _model_inputs(ws, SimpleNamespace(weights="inputs/m/dark.pt", cfg="inputs/m/model.pt"))
         assert isinstance(cfg, Path) and weights.suffix == ".weights"
+
+
+def test_load_model_of_a_checkpoint_alone_needs_no_cfg(misnamed, tmp_path):
+    """`load_model("runs/x/best.pt")`: the cfg comes from inside the checkpoint (told apart by
+    content, here a checkpoint named .weights), not a UTF-8 error from reading it as a cfg."""
+    want = next(iter(misnamed.model.conv_blocks()))[1].conv.weight
+    for model in (load_model(misnamed.checkpoint), load_model(str(misnamed.checkpoint)),
+                  load_model(None, misnamed.checkpoint), load_model(misnamed.checkpoint, misnamed.darknet)):
+        assert not model.training
+        assert next(iter(model.conv_blocks()))[1].conv.weight.equal(want)
+        assert model.cfg.to_text() == parse_cfg_text(CFG, "tiny.cfg").to_text()
+    with pytest.raises(SlimYoloError, match=r"dark\.pt: darknet \.weights hold no cfg: give the cfg as well"):
+        load_model(None, misnamed.darknet)
+    with pytest.raises(SlimYoloError, match=r"give a cfg, or a \.pt checkpoint"):
+        load_model(None)
+    assert load_model(misnamed.cfg, misnamed.darknet).cfg.to_text() == parse_cfg_text(CFG, "t.cfg").to_text()

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=Path, help="darknet cfg (optional when --weights is a SlimYOLO .pt)")
     p.add_argument("--weights", type=Path, required=True, help="darknet .weights or SlimYOLO .pt")
     p.add_argument("--out", type=Path, required=True, help="model repository folder")
-    p.add_argument("--name", help="model name (default: the cfg's file name)")
+    p.add_argument("--name", help="model name (default: the cfg's file name; for a run's best.pt or last.pt, "
+                                  "the run folder's name: runs/ft/best.pt -> ft)")
     p.add_argument("--version", help="model version (default: one more than the highest existing)")
     p.add_argument("--via", choices=["tf", "torch"], default="tf",
                    help="tf: cfg → Keras/TensorFlow → IR (default); torch: the PyTorch module → IR")
@@ -44,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from slimyolo.convert.conversion import convert
+    from slimyolo.convert.conversion import convert, versions_report
     from slimyolo.darknet.zoo import parse_size
     from slimyolo.progress import StageStep
 
@@ -60,11 +61,15 @@ def _convert(args: argparse.Namespace) -> int:
                      ppp=args.ppp, onnx=args.onnx, accuracy_control=args.accuracy_control, max_drop=args.max_drop,
                      calib_images=args.calib_images, parity_images=args.parity_images, tolerance=args.tolerance,
                      progress=show)
+    versions, warning = versions_report(result.path.parent)
+    if warning:
+        print(warning, file=sys.stderr)
     if args.json:
         print(json.dumps(result.summary, indent=2))
         return 0
     print(f"wrote {result.path} ({result.precision}, via {result.via}, "
           f"{result.summary['seconds']['total']:.1f} s)")
+    print(versions)
     print(f"parity on {result.parity.images} images of {result.parity.image_source} "
           f"(tolerance {result.parity.tolerance:g}):")
     for line in result.parity.lines():

@@ -75,6 +75,66 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
+RUN_FILES = ("best", "last")  # the checkpoints a training run writes: named after their run folder
+
+
+def default_name(source: str | Path) -> str:
+    """The model name of a conversion given no ``name``: the cfg file's (or ``.pt``'s) stem, but for a
+    training run's ``best.pt``/``last.pt`` the run folder's name (``runs/ft/best.pt`` → ``ft``), so
+    that every run's model is not called ``best``."""
+    path = Path(source)
+    if path.stem in RUN_FILES:
+        folder = path.resolve().parent.name
+        if _SAFE.match(folder):
+            return folder
+    return path.stem
+
+
+def model_versions(model_dir: str | Path) -> list[tuple[str, str | None]]:
+    """``(version, precision)`` of each version folder of a model in a local model repository, oldest
+    first by the serving order (the last one is what a server of the repository serves by default);
+    the precision is the one its ``conversion.json`` records, None when it has none."""
+    from slimyolo.serving.repository import version_key
+
+    model_dir = Path(model_dir)
+    out = []
+    for folder in sorted((p for p in model_dir.iterdir() if p.is_dir()) if model_dir.is_dir() else (),
+                         key=lambda p: version_key(p.name)):
+        try:
+            precision = json.loads((folder / FILES["report"]).read_text(encoding="utf-8")).get("precision")
+        except (OSError, ValueError, AttributeError):
+            precision = None
+        out.append((folder.name, precision if isinstance(precision, str) else None))
+    return out
+
+
+def versions_report(model_dir: str | Path) -> tuple[str, str | None]:
+    """(a line naming the model's versions and the one a server serves, a warning or None). The
+    warning says when the versions hold more than one precision: a server serves the newest only
+    (an INT8 conversion under the FP32 model's name silently replaces it), so each precision
+    wants its own name."""
+    model_dir = Path(model_dir)
+    versions = model_versions(model_dir)
+    if not versions:
+        return f"{model_dir}: no versions", None
+
+    def label(v: str, p: str | None) -> str:
+        return f"{v} ({p or 'precision unknown'})"
+
+    latest = versions[-1]
+    line = (f"model {model_dir.name}: versions {', '.join(label(v, p) for v, p in versions)}; a server serves "
+            f"the newest: {label(*latest)}")
+    precisions = {p for _, p in versions if p is not None}
+    if len(precisions) < 2:
+        return line, None
+    older = sorted({p for _, p in versions[:-1] if p is not None and p != latest[1]})
+    warning = (f"warning: model {model_dir.name} now holds {' and '.join(sorted(precisions))} versions and a server "
+               f"serves only the newest, {label(*latest)}: its {', '.join(older)} version"
+               f"{'s are' if len(older) > 1 else ' is'} no longer served; give each precision its own --name "
+               f"(e.g. --name {model_dir.name}-{latest[1]}) to serve them side by side")
+    return line, warning
+
+
 def next_version(model_dir: Path) -> str:
     """1 + the largest integer version folder under ``model_dir`` (1 for a new model)."""
     from slimyolo.store import next_version as after
@@ -175,7 +235,7 @@ def convert(cfg: Cfg | str | Path | None, weights: str | Path, out_dir: str | Pa
                             "data set folder)")
     out_dir = Path(out_dir)
     parsed, cfg_sha, cfg_where = _digest_cfg(cfg, weights)
-    name = _check_name(name or Path(cfg_where.removesuffix("[cfg]")).stem, "model name")
+    name = _check_name(name or default_name(cfg_where.removesuffix("[cfg]")), "model name")
     model_dir = out_dir / name
     version = _check_name(str(version) if version is not None else next_version(model_dir), "version")
     target = model_dir / version

@@ -14,15 +14,55 @@ convolutions asymmetrically and would shift every box.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
-import keras
 import numpy as np
-from keras import layers, ops
 
 from slimyolo.convert.ir import INPUT_NAME
 from slimyolo.darknet.graph import Conv, MaxPool, Route, Shortcut, Upsample, Yolo
 from slimyolo.darknet.model import BN_EPS, ConvBlock, Darknet, MaxPoolBlock
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Standard error's file descriptor on /dev/null for a moment (Python's errors still surface: raised)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import_keras() -> Any:
+    """Keras, and so TensorFlow, imported without TensorFlow's start-up noise on the console.
+
+    TF_CPP_MIN_LOG_LEVEL=2 (set before TensorFlow loads, unless the user set it) quiets its C++ INFO and
+    WARNING lines; its first notices (absl's "All log messages before absl::InitializeLog() ..." and
+    port.cc's oneDNN notice) come before its logging reads the variable, so standard error is muted while
+    it loads; absl's and TensorFlow's Python loggers keep to errors. Only this module imports TensorFlow.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _native_stderr_silenced():
+        import keras
+    with contextlib.suppress(ImportError):
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    return keras
+
+
+keras = _import_keras()
+layers, ops = keras.layers, keras.ops
 
 # darknet activation → Keras layer factory (taking the layer name); "linear" adds no layer
 _ACTIVATIONS: dict[str, Any] = {

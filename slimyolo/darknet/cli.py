@@ -15,7 +15,7 @@ from slimyolo.darknet.zoo import ZOO, make_cfg, parse_size
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("zoo", help="write the cfg of a zoo model for C classes")
-    p.add_argument("name", choices=list(ZOO))
+    p.add_argument("name", choices=list(ZOO), help="the zoo model")
     p.add_argument("--classes", type=int, default=80, help="number of classes (default 80)")
     p.add_argument("--size", help="input size N or WxH (default: the official cfg's)")
     p.add_argument("--width", type=float, default=1.0,
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_zoo)
 
     p = sub.add_parser("info", help="layers, params, BFLOPs, activation traffic and .weights size of a cfg")
-    p.add_argument("cfg", type=Path)
+    p.add_argument("cfg", type=Path, help="darknet cfg file")
     p.add_argument("--weights", type=Path, help="also check that these weights fit the cfg")
     p.add_argument("--size", help="input size N or WxH (default: the cfg's [net] size)")
     p.add_argument("--layers", action="store_true",
@@ -34,11 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("init", help="write random weights with realistic BN statistics (or pretrained ones, "
                                     "--weights, where they fit)")
-    p.add_argument("cfg", type=Path)
+    p.add_argument("cfg", type=Path, help="darknet cfg file")
     p.add_argument("--out", type=Path, required=True, help=".weights (or .pt) file to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--weights", help="pretrained weights to start from: the cfg's own, a partial darknet file "
-                                     "(yolov4.conv.137, what `slimyolo partial` writes), another cfg's .weights "
+                                     "(yolov4.conv.137, what slimyolo partial writes), another cfg's .weights "
                                      "(with --weights-cfg) or a .pt; the convolutions they do not cover stay random")
     p.add_argument("--weights-cfg", help="the cfg of --weights when it is another cfg's darknet .weights (a file, or a "
                                          "zoo name for its 80-class cfg); its convolutions load where layer index and "
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("partial", help="write the weights of the first N layers, as darknet's partial "
                                        "(e.g. yolov4-tiny.conv.29 is N=29)")
-    p.add_argument("cfg", type=Path)
+    p.add_argument("cfg", type=Path, help="darknet cfg file")
     p.add_argument("weights", help="weights of the cfg (.weights or .pt)")
     p.add_argument("out", type=Path, help="darknet file to write (the same header; the start of the full file)")
     p.add_argument("layers", type=int, metavar="N", help="keep the convolutions among layers 0..N-1")

@@ -163,16 +163,30 @@ class Darknet(nn.Module):
         save_darknet_weights(self, path)
 
 
-def load_model(cfg: Cfg | str | Path, weights: str | Path | None = None,
+def load_model(cfg: Cfg | str | Path | None, weights: str | Path | None = None,
                img_size: int | tuple[int, int] | None = None) -> Darknet:
     """Build the model of ``cfg`` and load ``weights`` (darknet ``.weights`` or a ``.pt``).
 
-    Returns the model in eval mode. ``img_size`` (an int or (height, width)) overrides the
-    cfg's input size, which matters for FLOPs, export and the default inference size.
+    A SlimYOLO ``.pt`` checkpoint holds its cfg, so ``load_model("runs/x/best.pt")`` (or
+    ``load_model(None, "runs/x/best.pt")``) rebuilds and loads it alone; a checkpoint given as
+    ``cfg`` with other ``weights`` lends its cfg only. Checkpoints are told apart by content
+    (:func:`~slimyolo.darknet.weights.is_checkpoint`), never by the file's name. Returns the
+    model in eval mode. ``img_size`` (an int or (height, width)) overrides the cfg's input size,
+    which matters for FLOPs, export and the default inference size.
     """
+    from slimyolo.darknet.weights import checkpoint_cfg, is_checkpoint, load_weights
+
+    if cfg is None:
+        if weights is None:
+            raise SlimYoloError("give a cfg, or a .pt checkpoint that holds one")
+        if not is_checkpoint(weights):
+            raise SlimYoloError(f"{weights}: darknet .weights hold no cfg: give the cfg as well "
+                                "(load_model(cfg, weights))")
+        cfg = checkpoint_cfg(weights)
+    elif not isinstance(cfg, Cfg) and Path(cfg).is_file() and is_checkpoint(cfg):
+        weights = cfg if weights is None else weights
+        cfg = checkpoint_cfg(cfg)
     model = Darknet(as_cfg(cfg), img_size)
     if weights is not None:
-        from slimyolo.darknet.weights import load_weights
-
         load_weights(model, weights)
     return model.eval()

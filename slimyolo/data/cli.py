@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--train", type=int, default=300, help="training images (default 300)")
     s.add_argument("--val", type=int, default=100, help="validation images (default 100)")
     s.add_argument("--size", type=int, default=320, help="long side of the images in pixels (default 320)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="random seed of the images (default 0)")
     s.set_defaults(func=_synth)
 
     c = data_sub.add_parser("check", help="read every label and image of a data set and report problems")

@@ -2,7 +2,8 @@
 
 End to end is what a user sees per frame: letterbox + inference + decode + NMS, frames
 pipelined through the engine's request pool. Inference only feeds a prepared tensor to the
-same pool. With ``compare`` the same model runs in PyTorch (given its cfg and weights) and
+same pool. With ``compare`` the same model runs in PyTorch (given its cfg and weights, else the
+source files ``conversion.json`` records, when they are still there unchanged) and
 ONNX Runtime (given an ONNX file and the package), in the same process and run, so the
 ratios are measured under the same machine load.
 """
@@ -86,7 +87,29 @@ def _bench_sync(predict: Callable[[np.ndarray], list[np.ndarray]], engine: Engin
     return _timed_loop(seconds, 1, run, lambda _: None)
 
 
-def _torch_predictor(cfg: Path, weights: Path, size: tuple[int, int]) -> Callable[[np.ndarray], list[np.ndarray]]:
+def recorded_source(ir_dir: Path) -> tuple[Path | None, Path] | None:
+    """(cfg, weights) the IR in ``ir_dir`` was converted from, as its ``conversion.json`` records them, when
+    those files are still there with the recorded sha256 (cfg None: it is inside the ``.pt`` weights); else None.
+    Relative paths are relative to where ``convert`` ran, so they are tried against the working directory."""
+    import json
+
+    from slimyolo.store import hash_file
+
+    try:
+        source = json.loads((ir_dir / "conversion.json").read_text())["source"]
+        weights, cfg_where = Path(source["weights"]), str(source["cfg"])
+        if not weights.is_file() or hash_file(weights)[0] != source["weights_sha256"]:
+            return None
+        if cfg_where.endswith("[cfg]"):
+            return None, weights
+        cfg = Path(cfg_where)
+        return (cfg, weights) if cfg.is_file() and hash_file(cfg)[0] == source["cfg_sha256"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _torch_predictor(cfg: Path | None, weights: Path,
+                     size: tuple[int, int]) -> Callable[[np.ndarray], list[np.ndarray]]:
     import torch
 
     from slimyolo.darknet.model import load_model
@@ -124,10 +147,14 @@ def run_bench(model: str | Path, device: str = "CPU", hint: str = "throughput", 
     if compare:
         others: dict[str, Any] = {}
         onnx = onnx or engine.path.with_name("model.onnx")
-        if cfg and weights:
-            others["pytorch"] = _bench_sync(_torch_predictor(cfg, weights, engine.input_size), engine, image, seconds)
+        source = (cfg, weights) if weights else recorded_source(engine.path.parent)
+        if source is not None:
+            others["pytorch"] = _bench_sync(_torch_predictor(*source, engine.input_size), engine, image, seconds)
+            others["pytorch"]["weights"] = str(source[1])
         else:
-            others["pytorch"] = {"skipped": "give --cfg and --weights to compare with PyTorch"}
+            others["pytorch"] = {"skipped": "give --weights (and --cfg unless they are a .pt) to compare with "
+                                            "PyTorch: the IR's conversion.json names no source weights that are "
+                                            "still there unchanged"}
         try:
             if not onnx.is_file():
                 raise SlimYoloError(f"no ONNX file at {onnx} (convert with --onnx, or give --onnx)")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model.xml (or its model version folder)")
+    p.add_argument("--model", required=True, help="model.xml, its model version folder (models/NAME/VERSION), "
+                                                  "or a model folder (models/NAME): its newest version")
     p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU, AUTO (default CPU)")
     p.add_argument("--precision", choices=["f32", "bf16", "f16"],
                    help="INFERENCE_PRECISION_HINT (default: the device's own choice)")
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mosaic", help="KxK: multiplex up to K*K sources through one inference (e.g. 2x2)")
     p.add_argument("--out", type=Path, help="folder for annotated output and detections.jsonl")
     p.add_argument("--show", action="store_true", help="show annotated frames in a window")
-    p.add_argument("--hint", choices=["latency", "throughput"], default="throughput")
+    p.add_argument("--hint", choices=["latency", "throughput"], default="throughput",
+                   help="OpenVINO PERFORMANCE_HINT (default throughput)")
     p.add_argument("--conf", type=float, default=0.25, help="confidence threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
     p.set_defaults(func=_detect)
@@ -45,16 +47,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     remote.add_argument("--api", choices=["infer", "detect"], default="infer",
                         help="KServe ModelInfer with a raw tensor, or Detect with a JPEG frame (default infer)")
     remote.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
-    p.add_argument("--hint", choices=["latency", "throughput"], default="throughput")
+    p.add_argument("--hint", choices=["latency", "throughput"], default="throughput",
+                   help="OpenVINO PERFORMANCE_HINT (default throughput)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement (default 10)")
     p.add_argument("--image", type=Path, help="benchmark on this image (default: a random 640x480 frame; with "
                                                "--remote --api detect it is sent as it is)")
     p.add_argument("--compare", action="store_true", help="also run PyTorch and ONNX Runtime in the same run")
-    p.add_argument("--cfg", type=Path, help="with --compare: the cfg for PyTorch")
-    p.add_argument("--weights", type=Path, help="with --compare: the weights for PyTorch")
+    p.add_argument("--cfg", type=Path, help="with --compare: the cfg for PyTorch (not needed for a .pt)")
+    p.add_argument("--weights", type=Path, help="with --compare: the weights for PyTorch (default: the source "
+                                                "weights conversion.json records, if still there unchanged)")
     p.add_argument("--onnx", type=Path, help="with --compare: the ONNX file (default: model.onnx beside the IR)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_bench)
+
+
+def _model(model: str) -> Path:
+    """The IR of --model; a model folder (models/NAME) means its newest complete version, said on stderr."""
+    from slimyolo.infer.engine import resolve_ir
+
+    path = resolve_ir(model)
+    if Path(model).is_dir() and path.parent.parent == Path(model):
+        print(f"{model}: using version {path.parent.name}, the newest", file=sys.stderr)
+    return path
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -65,7 +79,7 @@ def _detect(args: argparse.Namespace) -> int:
     def show_fps(event: FrameRate) -> None:
         print(f"\r{event.frames} frames, {event.fps:.1f} FPS", end="", file=sys.stderr, flush=True)
 
-    summary = run_detect(args.model, args.source, args.out, parse_grid(args.mosaic) if args.mosaic else 0,
+    summary = run_detect(_model(args.model), args.source, args.out, parse_grid(args.mosaic) if args.mosaic else 0,
                          args.show, progress=show_fps, device=args.device, hint=args.hint,
                          precision=args.precision, conf_thres=args.conf, iou_thres=args.iou)
     print(f"\r{summary.frames} frames, {summary.detections} detections, {summary.fps:.1f} FPS"
@@ -120,8 +134,13 @@ def _bench(args: argparse.Namespace) -> int:
         image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
         if image is None:
             raise SlimYoloError(f"{args.image}: not a readable image")
-    result = run_bench(args.model, args.device, args.hint, args.precision, args.seconds, image, args.compare,
-                       args.cfg, args.weights, args.onnx)
+    if args.cfg and not args.weights:
+        raise SlimYoloError("--cfg: give --weights with it (the cfg alone holds no weights to compare with)")
+    result = run_bench(_model(args.model), args.device, args.hint, args.precision, args.seconds, image,
+                       args.compare, args.cfg, args.weights, args.onnx)
+    for name, r in result.get("compare", {}).items():  # said on stderr too: --json prints nothing else
+        if "skipped" in r:
+            print(f"slimyolo: --compare: {name} skipped: {r['skipped']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -62,12 +62,20 @@ class Detections:
 
 
 def resolve_ir(model: str | Path) -> Path:
-    """A model.xml path, or a model version folder holding one."""
+    """A model.xml path, a model version folder holding one, or a model folder (``models/<name>``): its
+    newest complete version, the one the inference service would serve."""
     path = Path(model)
+    if path.is_dir() and not (path / "model.xml").exists():
+        from slimyolo.serving.repository import FolderRepository
+
+        versions = FolderRepository(path.parent).scan().get(path.name)  # complete versions, oldest first
+        if versions:
+            path = path / versions[-1]
     if path.is_dir():
         path = path / "model.xml"
     if not path.is_file():
-        raise NotFoundError(f"{path}: no such IR (expected a model.xml or a model version folder)")
+        raise NotFoundError(f"{path}: no such IR (expected a model.xml, a model version folder or a model folder "
+                            "holding complete versions)")
     return path
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slimyolo.darknet.cfg import Cfg, as_cfg
+from slimyolo.darknet.cfg import Cfg
 from slimyolo.darknet.graph import build_graph
 from slimyolo.darknet.model import Darknet, load_model
 from slimyolo.errors import SlimYoloError
@@ -32,14 +32,9 @@ from slimyolo.prune.result import PruneResult
 
 
 def open_model(cfg: Cfg | str | Path | None, weights: str | Path | None) -> Darknet:
-    """Load the model to prune; a ``.pt`` checkpoint carries its own cfg, so ``cfg`` may be None."""
-    if cfg is None:
-        if weights is None:
-            raise SlimYoloError("give a cfg, or a .pt checkpoint that holds one")
-        from slimyolo.darknet.weights import checkpoint_cfg
-
-        cfg = checkpoint_cfg(weights)
-    return load_model(as_cfg(cfg), weights)
+    """Load the model to prune; a ``.pt`` checkpoint carries its own cfg, so ``cfg`` may be None
+    (the same as :func:`~slimyolo.darknet.model.load_model`)."""
+    return load_model(cfg, weights)
 
 
 def check_args(global_percent: float | None = None, shortcuts: int | None = None,

@@ -73,7 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="FPS measurements per point; the best counts (default 3)")
     channel_args(q, percent_required=False)
     q.add_argument("--img-size", type=int, help="evaluation size (default: the cfg's)")
-    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--batch-size", type=int, default=8, help="evaluation images per forward pass (default 8)")
     q.add_argument("--max-images", type=int, help="evaluate at most this many validation images")
     q.add_argument("--latency-runs", type=int, default=3,
                    help="timed PyTorch CPU forward passes per point for the latency column (0: skip)")
@@ -84,6 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _prune(args: argparse.Namespace) -> int:
     from slimyolo.prune.algorithms import check_args, open_model, prune_both, prune_channels, prune_layers
+    from slimyolo.prune.report import print_warnings
     from slimyolo.prune.result import check_out_dir
 
     percent = getattr(args, "global_percent", None)
@@ -97,8 +98,7 @@ def _prune(args: argparse.Namespace) -> int:
         result = prune_layers(model, shortcuts)
     else:
         result = prune_both(model, percent, shortcuts, args.layer_keep, args.round_to)
-    for warning in result.warnings():
-        print(f"warning: {warning}", file=sys.stderr)
+    print_warnings(result.warnings())
     paths = result.save(args.out)
     print(json.dumps(result.summary()) if args.json else result.format())
     print(f"wrote {paths['cfg']}, {paths['weights']}, {paths['pt']}, {paths['summary']}", file=sys.stderr)

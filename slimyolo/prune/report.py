@@ -14,7 +14,9 @@ channels are not fixed by a head, a grouped convolution or a tie to a convolutio
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from typing import TextIO
 
 import numpy as np
 
@@ -140,3 +142,10 @@ def sparsity_report(groups: ChannelGroups, gammas: dict[int, np.ndarray]) -> Spa
 
     by_depth = {name: {"channels": len(v), **fractions(v)} for name, v in zip(DEPTHS, thirds, strict=True)}
     return SparsityReport(len(every), fractions(every), by_depth)
+
+
+def print_warnings(warnings: list[str], file: TextIO | None = None) -> None:
+    """A prune's warnings (:meth:`PruneResult.warnings`, ``warnings`` of summary.json and of the prune stage's
+    metrics) on standard error, one line each: the one wording of ``prune channel`` and ``stage prune``."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=file or sys.stderr)

@@ -19,8 +19,9 @@ evaluated points whose mAP stays within the allowed drop, the one the ``objectiv
 The search itself does not depend on the objective, so a sweep that measured FPS records the
 choice of both (``choices`` in ``sweep.json``).
 
-Evaluation is a parameter (any ``Darknet -> object with precision, recall, map50``), so the
-search is testable and the service can plug in its own; the CLI uses
+Evaluation is a parameter (any ``Darknet -> object with precision, recall, map50``, or
+``Darknet -> (P, R, map50)``), so the search is testable and the service can plug in its own;
+the CLI uses
 :func:`slimyolo.train.evaluate.evaluate` on the ``.data`` file's validation list. Each row goes
 to ``progress`` as a :class:`~slimyolo.progress.SweepPoint`, the choice at the end as a
 :class:`~slimyolo.progress.SweepBest`; raising
@@ -58,7 +59,26 @@ class Metrics(Protocol):
     map50: float
 
 
-EvalFn = Callable[[Darknet], Metrics]
+EvalFn = Callable[[Darknet], "Metrics | tuple[float, float, float]"]
+
+
+def as_metrics(m: object) -> tuple[float, float, float]:
+    """(precision, recall, map50) of what an evaluation function returned: an object with
+    ``precision``, ``recall`` and ``map50`` (an :class:`~slimyolo.train.evaluate.EvalResult`), or a
+    ``(P, R, map50)`` tuple. Anything else is a :class:`SlimYoloError` that says what is needed."""
+    if all(hasattr(m, a) for a in ("precision", "recall", "map50")):
+        values = (m.precision, m.recall, m.map50)  # type: ignore[attr-defined]
+    elif isinstance(m, (tuple, list)) and len(m) == 3:
+        values = tuple(m)
+    else:
+        raise SlimYoloError(f"the sweep's evaluation function returned {type(m).__name__} {m!r:.80}: it must "
+                            "return (precision, recall, map50) or an object with .precision, .recall and .map50 "
+                            "(as slimyolo.train.evaluate.evaluate does)")
+    try:
+        return tuple(float(v) for v in values)  # type: ignore[return-value]
+    except (TypeError, ValueError) as e:
+        raise SlimYoloError(f"the sweep's evaluation function returned non-numeric metrics {values!r:.80}: "
+                            "precision, recall and map50 must be numbers") from e
 FpsFn = Callable[[Darknet], float]
 
 
@@ -344,11 +364,11 @@ def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float]
             if progress is not None:
                 progress(SweepPoint(reused))
             return reused
-        m = evaluate(pruned)
+        precision, recall, map50 = as_metrics(evaluate(pruned))
         lat = measure_latency(pruned, latency_runs) if latency_runs > 0 else None
         fps = float(measure_fps(pruned)) if measure_fps is not None else None
-        within = True if floor is None else float(m.map50) >= floor - 1e-12
-        row = SweepRow(stage, percent, units, float(m.precision), float(m.recall), float(m.map50), stats.params,
+        within = True if floor is None else map50 >= floor - 1e-12
+        row = SweepRow(stage, percent, units, precision, recall, map50, stats.params,
                        stats.weights_bytes, float(stats.bflops), lat, within, removed, stats.activation_mb, fps)
         rows.append(row)
         if progress is not None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
+from types import ModuleType
 
 from slimyolo.errors import SlimYoloError
 
@@ -25,9 +27,9 @@ STAGES = ("trainer", "pruner", "converter", "inference")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run a service: trainer, pruner, converter or inference",
-                       description="Run one gRPC service. `slimyolo serve STAGE --help` lists its flags; each "
+                       description="Run one gRPC service. slimyolo serve STAGE --help lists its flags; each "
                                    "flag overrides its SLIMYOLO_* environment variable.")
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=STAGES, help="the service to run")
     p.add_argument("options", nargs=argparse.REMAINDER, help="the service's flags (--port, --metrics-port, ...)")
     p.set_defaults(func=_serve)
 
@@ -41,21 +43,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.set_defaults(func=_health)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from slimyolo.rpc.server import Server, ServerConfig, add_arguments
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :mod:`x`, :class:`~a.B` → the name
+
+
+def plain_text(docstring: str | None) -> str:
+    """The first paragraph of a docstring as one plain sentence for --help: reST roles and literals unwrapped."""
+    paragraph = (docstring or "").strip().split("\n\n", 1)[0]
+    text = " ".join(paragraph.split())
+    return _ROLE.sub(r"\1", text).replace("``", "")
+
+
+def service_parser(stage: str) -> tuple[ModuleType, argparse.ArgumentParser]:
+    """(the service module of ``stage``, the parser of ``slimyolo serve STAGE``'s flags)."""
+    from slimyolo.rpc.server import add_arguments
 
     try:
-        module = importlib.import_module(f"slimyolo.services.{args.stage}")
+        module = importlib.import_module(f"slimyolo.services.{stage}")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("slimyolo.services", f"slimyolo.services.{args.stage}"):
+        if exc.name not in ("slimyolo.services", f"slimyolo.services.{stage}"):
             raise  # a dependency of the service is missing: its own message says which
-        raise SlimYoloError(f"serve {args.stage}: this slimyolo installation has no slimyolo.services.{args.stage} "
+        raise SlimYoloError(f"serve {stage}: this slimyolo installation has no slimyolo.services.{stage} "
                             f"module ({exc}); reinstall the project (pip install .)") from None
-    parser = argparse.ArgumentParser(prog=f"slimyolo serve {args.stage}",
-                                     description=(module.__doc__ or "").strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"slimyolo serve {stage}", description=plain_text(module.__doc__))
     add_arguments(parser)
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
+    return module, parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from slimyolo.rpc.server import Server, ServerConfig
+
+    module, parser = service_parser(args.stage)
     options = parser.parse_args(args.options)
     server = Server(args.stage, ServerConfig.from_args(options, os.environ))
     module.build(server, options)

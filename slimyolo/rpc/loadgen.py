@@ -10,6 +10,11 @@ from when a call was due, so a server that falls behind shows it). After a warm-
 throughput, latency percentiles, errors by status code and the calls each replica answered (the
 ``slimyolo-server`` trailing metadata every answer carries), and calls ``progress`` about once a
 second while it runs.
+
+It fails fast with one sentence naming the target: before any load, when no connection to the
+target is ready within ``connect_timeout`` seconds (nothing listens there, or it does not speak
+HTTP/2); during the load, when :data:`UNAVAILABLE_BURST` calls in a row fail with UNAVAILABLE
+(the service went away), instead of counting a flood of failed calls until the time is up.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from slimyolo.errors import SlimYoloError
+from slimyolo.errors import SlimYoloError, UnavailableError
 from slimyolo.infer.bench import percentiles
 from slimyolo.rpc.client import connect, remote_error
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
@@ -33,6 +38,7 @@ from slimyolo.rpc.gen.v1 import inference_pb2, inference_pb2_grpc
 from slimyolo.rpc.server import SERVED_BY
 
 APIS = ("infer", "detect")
+UNAVAILABLE_BURST = 100  # UNAVAILABLE answers in a row, none OK, that stop a run: the service is gone
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class LoadSpec:
     version: str = ""
     image: bytes = b""  # Detect: this encoded image (default: a 640x480 JPEG frame)
     timeout: float = 30.0  # deadline of each call
+    connect_timeout: float = 5.0  # seconds for a connection to the target to be ready before any call
 
     def check(self) -> None:
         if self.api not in APIS:
@@ -74,11 +81,21 @@ class _Recorder:
     def __init__(self) -> None:
         self.outcomes: list[_Outcome] = []
         self._lock = threading.Lock()
+        self.stop = threading.Event()  # set after UNAVAILABLE_BURST UNAVAILABLE answers in a row
+        self._unavailable = 0
+        self.last_unavailable = ""
 
     def add(self, latency: float, call: grpc.Call, code: grpc.StatusCode) -> None:
         server = next((v for k, v in call.trailing_metadata() or () if k == SERVED_BY), "")
         with self._lock:
             self.outcomes.append(_Outcome(latency, code.name, server))
+            if code == grpc.StatusCode.UNAVAILABLE:
+                self._unavailable += 1
+                self.last_unavailable = call.details() or ""
+                if self._unavailable >= UNAVAILABLE_BURST:
+                    self.stop.set()
+            elif code == grpc.StatusCode.OK:
+                self._unavailable = 0
 
     def snapshot(self) -> list[_Outcome]:
         with self._lock:
@@ -128,7 +145,7 @@ def _frame() -> bytes:
 
 def _closed_loop(method: Callable[..., Any], request: Any, spec: LoadSpec, stop: float, rec: _Recorder) -> None:
     def client() -> None:
-        while time.perf_counter() < stop:
+        while time.perf_counter() < stop and not rec.stop.is_set():
             t = time.perf_counter()
             try:
                 _, call = method.with_call(request, timeout=spec.timeout)
@@ -163,7 +180,7 @@ def _open_loop(method: Callable[..., Any], request: Any, spec: LoadSpec, stop: f
         future.add_done_callback(done)
 
     interval, due = 1.0 / spec.rate, time.perf_counter()
-    while due < stop:
+    while due < stop and not rec.stop.is_set():
         delay = due - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
@@ -177,10 +194,18 @@ def run_load(spec: LoadSpec, progress: Callable[[dict[str, Any]], None] | None =
     """Warm up, then load ``spec.target`` for ``spec.seconds``; the figures of the module docstring."""
     spec.check()
     with connect(spec.target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=spec.connect_timeout)
+        except grpc.FutureTimeoutError:
+            raise UnavailableError(f"{spec.target}: nothing answers there (no connection within "
+                                   f"{spec.connect_timeout:g} s); is the inference service running at that "
+                                   "address?") from None
         method, request = _request(channel, spec)
         drive = _open_loop if spec.rate > 0 else _closed_loop
         if spec.warmup > 0:
-            drive(method, request, spec, time.perf_counter() + spec.warmup, _Recorder())
+            warm = _Recorder()
+            drive(method, request, spec, time.perf_counter() + spec.warmup, warm)
+            _check_burst(warm, spec, "the warm-up")
         rec = _Recorder()
         t0 = time.perf_counter()
         runner = threading.Thread(target=drive, args=(method, request, spec, t0 + spec.seconds, rec), daemon=True)
@@ -190,9 +215,17 @@ def run_load(spec: LoadSpec, progress: Callable[[dict[str, Any]], None] | None =
             if progress is not None and runner.is_alive():
                 progress(_summary(rec.snapshot(), time.perf_counter() - t0))
         result = _summary(rec.snapshot(), time.perf_counter() - t0)
+        _check_burst(rec, spec, f"{result['elapsed_s']:.1f} s of load ({result['ok']} calls answered)")
     mode = {"rate": spec.rate} if spec.rate > 0 else {"concurrency": spec.concurrency}
     return {**{k: v for k, v in asdict(spec).items() if k in ("target", "model", "api", "seconds")}, **mode,
             **result}
+
+
+def _check_burst(rec: _Recorder, spec: LoadSpec, when: str) -> None:
+    if rec.stop.is_set():
+        raise UnavailableError(f"{spec.target}: {UNAVAILABLE_BURST} calls in a row failed with UNAVAILABLE after "
+                               f"{when} ({rec.last_unavailable or 'no details'}); the service went away or stopped "
+                               "answering, so the load was stopped")
 
 
 def _summary(outcomes: list[_Outcome], elapsed: float) -> dict[str, Any]:

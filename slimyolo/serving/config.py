@@ -58,8 +58,9 @@ _ENV = {
     "max_queue": "SLIMYOLO_INFERENCE_MAX_QUEUE",
 }
 _HELP = {
-    "model_repository": "s3://bucket/prefix, a local folder (/abs, ./rel, file:///abs) or a key prefix in "
-                        "the artifact store ($SLIMYOLO_STORE)",
+    "model_repository": "s3://bucket/prefix, a local folder (/abs, ./rel, file:///abs, or a path through a hidden "
+                        "folder such as .slimyolo/store/models) or a key prefix in the artifact store "
+                        "($SLIMYOLO_STORE)",
     "poll_seconds": "seconds between scans of the repository for new versions (0: scan only at start)",
     "device": "OpenVINO device",
     "hint": f"OpenVINO performance hint ({', '.join(HINTS)})",

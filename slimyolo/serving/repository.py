@@ -181,12 +181,20 @@ class StoreRepository(Repository):
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 
 
+def _has_hidden_folder(path: str) -> bool:
+    """``path`` has a hidden segment (``.slimyolo``; not ``.`` or ``..``): a local path, never a store key."""
+    return any(s.startswith(".") and s not in (".", "..") for s in path.split("/"))
+
+
 def open_repository(spec: str, env: Mapping[str, str]) -> Repository:
     """The repository ``spec`` names (the ``SLIMYOLO_MODEL_REPOSITORY`` rules, see the module docstring).
 
     ``s3://bucket/prefix`` opens that S3 location with the ``SLIMYOLO_S3_*`` credentials; a path
-    (``/``, ``./``, ``../``, ``~`` or ``file://``) is a local folder; anything else is a key prefix in
-    the artifact store of ``SLIMYOLO_STORE``.
+    (``/``, ``./``, ``../``, ``~`` or ``file://``) is a local folder, and so is a path with a hidden
+    folder in it (``.slimyolo/store/models``, the default local store's models: a store key never has a
+    hidden segment, so it cannot mean one); anything else is a key prefix in the artifact store of
+    ``SLIMYOLO_STORE``. This is the operator's own setting: the keys that requests carry (model names,
+    versions) keep the strict key rules.
     """
     if spec.startswith("s3://"):
         return StoreRepository(open_store(spec, env))
@@ -195,13 +203,36 @@ def open_repository(spec: str, env: Mapping[str, str]) -> Repository:
         if parsed.netloc not in ("", "localhost"):
             raise SlimYoloError(f"{ENV_MODEL_REPOSITORY}={spec!r}: file URIs must be local (file:///path)")
         return FolderRepository(unquote(parsed.path))
-    if spec.startswith(_LOCAL_PREFIXES) or spec in (".", ".."):
+    if spec.startswith(_LOCAL_PREFIXES) or spec in (".", "..") or _has_hidden_folder(spec):
         return FolderRepository(spec)
     if "://" in spec:
         raise SlimYoloError(f"{ENV_MODEL_REPOSITORY}={spec!r}: expected s3://bucket/prefix, a local folder "
                             "(/abs, ./rel, file:///abs) or a key prefix in the artifact store")
     repository = StoreRepository(open_store(None, env), validate_key(spec.strip("/"), ENV_MODEL_REPOSITORY))
-    if Path(spec).is_dir():
-        log.warning("%s=%s is a key prefix in the artifact store %s; to serve the local folder %s write ./%s",
-                    ENV_MODEL_REPOSITORY, spec, repository.uri, Path(spec).resolve(), spec)
+    hint = local_folder_hint(spec, repository)
+    if hint:
+        log.warning("%s", hint)
     return repository
+
+
+def local_folder_hint(spec: str, repository: Repository) -> str | None:
+    """The warning for a store prefix ``spec`` that was likely meant as the local folder of that name
+    (``convert --out models`` writes the folder ``models``, while a bare ``models`` is the store's
+    prefix): only when the folder holds at least one complete model version and the store holds none
+    under the prefix. None otherwise: a user who means the store and has such a folder is not warned
+    while the store has models, nor is one whose folder holds no model."""
+    folder = Path(spec)
+    if not folder.is_dir():
+        return None
+    try:
+        local = FolderRepository(folder).scan()
+        if not local or repository.scan():
+            return None
+    except (SlimYoloError, OSError):
+        return None  # the store cannot be read now: the manager reports that itself
+    models = ", ".join(sorted(local))
+    return (f"{ENV_MODEL_REPOSITORY}={spec} is a key prefix in the artifact store {repository.uri}, which holds no "
+            f"model, while the local folder {folder.resolve()} holds {models} (as `slimyolo convert --out {spec}` "
+            f"writes it): to serve that folder give --model-repository ./{spec.strip('/')} (or "
+            f"{ENV_MODEL_REPOSITORY}=./{spec.strip('/')}); to serve from the store, publish each version there "
+            f"(slimyolo store put {spec.strip('/')}/NAME/VERSION {spec.strip('/')}/NAME/VERSION)")

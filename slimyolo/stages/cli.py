@@ -17,21 +17,34 @@ import argparse
 import dataclasses
 import json
 import os
+import textwrap
 from pathlib import Path
 
 from slimyolo.fsutil import read_yaml
-from slimyolo.stages.specs import SPECS, parse_spec
+from slimyolo.rpc.cli import plain_text
+from slimyolo.stages.specs import SPECS, fields_help, parse_spec
+
+_SERVICES = {"train": "trainer", "eval": "trainer", "prune": "pruner", "sweep": "pruner", "convert": "converter"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("stage", help="run one pipeline stage over the artifact store (the Kubernetes batch Jobs)")
-    p.add_argument("name", choices=list(SPECS), help="the stage")
-    p.add_argument("--spec", type=Path, required=True, help="YAML spec: inputs (store keys), output prefix, "
-                                                            "parameters")
-    p.add_argument("--remote", metavar="HOST:PORT", help="submit the spec to the running service of the stage "
-                   "(trainer: train, eval; pruner: prune, sweep; converter: convert), which must use the same store, "
-                   "and follow its job; the result is the same JSON as in process")
-    p.set_defaults(func=_stage)
+    p = sub.add_parser("stage", help="run one pipeline stage over the artifact store (the Kubernetes batch Jobs)",
+                       description="Run one stage over the artifact store of SLIMYOLO_STORE, as the Kubernetes "
+                                   "batch Jobs do, and print its result (artifacts, metrics) as JSON. "
+                                   "slimyolo stage KIND --help lists the spec fields of KIND.")
+    kinds = p.add_subparsers(dest="name", required=True, metavar="KIND")
+    for kind, cls in SPECS.items():
+        what = plain_text(cls.__doc__)
+        description = textwrap.fill(f"{what} The spec is a YAML file of the fields below; inputs are store keys.",
+                                    100)
+        q = kinds.add_parser(kind, help=what.rstrip("."), description=description, epilog=fields_help(cls),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        q.add_argument("--spec", type=Path, required=True, help="YAML spec: inputs (store keys), output prefix, "
+                                                                "parameters (the fields below)")
+        q.add_argument("--remote", metavar="HOST:PORT", help=f"submit the spec to the running {_SERVICES[kind]} "
+                       "service, which must use the same store, and follow its job; the result is the same JSON "
+                       "as in process")
+        q.set_defaults(func=_stage)
 
 
 def load_spec_file(kind: str, path: Path):
@@ -58,6 +71,9 @@ def _stage(args: argparse.Namespace) -> int:
     finally:
         console.close()
     if int(os.environ.get("RANK", "0")) == 0:
+        from slimyolo.prune.report import print_warnings
+
+        print_warnings(result.metrics.get("warnings") or [])  # a prune's asked-vs-removed and sparsity warnings
         artifacts = {role: dataclasses.asdict(a) for role, a in result.artifacts.items()}
         print(json.dumps({"artifacts": artifacts, "metrics": result.metrics}, indent=1, default=str))
     return 0

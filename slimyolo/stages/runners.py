@@ -256,12 +256,13 @@ def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = Non
         prefix = f"{repository}/{spec.name}/{version}"
         cfg, weights = _model_inputs(ws, spec)
         calib = ws.data(spec.calib_data, "calib_data") if spec.calib_data is not None else None
-        result = convert(cfg, weights, ws.root / "models", name=spec.name, version=version, via=spec.via,
-                         precision=spec.precision, calib_data=calib, img_size=spec.img_size,
+        shown = ws.progress(progress)  # the steps name store keys and fields, not the work folder's paths
+        result = convert(cfg, weights, ws.name(ws.root / "models", repository), name=spec.name, version=version,
+                         via=spec.via, precision=spec.precision, calib_data=calib, img_size=spec.img_size,
                          names=list(spec.names) or None, ppp=spec.ppp, onnx=spec.onnx,
                          accuracy_control=spec.accuracy_control, max_drop=spec.max_drop,
                          calib_images=spec.calib_images, parity_images=spec.parity_images, tolerance=spec.tolerance,
-                         progress=progress)
+                         progress=shown)
         summary = result.summary
         metrics: dict[str, Any] = {"name": spec.name, "version": version, "precision": spec.precision,
                                    "via": spec.via, "parity": summary["parity"], "int8": summary["int8"],
@@ -269,9 +270,9 @@ def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = Non
                                    "bin_bytes": summary["files"]["model.bin"]["size_bytes"]}
         if spec.evaluate:
             assert calib is not None
-            metrics["eval"] = evaluate_ir(result.path, calib, progress)
+            metrics["eval"] = evaluate_ir(result.path, calib, shown)
         if spec.bench_seconds:
-            metrics["bench"] = bench_ir(result.path, spec.bench_seconds, progress, spec.bench_precision)
+            metrics["bench"] = bench_ir(result.path, spec.bench_seconds, shown, spec.bench_precision)
         write_stage_file(result.path, spec, metrics)
         files = ws.publish(prefix, result.path)
     return StageResult(_ir_files(files), metrics)

@@ -27,7 +27,7 @@ form of each spec is its fields, flat; a training spec also takes every key of t
 configuration (``slimyolo train --config``), for example::
 
     # slimyolo stage train --spec train.yaml
-    cfg: inputs/yolov4-tiny-2c.cfg       # a file of a tree in the store, or {uri, sha256, size_bytes}
+    cfg: inputs/model/yolov4-tiny-2c.cfg # a file of a tree in the store, or {uri, sha256, size_bytes}
     data: datasets/synth                 # a data set tree, or {archive: FILE, data_file: synth.data}
     out: runs/sparse                     # the store prefix of the outputs (must not exist yet)
     weights: runs/base/best.weights
@@ -361,15 +361,64 @@ class Check:
 
 
 def param(kind: str, default: Any = dataclasses.MISSING, *, low: float | None = None, high: float | None = None,
-          low_open: bool = False, high_open: bool = False, options: tuple[str, ...] = ()) -> Any:
-    """A spec field: its kind, its default (none: required) and its bounds, declared once."""
+          low_open: bool = False, high_open: bool = False, options: tuple[str, ...] = (), help: str = "") -> Any:
+    """A spec field: its kind, its default (none: required), its bounds and its meaning (``help``, shown by
+    ``slimyolo stage KIND --help``), declared once."""
     check = Check(kind, low, high, low_open, high_open, options)
-    return field(default=default, metadata={"check": check})
+    return field(default=default, metadata={"check": check, "help": help})
 
 
 def spec_fields(cls: type) -> list[dataclasses.Field]:
     """The declared fields of a spec class (those made with :func:`param`)."""
     return [f for f in dataclasses.fields(cls) if "check" in f.metadata]
+
+
+_KIND_TEXT = {"file": "a store key of a file in a tree, or {uri, sha256, size_bytes}",
+              "data": "a data set: a store tree key, {tree or archive, data_file} or {import: {format, source, ...}}",
+              "key": "a store key prefix", "out": "a new store key prefix", "int": "an integer", "float": "a number",
+              "img_size": "a multiple of 32", "bool": "true or false", "text": "text",
+              "strings": "a list of strings", "irange": "[low, high, step], integers",
+              "frange": "[low, high, step], numbers"}
+
+
+def _bounds(check: Check) -> str:
+    if check.kind == "choice":
+        return "one of " + ", ".join(check.options)
+    text = _KIND_TEXT[check.kind]
+    if check.low is not None and check.high is not None:
+        left, right = "(" if check.low_open else "[", ")" if check.high_open else "]"
+        return f"{text} in {left}{check.low:g}, {check.high:g}{right}"
+    if check.low is not None and check.kind != "img_size":
+        return f"{text} {'above' if check.low_open else 'at least'} {check.low:g}"
+    return text
+
+
+def _default_text(value: Any) -> str:
+    if value is dataclasses.MISSING:
+        return "required"
+    if value is None:
+        return "default unset"
+    if isinstance(value, bool):
+        return f"default {str(value).lower()}"
+    if isinstance(value, tuple):
+        return f"default [{', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in value)}]"
+    return f"default {value:g}" if isinstance(value, float) else f"default {value}"
+
+
+def fields_help(cls: type, width: int = 100) -> str:
+    """The fields of a spec class as ``slimyolo stage KIND --help`` lists them: name, kind and bounds,
+    default and meaning, all read from their :func:`param` declarations."""
+    import textwrap
+
+    lines = [f"Spec fields (the YAML keys of {cls.kind} specs; the same fields as the gRPC request's spec):"]
+    for fld in sorted(spec_fields(cls), key=lambda f: f.default is not dataclasses.MISSING):
+        check, meaning = fld.metadata["check"], fld.metadata.get("help", "")
+        text = f"{meaning} ({_default_text(fld.default)}; {_bounds(check)})".lstrip()
+        lines += textwrap.wrap(text, width, initial_indent=f"  {fld.name:<18}", subsequent_indent=" " * 20)
+    if cls.kind == "train":
+        lines += textwrap.wrap("Every other key is a training setting, as in slimyolo train --config (epochs, "
+                               "batch_size, img_size, sr, s, finetune, ...).", width)
+    return "\n".join(lines)
 
 
 def store_fields(cls: type) -> tuple[str, ...]:
@@ -412,15 +461,17 @@ class SpecBase:
 
 @dataclass(frozen=True)
 class TrainSpec(SpecBase):
-    """Base training, sparsity training or fine-tuning (``options`` says which, as in TrainConfig)."""
+    """Base training, sparsity training or fine-tuning (the settings say which: sr, finetune; as in TrainConfig)."""
 
-    data: DataRef = param("data")
-    out: str = param("out")
-    cfg: FileRef | None = param("file", None)  # None: the cfg inside ``weights`` (a .pt checkpoint)
-    weights: FileRef | None = param("file", None)  # None: trained from scratch; base training: also partial files
-    weights_cfg: FileRef | None = param("file", None)  # the cfg of ``weights`` when they are another cfg's .weights
-    teacher_cfg: FileRef | None = param("file", None)
-    teacher_weights: FileRef | None = param("file", None)  # distillation from this teacher while fine-tuning
+    data: DataRef = param("data", help="the training data set (its train and valid lists)")
+    out: str = param("out", help="the store prefix the run folder is published under")
+    cfg: FileRef | None = param("file", None, help="the model's cfg; unset: the cfg inside weights (a .pt)")
+    weights: FileRef | None = param("file", None, help="initial weights; unset: trained from scratch; base "
+                                    "training also takes a partial darknet file or another cfg's weights")
+    weights_cfg: FileRef | None = param("file", None, help="the cfg of weights when they are another cfg's .weights")
+    teacher_cfg: FileRef | None = param("file", None, help="the distillation teacher's cfg (default: the one "
+                                        "inside teacher_weights)")
+    teacher_weights: FileRef | None = param("file", None, help="distillation from this teacher while fine-tuning")
     # Every other key: a TrainConfig setting (epochs, sr, s, ...), checked by TrainConfig itself (check()).
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -456,13 +507,13 @@ class TrainSpec(SpecBase):
 class EvalSpec(SpecBase):
     """P, R, mAP@0.5 and F1 of a model on a data set's validation split, with its size figures."""
 
-    weights: FileRef = param("file")
-    data: DataRef = param("data")
-    cfg: FileRef | None = param("file", None)
-    img_size: int | None = param("img_size", None)  # None: the cfg's
-    batch_size: int = param("int", 8, low=1)
-    conf_thres: float = param("float", 0.001, low=0, high=1)
-    iou_thres: float = param("float", 0.6, low=0, high=1)
+    weights: FileRef = param("file", help="the model's weights (.weights, or a .pt holding its cfg)")
+    data: DataRef = param("data", help="the data set whose validation split is evaluated")
+    cfg: FileRef | None = param("file", None, help="the model's cfg; unset: the cfg inside weights (a .pt)")
+    img_size: int | None = param("img_size", None, help="square input size; unset: the cfg's")
+    batch_size: int = param("int", 8, low=1, help="images per forward pass")
+    conf_thres: float = param("float", 0.001, low=0, high=1, help="score threshold of the detections scored")
+    iou_thres: float = param("float", 0.6, low=0, high=1, help="NMS IoU threshold")
 
     kind: ClassVar[str] = "eval"
 
@@ -471,18 +522,22 @@ class EvalSpec(SpecBase):
 class PruneSpec(SpecBase):
     """Channel pruning, layer pruning or both, at one point; optionally mAP before and after."""
 
-    weights: FileRef = param("file")
-    out: str = param("out")
-    cfg: FileRef | None = param("file", None)
-    method: str = param("choice", "channel", options=vocab.PRUNE_METHODS)
-    global_percent: float | None = param("float", None, low=0, high=1, low_open=True, high_open=True)  # channel, both
-    shortcuts: int = param("int", 0, low=0)  # residual units to remove (layer, both)
-    layer_keep: float = param("float", 0.01, low=0, high=1)
-    round_to: int = param("int", 1, low=1)
-    data: DataRef | None = param("data", None)  # evaluate mAP@0.5 before and after on its validation split
-    img_size: int | None = param("img_size", None)
-    batch_size: int = param("int", 8, low=1)
-    max_images: int | None = param("int", None, low=1)
+    weights: FileRef = param("file", help="the sparse model's weights (.weights, or a .pt holding its cfg)")
+    out: str = param("out", help="the store prefix pruned.cfg, .weights, .pt and summary.json are published under")
+    cfg: FileRef | None = param("file", None, help="the model's cfg; unset: the cfg inside weights (a .pt)")
+    method: str = param("choice", "channel", options=vocab.PRUNE_METHODS, help="what to prune")
+    global_percent: float | None = param("float", None, low=0, high=1, low_open=True, high_open=True,
+                                         help="fraction of the prunable channels below the global |γ| threshold "
+                                              "(channel and both: required)")
+    shortcuts: int = param("int", 0, low=0, help="residual units to remove (layer and both: at least 1)")
+    layer_keep: float = param("float", 0.01, low=0, high=1,
+                              help="every layer keeps at least this fraction of its channels")
+    round_to: int = param("int", 1, low=1, help="keep a multiple of this many channels per layer (1: no rounding)")
+    data: DataRef | None = param("data", None, help="evaluate mAP@0.5 before and after on its validation split; "
+                                 "unset: no evaluation")
+    img_size: int | None = param("img_size", None, help="evaluation size; unset: the cfg's")
+    batch_size: int = param("int", 8, low=1, help="evaluation images per forward pass")
+    max_images: int | None = param("int", None, low=1, help="evaluate at most this many images; unset: all")
 
     kind: ClassVar[str] = "prune"
 
@@ -498,25 +553,31 @@ class PruneSpec(SpecBase):
 class SweepSpec(SpecBase):
     """The best-pruning-point sweep: coarse-then-fine search of channel (and layer) pruning."""
 
-    weights: FileRef = param("file")
-    data: DataRef = param("data")
-    out: str = param("out")
-    cfg: FileRef | None = param("file", None)
-    percents: tuple[float, float, float] = param("frange", (0.5, 0.95, 0.05))  # low, high, coarse step
-    shortcuts: tuple[int, int, int] | None = param("irange", None)  # low, high, coarse step; None: channels only
-    max_map_drop: float = param("float", 0.01, low=0, high=1)
-    fine_percent: float = param("float", 0.01, low=0, high=1, low_open=True)
-    layer_keep: float = param("float", 0.01, low=0, high=1)
-    round_to: int = param("int", 1, low=1)
-    img_size: int | None = param("img_size", None)
-    batch_size: int = param("int", 8, low=1)
-    max_images: int | None = param("int", None, low=1)
-    latency_runs: int = param("int", 0, low=0)  # PyTorch timing per point (0: not measured)
-    # The best point: fewest BFLOPs, or most measured OpenVINO FPS ("fps").
-    objective: str = param("choice", "bflops", options=vocab.SWEEP_OBJECTIVES)
-    precision: str = param("choice", "f32", options=vocab.FPS_PRECISIONS)  # of the FPS measurement
-    fps_seconds: float = param("float", 1.0, low=0, high=60, low_open=True)  # one FPS measurement
-    fps_repeats: int = param("int", 3, low=1)  # FPS measurements per point (the best counts)
+    weights: FileRef = param("file", help="the sparse model's weights (.weights, or a .pt holding its cfg)")
+    data: DataRef = param("data", help="the data set whose validation split scores each point")
+    out: str = param("out", help="the store prefix sweep.json, .csv, .png and best/ are published under")
+    cfg: FileRef | None = param("file", None, help="the model's cfg; unset: the cfg inside weights (a .pt)")
+    percents: tuple[float, float, float] = param("frange", (0.5, 0.95, 0.05),
+                                                 help="global percents to try: low, high, coarse step")
+    shortcuts: tuple[int, int, int] | None = param("irange", None, help="residual units to try as well: low, high, "
+                                                   "coarse step; unset: channels only")
+    max_map_drop: float = param("float", 0.01, low=0, high=1,
+                                help="the best point keeps mAP@0.5 within this drop of the unpruned model's")
+    fine_percent: float = param("float", 0.01, low=0, high=1, low_open=True,
+                                help="the step of the fine search before the collapse")
+    layer_keep: float = param("float", 0.01, low=0, high=1,
+                              help="every layer keeps at least this fraction of its channels")
+    round_to: int = param("int", 1, low=1, help="keep a multiple of this many channels per layer (1: no rounding)")
+    img_size: int | None = param("img_size", None, help="evaluation size; unset: the cfg's")
+    batch_size: int = param("int", 8, low=1, help="evaluation images per forward pass")
+    max_images: int | None = param("int", None, low=1, help="evaluate at most this many images; unset: all")
+    latency_runs: int = param("int", 0, low=0, help="timed PyTorch CPU forward passes per point (0: not measured)")
+    objective: str = param("choice", "bflops", options=vocab.SWEEP_OBJECTIVES,
+                           help="the best point: the fewest BFLOPs, or the most OpenVINO FPS measured here")
+    precision: str = param("choice", "f32", options=vocab.FPS_PRECISIONS,
+                           help="inference precision of the FPS measurement")
+    fps_seconds: float = param("float", 1.0, low=0, high=60, low_open=True, help="length of one FPS measurement")
+    fps_repeats: int = param("int", 3, low=1, help="FPS measurements per point (the best counts)")
 
     kind: ClassVar[str] = "sweep"
 
@@ -542,26 +603,33 @@ class ConvertSpec(SpecBase):
     that figures from CPUs with and without bf16 compare; ``default``: the device's choice).
     """
 
-    weights: FileRef = param("file")
-    name: str = param("text")  # the model's name in the repository: one path segment
-    cfg: FileRef | None = param("file", None)
-    version: str | None = param("text", None)  # None: one more than the newest in the repository
-    model_repository: str | None = param("key", None)  # None: $SLIMYOLO_MODEL_REPOSITORY, else "models"
-    via: str = param("choice", "tf", options=vocab.CONVERSION_PATHS)
-    precision: str = param("choice", "fp32", options=vocab.IR_PRECISIONS)
-    calib_data: DataRef | None = param("data", None)  # calibration (INT8), parity images, class names, evaluation
-    calib_images: int = param("int", 300, low=1)
-    img_size: int | None = param("img_size", None)
-    names: tuple[str, ...] = param("strings", ())
-    accuracy_control: bool = param("bool", False)
-    max_drop: float = param("float", 0.01, low=0, high=1, low_open=True)
-    ppp: str | None = param("choice", None, options=vocab.PPP_MODES)
-    onnx: bool = param("bool", False)
-    parity_images: int = param("int", 2, low=1)
-    tolerance: float = param("float", 1e-3, low=0, low_open=True)
-    evaluate: bool = param("bool", False)
-    bench_seconds: float = param("float", 0.0, low=0)
-    bench_precision: str = param("choice", "f32", options=vocab.BENCH_PRECISIONS)
+    weights: FileRef = param("file", help="the model's weights (.weights, or a .pt holding its cfg)")
+    name: str = param("text", help="the model's name in the repository: one path segment")
+    cfg: FileRef | None = param("file", None, help="the model's cfg; unset: the cfg inside weights (a .pt)")
+    version: str | None = param("text", None, help="the version to publish; unset: one more than the newest")
+    model_repository: str | None = param("key", None, help="the store prefix of the model repository; unset: "
+                                         "$SLIMYOLO_MODEL_REPOSITORY, else models")
+    via: str = param("choice", "tf", options=vocab.CONVERSION_PATHS,
+                     help="tf: cfg, Keras/TensorFlow, IR; torch: the PyTorch module to IR")
+    precision: str = param("choice", "fp32", options=vocab.IR_PRECISIONS, help="the IR's precision")
+    calib_data: DataRef | None = param("data", None, help="calibration (INT8), parity images, class names and "
+                                       "evaluation; unset: a small synthetic set")
+    calib_images: int = param("int", 300, low=1, help="INT8 calibration images")
+    img_size: int | None = param("img_size", None, help="the IR's input size; unset: the cfg's")
+    names: tuple[str, ...] = param("strings", (), help="class names; unset: calib_data's, else class<i>")
+    accuracy_control: bool = param("bool", False, help="INT8: keep mAP@0.5 within max_drop of FP32")
+    max_drop: float = param("float", 0.01, low=0, high=1, low_open=True,
+                            help="the largest mAP@0.5 drop accuracy control accepts")
+    ppp: str | None = param("choice", None, options=vocab.PPP_MODES, help="u8 NHWC BGR input, letterboxed "
+                            "inside the IR (resize) or by the host (fixed); unset: f32 NCHW RGB")
+    onnx: bool = param("bool", False, help="also write model.onnx")
+    parity_images: int = param("int", 2, low=1, help="images of the parity checks against PyTorch")
+    tolerance: float = param("float", 1e-3, low=0, low_open=True,
+                             help="the largest |FP32 IR - PyTorch| on any head, as slimyolo convert --tolerance")
+    evaluate: bool = param("bool", False, help="evaluate the IR on calib_data's validation split")
+    bench_seconds: float = param("float", 0.0, low=0, help="measure the IR's OpenVINO FPS this long (0: not)")
+    bench_precision: str = param("choice", "f32", options=vocab.BENCH_PRECISIONS,
+                                 help="inference precision of that measurement; default: the device's own choice")
 
     kind: ClassVar[str] = "convert"
 

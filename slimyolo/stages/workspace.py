@@ -19,6 +19,7 @@ the request's field, never the server-local path of the work folder.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -31,6 +32,7 @@ from typing import ClassVar
 
 from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import NotFoundError, SlimYoloError
+from slimyolo.progress import Event, Progress, StageStep
 from slimyolo.stages import archive
 from slimyolo.stages.specs import DataRef, FileRef, ImportRef
 from slimyolo.store import Artifact, Store, subtree
@@ -148,17 +150,36 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
         os.close(self._lock)
         if isinstance(exc, SlimYoloError) and exc.args and isinstance(exc.args[0], str):
-            exc.args = (self._scrub(exc.args[0]), *exc.args[1:])
+            exc.args = (self.scrub(exc.args[0]), *exc.args[1:])
 
-    def _scrub(self, message: str) -> str:
-        """``message`` with the work folder's paths replaced by the fields that named them.
+    def scrub(self, message: str) -> str:
+        """``message`` with the work folder's paths replaced by the fields (or store keys) that named them.
 
-        A client sees the errors of its run; the server-local paths of its work folder tell it
-        nothing it can use, and tell an attacker about the server.
+        A client sees the errors and progress of its run; the server-local paths of its work folder
+        tell it nothing it can use, and tell an attacker about the server.
         """
         for path in sorted(self._fields, key=len, reverse=True):
             message = message.replace(path, self._fields[path])
         return message.replace(f"{self.root}/", "").replace(str(self.root), "the work folder")
+
+    def name(self, path: Path, label: str) -> Path:
+        """Show ``path`` (an output folder of the run) as ``label`` (its store key) in errors and progress."""
+        self._fields[str(path)] = label
+        return path
+
+    def progress(self, progress: Progress | None) -> Progress | None:
+        """``progress`` with the text details of every step scrubbed (:meth:`scrub`): store keys and field
+        names instead of the work folder's paths."""
+        if progress is None:
+            return None
+
+        def scrubbed(event: Event) -> None:
+            if isinstance(event, StageStep) and any(isinstance(v, str) for v in event.details.values()):
+                event = dataclasses.replace(event, details={k: self.scrub(v) if isinstance(v, str) else v
+                                                            for k, v in event.details.items()})
+            progress(event)
+
+        return scrubbed
 
     def file(self, ref: FileRef, field: str, name: str) -> Path:
         """Fetch a file into ``inputs/`` (verified), named ``name`` (``.weights`` or ``.pt`` by content for weights)."""

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=("sgd", "adam"))
     p.add_argument("--lr0", type=float, help="initial learning rate (default 0.01 SGD, 0.001 Adam)")
     p.add_argument("--schedule", choices=("cosine", "step"))
-    p.add_argument("--warmup-epochs", type=float, help="default 3, or 6 when fine-tuning")
+    p.add_argument("--warmup-epochs", type=float, help="default 3; with --finetune a quarter of --epochs, at most 6")
     p.add_argument("--no-ema", action="store_true", help="train without the EMA of weights")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--multi-scale", action="store_true", help="random input size per batch")
@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                       "at epoch ends only)")
     p.add_argument("--max-eval-images", type=int)
     p.add_argument("--save-weights", action="store_true", help="also write best.weights (darknet)")
-    p.add_argument("--finetune", action="store_true", help="fine-tuning of a pruned model (6 warm-up epochs)")
+    p.add_argument("--finetune", action="store_true",
+                   help="fine-tuning of a pruned model (warm-up: a quarter of the epochs, at most 6)")
     p.add_argument("--teacher-cfg", help="distillation teacher cfg (default: the one in --teacher-weights)")
     p.add_argument("--teacher-weights", help="distillation teacher weights")
     p.add_argument("--distill-weight", type=float)

@@ -19,6 +19,7 @@ evaluates, logs and writes files.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.csv"
 CURVE_FILE = "results.png"  # the training curve (slimyolo.train.curves)
+STAGE_TITLES = {"train": "base training", "sparsity": "sparsity training", "finetune": "fine-tuning"}
 RESULTS_COLUMNS = ("epoch", "stage", "lr", "box", "obj", "cls", "distill", "loss", "precision", "recall", "map50",
                    "f1", "gamma_below_0.01", "s", "images_per_s", "time_s")
 
@@ -107,6 +109,15 @@ def _setup_distributed(device_kind: str) -> tuple[_Dist, torch.device]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return d, device
+
+
+def resolved_yaml(config: TrainConfig) -> str:
+    """config.yaml's settings: the resolved config, where ``cfg: null`` says that the cfg is the one inside
+    ``weights`` (a .pt holds its cfg; the run's best.pt and last.pt hold it too)."""
+    text = config.to_yaml()
+    if config.cfg is None:
+        text = text.replace("\ncfg: null\n", f"\ncfg: null  # the cfg inside weights ({config.weights})\n", 1)
+    return text
 
 
 def resolve_cfg(config: TrainConfig, spec: DataSpec) -> Cfg:
@@ -246,6 +257,7 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     spec = read_data_file(config.data)
     cfg = resolve_cfg(config, spec)
     img_size = config.img_size or cfg.width
+    config = dataclasses.replace(config, img_size=img_size)  # config.yaml records the size trained at
     torch.manual_seed(config.seed)
     model = Darknet(cfg, img_size)
     _check_classes(model, spec, str(config.cfg or config.weights))
@@ -258,7 +270,7 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
         report = load_pretrained(model, config.weights, config.weights_cfg, refuse_incomplete=None
                                  if config.stage == "train" else CONTINUES_A_TRAINED_MODEL)
         pretrained = report.as_dict()
-        if ddp.main:
+        if ddp.main and config.stage == "train":  # the later stages load all of their cfg's weights or nothing
             log.info("%s", report.line())
     elif resume:
         pretrained = _recorded_pretrained(run_dir / CONFIG_FILE)
@@ -295,7 +307,7 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     writer = None
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml() + (yaml.safe_dump(
+        atomic_write_text(run_dir / CONFIG_FILE, resolved_yaml(config) + (yaml.safe_dump(
             {"pretrained": pretrained}, sort_keys=False) if pretrained else ""))
         writer = _summary_writer(run_dir / "tensorboard", start.epoch)
         if sparsity and start.epoch == 0 and start.step == 0:
@@ -397,7 +409,7 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
         if ddp.main and sparsity:
             plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_end.png", "after sparsity training")
         if ddp.main:
-            plot_results(run_dir / RESULTS_FILE, run_dir / CURVE_FILE, f"{run_dir.name}: {stage}")
+            plot_results(run_dir / RESULTS_FILE, run_dir / CURVE_FILE, STAGE_TITLES[stage])
         weights_path = None
         if ddp.main and config.save_weights:
             weights_path = run_dir / "best.weights"
