@@ -52,6 +52,16 @@ def test_the_demo_config_is_valid():
     assert config.data["synth"]["val"] >= 200 and config.reference is not None
 
 
+def test_the_raccoon_config_is_valid_and_imports_the_photos_it_names():
+    """configs/raccoon.yaml (BENCHMARKS.md section 6) is checked like any config, without reading the photos: the
+    import is its first step, with the split the published figures used, and the reference trains for the budget."""
+    config = PipelineConfig.from_yaml(Path(__file__).parents[1] / "configs" / "raccoon.yaml")
+    assert config.data == {"import": {"format": "voc", "source": "../shared/data/raccoon", "val_fraction": 0.25,
+                                      "seed": 0}}
+    assert config.model == "yolov4-tiny" and config.img_size <= 256 and config.weights is None
+    assert config.epochs("reference") == config.epochs("sparsity") + config.epochs("finetune")
+
+
 def test_the_reference_trains_the_baseline_for_the_budget_of_sparsity_and_fine_tuning():
     """Every row of the table has had the same training budget: the reference continues the
     baseline with base's settings for sparsity's + fine-tuning's epochs, unless it says otherwise."""
