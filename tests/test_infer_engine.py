@@ -17,6 +17,7 @@ import torch
 from openvino import opset13 as ops
 
 from slimyolo.convert import convert
+from slimyolo.cpuinfo import cpu_info
 from slimyolo.darknet.weights import checkpoint_cfg
 from slimyolo.data.dataset import read_data_file
 from slimyolo.data.letterbox import letterbox, unletterbox_boxes
@@ -180,6 +181,8 @@ def test_bench_reports_fps_and_latency_percentiles(irs):
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     # No --cfg/--weights: PyTorch runs the .pt that conversion.json records (still there, same sha256).
     assert result["compare"]["pytorch"]["fps"] > 0 and result["compare"]["pytorch"]["weights"].endswith(".pt")
+    # The figure names the CPU it was measured on (model name, cores, the SIMD flags OpenVINO picks kernels by).
+    assert result["cpu"] == cpu_info() and result["cpu"]["cores"] >= 1 and isinstance(result["cpu"]["isa"], list)
 
 
 def _bare_ir(path: Path, channels: int = 3, meta: bool = True, heads=()) -> Path:

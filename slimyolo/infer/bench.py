@@ -11,7 +11,6 @@ ratios are measured under the same machine load.
 from __future__ import annotations
 
 import collections
-import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from slimyolo.cpuinfo import cpu_info
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer.engine import Engine
 
@@ -143,7 +143,7 @@ def run_bench(model: str | Path, device: str = "CPU", hint: str = "throughput", 
         # OpenVINO's short name (f32, bf16, f16): the vocabulary of --precision.
         "execution_precision": engine.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
         "input_size": list(engine.input_size), "requests": engine.num_requests,
-        "cpu": platform.processor() or platform.machine(), **bench_engine(engine, image, seconds)}
+        "cpu": cpu_info(), **bench_engine(engine, image, seconds)}  # model name, cores, SIMD flags
     if compare:
         others: dict[str, Any] = {}
         onnx = onnx or engine.path.with_name("model.onnx")
