@@ -35,6 +35,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -399,8 +400,11 @@ class LocalStore(Store):
         return writer.digest.hexdigest(), writer.size
 
     def _size(self, key: str) -> int | None:
-        path = self._path(key)
-        return path.stat().st_size if path.is_file() else None
+        try:
+            info = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):  # absent, or deleted a moment ago
+            return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None  # a folder is a prefix, not a key
 
     def _delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -412,8 +416,13 @@ class LocalStore(Store):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # atomic_dir's temporary folders
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
-                if not name.startswith("."):  # atomic_path's temporary files
-                    sizes[_join("" if rel == "." else rel, name)] = (Path(dirpath) / name).stat().st_size
+                if name.startswith("."):  # atomic_path's temporary files
+                    continue
+                try:
+                    size = (Path(dirpath) / name).stat().st_size
+                except FileNotFoundError:  # deleted between the walk and now (delete_tree in another process):
+                    continue  # gone, as an S3 listing made a moment later would not show it
+                sizes[_join("" if rel == "." else rel, name)] = size
         return sizes
 
 

@@ -254,3 +254,26 @@ def test_store_outage_is_unavailable_and_retries_ride_it_out(tmp_path):
         assert quick.fetch(ref, tmp_path / "out").read_bytes() == b"weights"
     finally:
         server.stop()
+
+
+def test_a_local_listing_skips_files_deleted_while_it_walks(tmp_path, monkeypatch):
+    """delete_tree in another process may remove a file between os.walk naming it and the listing's stat: the
+    listing then leaves it out (as an S3 listing made a moment later would), rather than failing the reader."""
+    store = LocalStore(tmp_path / "store")
+    src = tmp_path / "tree"
+    src.mkdir()
+    (src / "kept.txt").write_bytes(b"kept")
+    store.put_tree("runs/cut/checkpoints/epoch-00001", src)
+    real_walk = os.walk
+
+    def walk_naming_a_vanished_file(top, *args, **kwargs):
+        for dirpath, dirnames, filenames in real_walk(top, *args, **kwargs):
+            yield dirpath, dirnames, [*filenames, "best.pt"] if "epoch-00001" in dirpath else filenames
+
+    monkeypatch.setattr("slimyolo.store.os.walk", walk_naming_a_vanished_file)
+    keys = store.list_keys("runs/cut")
+    assert "runs/cut/checkpoints/epoch-00001/kept.txt" in keys
+    assert not any(k.endswith("best.pt") for k in keys)
+    assert store.list_trees("runs/cut/checkpoints") == ["runs/cut/checkpoints/epoch-00001"]
+    assert store.exists("runs/cut/checkpoints/epoch-00001/kept.txt")
+    assert not store.exists("runs/cut/checkpoints")  # a prefix (a folder here) is not a key
