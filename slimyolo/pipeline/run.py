@@ -67,15 +67,12 @@ def prepare_data(config: PipelineConfig, run_dir: Path, say: Callable[[str], Non
         data_file = write_synthetic(run_dir / "data", **synth)
         return data_file.parent, data_file
     if "import" in config.data:
-        from slimyolo.data.importer import ImportOptions, import_dataset
+        from slimyolo.data.importer import import_dataset
         from slimyolo.stages.specs import import_ref
 
         ref = import_ref(config.data["import"], "data.import", local=True)
-        options = ImportOptions(val_fraction=ref.val_fraction, seed=ref.seed, names=tuple(ref.names),
-                                skip_difficult=ref.skip_difficult, images=Path(ref.images) if ref.images else None,
-                                name=config.name)
         shutil.rmtree(run_dir / "data", ignore_errors=True)  # a continued run imports the same bytes again
-        result = import_dataset(ref.format, ref.source, run_dir / "data", options)
+        result = import_dataset(ref.format, ref.source, run_dir / "data", ref.options(Path(), config.name))
         for line in result.summary():
             say(line.strip())
         for issue in result.issues:

@@ -42,6 +42,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from slimyolo import vocab
@@ -76,6 +77,15 @@ class ImportRef:
     seed: int = 0
     names: tuple[str, ...] = ()
     skip_difficult: bool = False
+
+    def options(self, base: Path, name: str, root: Path | None = None) -> Any:
+        """The :class:`~slimyolo.data.importer.ImportOptions` of this import, ``images`` taken relative to ``base``
+        (the fetched tree in a stage, the working directory in the pipeline); ``root``: where every path must stay."""
+        from slimyolo.data.importer import ImportOptions
+
+        return ImportOptions(val_fraction=self.val_fraction, seed=self.seed, names=tuple(self.names),
+                             skip_difficult=self.skip_difficult, images=base / self.images if self.images else None,
+                             name=name, root=root)
 
     def to_dict(self) -> dict[str, Any]:
         doc = {"format": self.format, "source": self.source, "file": self.file, "images": self.images,

@@ -234,17 +234,15 @@ class Workspace:
         Every path the source names (a COCO ``file_name``, an XML's ``filename``, a YOLO list's
         entries) must stay inside the fetched tree: the rest is reported and skipped, never read.
         """
-        from slimyolo.data.importer import ImportOptions, import_dataset
+        from slimyolo.data.importer import import_dataset
 
         source = folder.with_name(folder.name + "-source")
         self._fields[str(source)] = f"{field}.source"
         for rel, artifact in folder_files(self.store, ref.source, f"{field}.source").items():
             self.store.fetch(artifact, source / rel, f"{field}.source: {rel}")
-        options = ImportOptions(val_fraction=ref.val_fraction, seed=ref.seed, names=tuple(ref.names),
-                                skip_difficult=ref.skip_difficult, images=source / ref.images if ref.images else None,
-                                name="data", root=source)
         try:
-            report = import_dataset(ref.format, source / ref.file if ref.file else source, folder, options)
+            report = import_dataset(ref.format, source / ref.file if ref.file else source, folder,
+                                    ref.options(source, "data", root=source))
         except SlimYoloError as exc:
             raise type(exc)(f"{field}: {exc}") from None
         for line in report.summary():
