@@ -9,8 +9,9 @@ import re
 import pytest
 
 from slimyolo.cli import build_parser
+from slimyolo.params import declared_fields
 from slimyolo.rpc.cli import STAGES, plain_text, service_parser
-from slimyolo.stages.specs import SPECS, spec_fields
+from slimyolo.stages.specs import SPECS
 
 MARKUP = re.compile(r"``|`|:(mod|class|func|meth|attr|data):")
 
@@ -52,7 +53,7 @@ def test_serve_descriptions_are_the_services_whole_first_paragraph():
 def test_stage_help_lists_each_spec_field_from_its_declaration(kind):
     parser = dict(_parsers(build_parser(), "slimyolo"))[f"slimyolo stage {kind}"]
     text = " ".join(parser.format_help().split())  # wrapped lines joined
-    for fld in spec_fields(SPECS[kind]):
+    for fld in declared_fields(SPECS[kind]):
         meaning = " ".join(fld.metadata["help"].split())
         assert meaning, f"{kind}.{fld.name} declares no help"
         default = "required" if fld.default is dataclasses.MISSING else "default "

@@ -322,7 +322,8 @@ def test_pipeline_config_import(voc, tmp_path, monkeypatch):
 
 
 def test_stage_spec_import_and_a_hostile_tree(tmp_path):
-    from slimyolo.stages.specs import _plain, data_ref, parse_spec
+    from slimyolo.params import data_ref, plain
+    from slimyolo.stages.specs import parse_spec
     from slimyolo.stages.workspace import WorkConfig, Workspace
     from slimyolo.store import LocalStore
 
@@ -330,7 +331,7 @@ def test_stage_spec_import_and_a_hostile_tree(tmp_path):
                       "seed": 1, "names": ["thing"]}}
     ref = data_ref(doc, "data")
     assert ref.imported is not None and ref.imported.file == "instances.json"
-    assert data_ref(_plain(ref), "data") == ref and data_ref(ref, "data") == ref
+    assert data_ref(plain(ref), "data") == ref and data_ref(ref, "data") == ref
     spec = parse_spec("eval", {"weights": "runs/x/best.pt", "data": doc})
     assert parse_spec("eval", spec.to_dict()) == spec
     for bad, match in (({"import": {**doc["import"], "file": "../x.json"}}, "file"),

@@ -28,8 +28,9 @@ import pytest
 import yaml
 
 from slimyolo.errors import SlimYoloError
+from slimyolo.params import declared_fields
 from slimyolo.stages import messages, runners
-from slimyolo.stages.specs import SPECS, parse_spec, spec_fields
+from slimyolo.stages.specs import SPECS, parse_spec
 from slimyolo.store import LocalStore
 
 ART = {"uri": "file:///store/blobs/sha256/" + "ab" * 32, "sha256": "ab" * 32, "size_bytes": 10}
@@ -61,7 +62,7 @@ WITH_PPP = {**FULL["convert"], "evaluate": False, "ppp": "fixed"}
 def test_the_table_sets_every_declared_field_to_a_value_other_than_its_default(kind):
     spec = parse_spec(kind, FULL[kind])
     variants = [spec] + ([parse_spec(kind, WITH_PPP)] if kind == "convert" else [])
-    for fld in spec_fields(SPECS[kind]):
+    for fld in declared_fields(SPECS[kind]):
         if fld.default is dataclasses.MISSING:
             continue  # required: set anyway
         assert any(getattr(v, fld.name) != fld.default for v in variants), \
@@ -77,7 +78,7 @@ def test_every_field_travels_yaml_and_the_request_unchanged(doc):
     from_request = messages.spec_from_request(kind, type(request).FromString(request.SerializeToString()))
     assert from_yaml == spec and from_request == spec
     for name, value in fields.items():  # ...and equal to what was written, not only to each other
-        have = getattr(spec, name, None) if name in {f.name for f in spec_fields(type(spec))} else \
+        have = getattr(spec, name, None) if name in {f.name for f in declared_fields(type(spec))} else \
             spec.options[name]
         assert have == value or (isinstance(value, list) and list(have) == value) or \
             (isinstance(value, dict) and spec.to_dict()[name] == value), (name, have, value)
@@ -106,7 +107,7 @@ def _spec_reads(function: Any) -> set[str]:
 @pytest.mark.parametrize("kind", list(SPECS))
 def test_the_runner_passes_every_declared_field_on_to_the_core(kind):
     read = _spec_reads(runners.RUNNERS[kind])
-    declared = {f.name for f in spec_fields(SPECS[kind])} | ({"options"} if kind == "train" else set())
+    declared = {f.name for f in declared_fields(SPECS[kind])} | ({"options"} if kind == "train" else set())
     assert declared - read == set(), f"run_{kind} never reads spec.{sorted(declared - read)[0]}"
 
 

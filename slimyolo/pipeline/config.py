@@ -41,17 +41,9 @@ from typing import Any
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import read_yaml
+from slimyolo.params import Fields, import_ref
 from slimyolo.stages.routing import stage_services
-from slimyolo.stages.specs import (
-    ConvertSpec,
-    EvalSpec,
-    Fields,
-    PruneSpec,
-    SweepSpec,
-    TrainSpec,
-    import_ref,
-    store_fields,
-)
+from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, SweepSpec, TrainSpec, store_fields
 from slimyolo.store import validate_key
 
 SERVICES = (*stage_services(), "inference")

@@ -26,12 +26,13 @@ from typing import Any
 import yaml
 
 from slimyolo.errors import SlimYoloError
+from slimyolo.params import DataRef, FileRef, import_ref
 from slimyolo.pipeline import report
 from slimyolo.pipeline.config import PipelineConfig
 from slimyolo.pipeline.report import ROWS, story
 from slimyolo.pipeline.runners import Progress, StageRunner
 from slimyolo.stages.runners import StageResult
-from slimyolo.stages.specs import ConvertSpec, DataRef, EvalSpec, FileRef, PruneSpec, Spec, SweepSpec, TrainSpec
+from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, Spec, SweepSpec, TrainSpec
 from slimyolo.store import Store, validate_key
 
 
@@ -68,7 +69,6 @@ def prepare_data(config: PipelineConfig, run_dir: Path, say: Callable[[str], Non
         return data_file.parent, data_file
     if "import" in config.data:
         from slimyolo.data.importer import import_dataset
-        from slimyolo.stages.specs import import_ref
 
         ref = import_ref(config.data["import"], "data.import", local=True)
         shutil.rmtree(run_dir / "data", ignore_errors=True)  # a continued run imports the same bytes again

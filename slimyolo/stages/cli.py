@@ -21,8 +21,9 @@ import textwrap
 from pathlib import Path
 
 from slimyolo.fsutil import read_yaml
+from slimyolo.params import fields_help
 from slimyolo.rpc.cli import plain_text
-from slimyolo.stages.specs import SPECS, fields_help, parse_spec
+from slimyolo.stages.specs import SPECS, parse_spec
 
 _SERVICES = {"train": "trainer", "eval": "trainer", "prune": "pruner", "sweep": "pruner", "convert": "converter"}
 
@@ -37,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         what = plain_text(cls.__doc__)
         description = textwrap.fill(f"{what} The spec is a YAML file of the fields below; inputs are store keys.",
                                     100)
-        q = kinds.add_parser(kind, help=what.rstrip("."), description=description, epilog=fields_help(cls),
+        title = f"Spec fields (the YAML keys of {kind} specs; the same fields as the gRPC request's spec):"
+        q = kinds.add_parser(kind, help=what.rstrip("."), description=description,
+                             epilog=fields_help(cls, title, cls.help_footer),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         q.add_argument("--spec", type=Path, required=True, help="YAML spec: inputs (store keys), output prefix, "
                                                                 "parameters (the fields below)")

@@ -32,9 +32,9 @@ from typing import ClassVar
 
 from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import NotFoundError, SlimYoloError
+from slimyolo.params import DataRef, FileRef, ImportRef
 from slimyolo.progress import Event, Progress, StageStep
 from slimyolo.stages import archive
-from slimyolo.stages.specs import DataRef, FileRef, ImportRef
 from slimyolo.store import Artifact, Store, subtree
 
 log = logging.getLogger(__name__)
