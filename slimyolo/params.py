@@ -22,6 +22,7 @@ operation's settings and a stage's inputs are read by the same engine:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import textwrap
@@ -209,20 +210,21 @@ def _is_number(value: Any, kind: type) -> bool:
 class Fields:
     """Reads the fields of a spec (or a config) out of a mapping, each checked and named in errors."""
 
-    def __init__(self, doc: Any, source: str) -> None:
+    def __init__(self, doc: Any, source: str, flags: bool = False) -> None:
         if not isinstance(doc, Mapping):
             raise SlimYoloError(f"{source}: expected a mapping of fields, got {type(doc).__name__}")
-        self.doc, self.source, self.used = doc, source, set()
+        self.doc, self.source, self.used, self.flags = doc, source, set(), flags
 
     def _get(self, name: str, required: bool) -> Any:
         self.used.add(name)
         value = self.doc.get(name)
         if value is None and required:
-            raise SlimYoloError(f"{self.source}: '{name}' is required")
+            raise SlimYoloError(f"{self.where(name)} is required")
         return value
 
     def where(self, name: str) -> str:
-        return f"{self.source}: '{name}'"
+        """The field as the user wrote it: ``source: 'name'``, or ``--name`` on a command line (``flags``)."""
+        return flag_name(name) if self.flags else f"{self.source}: '{name}'"
 
     def raw(self, name: str) -> Any:
         """The value as it is (None when absent), for fields a caller checks itself."""
@@ -333,7 +335,7 @@ class Check:
         if kind == "out":
             return f.out(name)
         if required and f.raw(name) is None:
-            raise SlimYoloError(f"{f.source}: '{name}' is required")
+            raise SlimYoloError(f"{f.where(name)} is required")
         if kind in ("int", "float"):
             return f.number(name, int if kind == "int" else float, default, self.low, self.high, self.low_open,
                             self.high_open)
@@ -417,11 +419,12 @@ class Declared:
     """``from_dict``/``to_dict`` of a class of declared settings, derived from its :func:`param` fields."""
 
     @classmethod
-    def from_dict(cls, doc: Any, source: str | None = None) -> Any:
-        """The settings in ``doc`` (a mapping of flat keys), each checked; errors name ``source`` and the field."""
+    def from_dict(cls, doc: Any, source: str | None = None, flags: bool = False) -> Any:
+        """The settings in ``doc`` (a mapping of flat keys), each checked; errors name ``source`` and the field
+        (as ``--flag`` with ``flags``: the values came from a command line, :func:`from_args`)."""
         source = source or cls.__name__
         check_values(doc, source)
-        f = Fields(doc, source)
+        f = Fields(doc, source, flags)
         values = {}
         for fld in declared_fields(cls):
             required = fld.default is dataclasses.MISSING
@@ -444,6 +447,80 @@ class Declared:
         """The spec as YAML/JSON data: every declared field that has a value (zeros included)."""
         return {fld.name: plain(getattr(self, fld.name)) for fld in declared_fields(type(self))
                 if getattr(self, fld.name) is not None}
+
+    @classmethod
+    def taken_from(cls, settings: Any) -> Any:
+        """This class's settings taken from ``settings``, an object declaring them too (a stage spec that
+        embeds these options, a larger options class), field by field without naming one: a field added
+        here reaches the core from every class that embeds it."""
+        return cls(**{fld.name: getattr(settings, fld.name) for fld in declared_fields(cls)})
+
+
+STORE_KINDS = ("file", "data", "key", "out")  # fields naming store objects: a command line names local paths instead
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a declared field: ``layer_keep`` → ``--layer-keep``."""
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, skip: tuple[str, ...] = (),
+                  required: tuple[str, ...] = ()) -> None:
+    """One flag per declared field of ``cls`` (store kinds and ``skip`` excepted), its help saying the meaning,
+    default and bounds from the declaration. Every default is None here, so :func:`from_args` passes only what
+    the user wrote and the declaration's default applies, as it does to a YAML key left out."""
+    for fld in declared_fields(cls):
+        check = fld.metadata["check"]
+        if check.kind in STORE_KINDS or fld.name in skip:
+            continue
+        text = f"{fld.metadata.get('help', '')} ({_default_text(fld.default)}; {_bounds(check)})".lstrip()
+        kwargs: dict[str, Any] = {"dest": fld.name, "default": None, "help": text,
+                                  "required": fld.name in required}
+        if check.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif check.kind == "choice":
+            kwargs["choices"] = check.options
+        else:
+            kwargs["metavar"] = _METAVARS.get(check.kind, "X")
+            if check.kind in ("int", "img_size", "float"):
+                kwargs["type"] = float if check.kind == "float" else int
+        parser.add_argument(flag_name(fld.name), **kwargs)
+
+
+_METAVARS = {"int": "N", "img_size": "N", "float": "X", "text": "TEXT", "strings": "A,B,...",
+             "irange": "LO:HI[:STEP]", "frange": "LO:HI[:STEP]"}
+
+
+def from_args(cls: type, args: argparse.Namespace, extra: Mapping[str, Any] | None = None) -> Any:
+    """An instance of ``cls`` from the flags :func:`add_arguments` made (plus ``extra`` values), read and checked
+    by the same :meth:`Declared.from_dict` as a YAML spec, errors naming the flag."""
+    doc: dict[str, Any] = {}
+    for fld in declared_fields(cls):
+        value = getattr(args, fld.name, None)
+        if value is None:
+            continue
+        kind = fld.metadata["check"].kind
+        if kind in ("irange", "frange") and isinstance(value, str):
+            value = _range(value, fld, int if kind == "irange" else float)
+        elif kind == "strings" and isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        doc[fld.name] = value
+    return cls.from_dict({**doc, **(extra or {})}, "command line", flags=True)
+
+
+def _range(text: str, fld: dataclasses.Field, cast: type) -> list[Any]:
+    """``LO:HI`` or ``LO:HI:STEP`` → [lo, hi, step]; without STEP the declared default's step (else 1)."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        values = [cast(p) for p in parts]
+    except ValueError:
+        raise SlimYoloError(f"{flag_name(fld.name)} {text!r}: expected LO:HI or LO:HI:STEP") from None
+    if len(values) == 2:
+        default = fld.default if isinstance(fld.default, tuple) else None
+        values.append(default[2] if default is not None else cast(1))
+    return values
 
 
 MAX_EXACT_INT = 2**53  # integers travel exactly as JSON and protobuf Struct numbers (doubles) below this

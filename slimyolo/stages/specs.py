@@ -46,8 +46,8 @@ class SpecBase(Declared):
     help_footer: ClassVar[str] = ""  # the last line of ``slimyolo stage KIND --help``
 
     @classmethod
-    def from_dict(cls, doc: Any, source: str | None = None) -> Any:
-        return super().from_dict(doc, source or f"{cls.kind} spec")
+    def from_dict(cls, doc: Any, source: str | None = None, flags: bool = False) -> Any:
+        return super().from_dict(doc, source or f"{cls.kind} spec", flags)
 
 
 def store_fields(cls: type) -> tuple[str, ...]:
