@@ -30,6 +30,7 @@ from common import RESULTS, machine, markdown_table, save
 
 from slimyolo.darknet import make_cfg
 from slimyolo.pipeline import LocalRunner, PipelineConfig, PipelineResult, run_pipeline
+from slimyolo.progress import sweep_row_method
 from slimyolo.stages.console import StageConsole
 from slimyolo.store import Artifact, LocalStore
 
@@ -74,13 +75,13 @@ def sweep_table(sweep: dict[str, Any]) -> str:
     """The sweep's rows (baseline first) as Markdown: asked and removed fractions of the prunable
     channels, the best point marked."""
     best = sweep.get("best")
-    rows = [[r["stage"], r["global_percent"] if r["global_percent"] is not None else "",
+    rows = [[sweep_row_method(r), r["global_percent"] if r["global_percent"] is not None else "",
              r.get("removed_fraction") if r.get("removed_fraction") is not None else "", r["shortcuts"],
              round(r["precision"], 3), round(r["recall"], 3), round(r["map50"], 3), f"{r['params']:,}",
              round(r["bflops"], 3), r.get("activation_mb", ""),
              "best" if r == best else ("yes" if r["within"] else "no")]
             for r in sweep["rows"]]
-    return markdown_table(["stage", "asked", "removed", "units", "P", "R", "mAP@0.5", "params", "BFLOPs",
+    return markdown_table(["method", "asked", "removed", "units", "P", "R", "mAP@0.5", "params", "BFLOPs",
                            "activation MB", "within drop"], rows)
 
 

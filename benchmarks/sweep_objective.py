@@ -32,7 +32,7 @@ from common import RESULTS, machine, markdown_table, save
 from slimyolo.data.dataset import read_data_file
 from slimyolo.errors import SlimYoloError
 from slimyolo.progress import Event, SweepPoint
-from slimyolo.prune import open_model, prune_both, prune_layers
+from slimyolo.prune import SweepOptions, open_model, prune_both, prune_layers
 from slimyolo.prune.speed import FpsMeter
 from slimyolo.prune.sweep import sweep
 from slimyolo.train.evaluate import evaluate
@@ -78,24 +78,25 @@ def main() -> None:
     def show(event: Event) -> None:
         if isinstance(event, SweepPoint):
             r = event.row
-            print(f"{r.stage:<9} {r.global_percent} + {r.shortcuts}: mAP@0.5 {r.map50:.4f}, "
+            print(f"{r.method:<9} {r.global_percent} + {r.shortcuts}: mAP@0.5 {r.map50:.4f}, "
                   f"{r.bflops:.3f} BFLOPs, {r.fps:.1f} FPS", file=sys.stderr, flush=True)
 
-    result, _ = sweep(model, evaluate_model, (lo, hi, step), units, args.max_map_drop, round_to=args.round_to,
-                      latency_runs=0, progress=show, objective="fps", measure_fps=f32)
+    options = SweepOptions(percents=(lo, hi, step), shortcuts=units, max_map_drop=args.max_map_drop,
+                           round_to=args.round_to, objective="fps")
+    result, _ = sweep(model, evaluate_model, options, progress=show, measure_fps=f32)
     int8 = FpsMeter("int8", args.seconds, args.repeats)
     rows = []
     for objective, row in {"baseline": result.baseline, **result.choices()}.items():
         if row is None:
             rows.append([objective, "no point within the drop", "", "", "", "", "", ""])
             continue
-        if row.stage == "baseline":
+        if row.method == "baseline":
             pruned = model
         elif row.global_percent is None:
             pruned = prune_layers(model, row.shortcuts).model
         else:
             pruned = prune_both(model, row.global_percent, row.shortcuts, round_to=args.round_to).model
-        point = "-" if row.stage == "baseline" else f"{row.stage} {row.global_percent or ''} + {row.shortcuts} units"
+        point = "-" if row.method == "baseline" else f"{row.method} {row.global_percent or ''} + {row.shortcuts} units"
         rows.append([objective if objective == "baseline" else f"by {objective}", point, round(row.map50, 4),
                      f"{row.params:,}", round(row.bflops, 3), row.activation_mb, round(row.fps, 1),
                      round(int8(pruned), 1)])

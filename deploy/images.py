@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slimyolo.stages.kinds import SERVICES  # the stage services of the registry, then inference
+
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / "deploy" / "wheels"
 BASE_IMAGE = "python:3.11.11-slim-bookworm"
 TAG = "0.1.0"
-STAGES = ("trainer", "pruner", "converter", "inference")
 COMPOSE_PORTS = {"trainer": 50051, "pruner": 50052, "converter": 50053, "inference": 50054}
 LIVE_TIMEOUT = 300.0
 
@@ -203,14 +204,14 @@ def tiny_cfg(path: Path, size: int = 96) -> Path:
 def stage_jobs(addresses: dict[str, str], store_dir: Path, work: Path, report: Report) -> None:
     """Train one epoch, prune, convert and Detect, each through its service; then check the store."""
     from slimyolo.data.synth import write_synthetic
-    from slimyolo.pipeline.run import _pack
     from slimyolo.rpc.stages import RemoteRunner, served_detection
+    from slimyolo.stages.archive import pack
     from slimyolo.stages.specs import ConvertSpec, DataRef, PruneSpec, TrainSpec
     from slimyolo.store import open_store
 
     store = open_store(str(store_dir))
     data_file = write_synthetic(work / "data", classes=2, train=16, val=8, size=96, seed=1)
-    _pack(data_file.parent, work / "data.tar.gz")
+    pack(data_file.parent, work / "data.tar.gz")
     data = DataRef(archive=store.put_file(work / "data.tar.gz"), data_file=data_file.name)
     cfg = store.put_file(tiny_cfg(work / "tiny.cfg"))
     runner = RemoteRunner(addresses, ready_timeout=LIVE_TIMEOUT)  # the services share store_dir: keys travel as keys
@@ -260,10 +261,10 @@ def test_each_image(report: Report, work: Path) -> None:
     store = work / "store"
     store.mkdir(mode=0o777)
     store.chmod(0o777)  # the containers' user writes where this process's did (umask 0 below)
-    names = {stage: f"slimyolo-images-{stage}-{os.getpid()}" for stage in STAGES}
+    names = {stage: f"slimyolo-images-{stage}-{os.getpid()}" for stage in SERVICES}
     addresses = {}
     try:
-        for stage in STAGES:
+        for stage in SERVICES:
             row = report.row(stage, f"slimyolo/{IMAGE_OF[stage]}:{TAG}")
             if stage == "pruner":
                 row.size = row.build = "(the same)"
@@ -343,10 +344,10 @@ def scraped(timeout: float = 90.0) -> str:
             targets = json.load(answer)["data"]["activeTargets"]
         up = sorted(t["labels"]["stage"] for t in targets
                     if t["labels"].get("job") == "slimyolo" and t["health"] == "up")
-        if len(up) == len(STAGES):
-            return f"{len(up)}/{len(STAGES)} services' /metrics up"
+        if len(up) == len(SERVICES):
+            return f"{len(up)}/{len(SERVICES)} services' /metrics up"
         if time.monotonic() > deadline:
-            raise RuntimeError(f"Prometheus scrapes only {up} of {list(STAGES)}: {targets}")
+            raise RuntimeError(f"Prometheus scrapes only {up} of {list(SERVICES)}: {targets}")
         time.sleep(3)
 
 
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report()
     images = SERVICE_IMAGES + (STANDINS if args.command == "test" else ())
     if args.command == "test":  # the table's order: the stages, then the stand-ins
-        for stage in STAGES:
+        for stage in SERVICES:
             report.row(stage, f"slimyolo/{IMAGE_OF[stage]}:{TAG}" + (" as pruner" if stage == "pruner" else ""))
     started = time.monotonic()
     ok = False

@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 from slimyolo import __version__, store_cli
 from slimyolo.convert import cli as convert_cli
@@ -31,8 +32,17 @@ REGISTRARS = (darknet_cli.register, infer_cli.register, convert_cli.register, pr
               store_cli.register)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser (and, as their class, every subcommand's) that takes no abbreviated flags: ``--epoch`` is a typo
+    to report, not ``--epochs``, and a flag added later never changes what an abbreviation meant."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="slimyolo", description="Train, slim and serve darknet YOLO detectors on OpenVINO.")
     parser.add_argument("--version", action="version", version=f"slimyolo {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")

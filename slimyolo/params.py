@@ -474,6 +474,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, skip: tup
         if check.kind in STORE_KINDS or fld.name in skip:
             continue
         text = f"{fld.metadata.get('help', '')} ({_default_text(fld.default)}; {_bounds(check)})".lstrip()
+        text = text.replace("%", "%%")  # argparse formats help strings with %
         kwargs: dict[str, Any] = {"dest": fld.name, "default": None, "help": text,
                                   "required": fld.name in required}
         if check.kind == "bool":

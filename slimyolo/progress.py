@@ -89,14 +89,22 @@ class TrainEpoch:
 
 @dataclass(frozen=True)
 class SweepRow:
-    """One evaluated point of a pruning sweep (a row of its table, ``sweep.json`` and ``sweep.csv``)."""
+    """One point of a pruning sweep (a row of its table, ``sweep.json`` and ``sweep.csv``).
 
-    stage: str  # "baseline", "channel", "layer" or "both"
+    A point the budget search (objective ``accuracy``) timed but did not evaluate (it runs below the budget, or
+    a weaker point's mAP@0.5 already fell) has no precision, recall and mAP@0.5 (None, ``within`` false): it is
+    not :attr:`evaluated`.
+    """
+
+    # Keys of rows written before a field was renamed (a sweep checkpoint's points.json, a stored sweep.json),
+    # read as the field's name now: ``stage`` was the pruning method.
+    renamed: ClassVar[Mapping[str, str]] = {"stage": "method"}
+    method: str  # "baseline", "channel", "layer" or "both"
     global_percent: float | None  # asked: the fraction of prunable channels to remove
     shortcuts: int
-    precision: float
-    recall: float
-    map50: float
+    precision: float | None
+    recall: float | None
+    map50: float | None
     params: int
     weights_bytes: int
     bflops: float
@@ -104,7 +112,12 @@ class SweepRow:
     within: bool  # mAP within the allowed drop of the baseline
     removed_fraction: float | None = None  # removed: the fraction of prunable channels that went
     activation_mb: float = 0.0
-    fps: float | None = None  # measured OpenVINO FPS (objective fps)
+    fps: float | None = None  # measured OpenVINO frames per second (objectives fps and accuracy)
+    measured_on: str | None = None  # where fps was measured: this machine or an inference service, and its CPU
+
+    @property
+    def evaluated(self) -> bool:
+        return self.map50 is not None
 
 
 @dataclass(frozen=True)
@@ -254,7 +267,20 @@ def _decode(value: Any, tp: Any, where: str) -> Any:
     raise SlimYoloError(f"{where}: expected {expected}, got {value!r}")
 
 
+def sweep_row_method(row: Mapping[str, Any]) -> str:
+    """The pruning method of a sweep row as JSON (``sweep.json``, a sweep stage's metrics), also of one
+    written before ``stage`` was renamed ``method`` (a result stored by an earlier version)."""
+    return _renamed(SweepRow, row)["method"]
+
+
+def _renamed(cls: type, doc: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``doc`` with the keys ``cls`` renamed since it was written under their names now."""
+    old = getattr(cls, "renamed", {})
+    return {old.get(k, k): v for k, v in doc.items()} if any(k in old for k in doc) else doc
+
+
 def _decode_fields(cls: type, doc: Mapping[str, Any], where: str) -> Any:
+    doc = _renamed(cls, doc)
     hints = _hints(cls)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(doc) - set(known))

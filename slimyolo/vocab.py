@@ -21,7 +21,6 @@ from __future__ import annotations
 from slimyolo.errors import SlimYoloError
 
 PRUNE_METHODS = ("channel", "layer", "both")  # "both": layer pruning first, then channel pruning
-SWEEP_METHODS = ("channel", "both")  # a layer-only sweep is not offered
 CONVERSION_PATHS = ("tf", "torch")  # cfg + weights → Keras/TF → OpenVINO, or PyTorch → OpenVINO
 PPP_MODES = ("fixed", "resize")  # u8 NHWC BGR input of the model size / of any size (letterboxed inside)
 IR_PRECISIONS = ("fp32", "fp16", "int8")
@@ -30,7 +29,9 @@ EXEC_PRECISIONS = ("f32", "bf16", "f16")
 BENCH_PRECISIONS = (*EXEC_PRECISIONS, "default")
 # What the sweep measures FPS at: an execution precision of the f32 IR, or the INT8 IR.
 FPS_PRECISIONS = ("f32", "bf16", "int8")
-SWEEP_OBJECTIVES = ("bflops", "fps")
+SWEEP_OBJECTIVES = ("bflops", "fps", "accuracy")
+# OpenVINO performance hints, by the name the settings use.
+PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
 # The IR precision's enum value in the protos (slimyolo.v1.Precision), by name.
 IR_PRECISION_ENUM = {"fp32": "PRECISION_FP32", "fp16": "PRECISION_FP16", "int8": "PRECISION_INT8"}
 _EXEC_ALIASES = {"fp32": "f32", "fp16": "f16"}
@@ -47,3 +48,14 @@ def choose(value: object, options: tuple[str, ...], where: str) -> str:
     if canonical not in options:
         raise SlimYoloError(f"{where} must be one of {', '.join(options)}, got {value!r}")
     return canonical  # type: ignore[return-value]
+
+
+def parse_grid(text: str) -> int:
+    """'2x2' → 2: a mosaic setting (``--mosaic``, the service's ``SLIMYOLO_MOSAIC``) is a square grid of k×k tiles."""
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SlimYoloError(f"bad mosaic {text!r}: expected KxK, e.g. 2x2") from None
+    if rows != cols or rows < 1:
+        raise SlimYoloError(f"bad mosaic {text!r}: the mosaic must be square (KxK with K >= 1)")
+    return rows

@@ -16,19 +16,19 @@ from pathlib import Path
 from slimyolo.darknet.flops import model_stats
 from slimyolo.darknet.zoo import ZOO, make_cfg
 from slimyolo.progress import StageStep
-from slimyolo.rpc.jobs import JobOutcome
 from slimyolo.rpc.server import Server, ServerConfig
+from slimyolo.stages.runners import StageResult
 
 
 def flops_until(gate: Path):
-    def run(progress) -> JobOutcome:
+    def run(progress) -> StageResult:
         counted, names, deadline = 0, list(ZOO), time.monotonic() + 600
         while not gate.exists() and time.monotonic() < deadline:
             name = names[counted % len(names)]
             progress(StageStep("flops", name, {"bflops": model_stats(make_cfg(name, 2, 320)).bflops}))
             counted += 1
             time.sleep(0.01)
-        return JobOutcome(metrics={"counted": counted})
+        return StageResult(metrics={"counted": counted})
 
     return run
 

@@ -73,10 +73,10 @@ def test_convert_cli_prints_the_versions_and_the_warning(tmp_path, monkeypatch, 
     model = tmp_path / "models" / "detector"
     _version(model, "1", "fp32")
 
-    def fake_convert(cfg, weights, out, *, name, version, precision, **kw):
-        path = _version(Path(out) / name, "2", precision)
+    def fake_convert(cfg, weights, out, options, *, name, version, **kw):
+        path = _version(Path(out) / name, "2", options.precision)
         parity = SimpleNamespace(images=1, image_source="synthetic", tolerance=1e-3, lines=lambda: [])
-        return SimpleNamespace(path=path, precision=precision, via="tf", parity=parity,
+        return SimpleNamespace(path=path, precision=options.precision, via="tf", parity=parity,
                                summary={"seconds": {"total": 1.0}})
 
     monkeypatch.setattr(conversion, "convert", fake_convert)

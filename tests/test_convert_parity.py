@@ -230,3 +230,15 @@ def test_the_tf_path_imports_tensorflow_without_console_noise():
                           env=env, capture_output=True, text=True, timeout=300, check=True)
     assert done.stdout.split() == ["2", "True"]
     assert done.stderr == "after\n"  # standard error works again after the import
+
+
+def test_keras_irs_keep_their_heads_in_order_conversion_after_conversion():
+    """OpenVINO orders a Keras model's outputs by tensor name as text, and Keras numbers tensors on through the
+    process: a converter's second conversion (keras_tensor_98 and keras_tensor_109) had its two heads swapped."""
+    model = init_random_weights(Darknet(make_cfg("yolov3-tiny", 2, 64)), 0).eval()
+    images = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    names = ir.output_names(model.heads)
+    for _ in range(3):  # each build numbers its tensors after the last one's
+        kmodel = build_keras(model)
+        assert [o.shape for o in ir.run(ir.compile_f32(ir.from_keras(kmodel, model.heads)), images, names)] == \
+            [k.shape for k in keras_heads(kmodel, images)]

@@ -13,6 +13,7 @@ from openvino import opset15 as ops
 
 from slimyolo.convert import convert, ir
 from slimyolo.convert.calib import to_tensor
+from slimyolo.convert.options import ConvertOptions
 from slimyolo.darknet import load_model, make_cfg
 from slimyolo.darknet.init import init_random_weights
 from slimyolo.darknet.model import Darknet
@@ -103,8 +104,9 @@ def test_tf_conversion_writes_a_checked_model_version(tiny, tmp_path):
 
 def test_versions_and_the_torch_path(tiny, tmp_path):
     cfg, weights = tiny
-    first = convert(cfg, weights, tmp_path, via="torch", name="det", ppp="fixed")
-    second = convert(cfg, weights, tmp_path, via="torch", name="det")
+    torch_path = ConvertOptions(via="torch")  # the options taken whole, with a change on top of them
+    first = convert(cfg, weights, tmp_path, torch_path, name="det", ppp="fixed")
+    second = convert(cfg, weights, tmp_path, torch_path, name="det")
     assert (first.version, second.version) == ("1", "2")
     assert [c.other for c in first.parity.comparisons] == ["ir_fp32", "saved_fp32"]
     assert first.meta.source["via"] == "torch" and first.meta.names == ("class0", "class1")

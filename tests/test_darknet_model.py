@@ -86,3 +86,10 @@ def test_opencv_darknet_reader_agrees(name, tmp_path):
     for a, b in zip(ours, theirs, strict=True):
         assert a.shape == b.shape
         assert np.abs(a - b).max() <= 3e-3 * np.abs(a).max()
+
+
+def test_every_activation_a_layer_may_name_has_one_pytorch_function():
+    from slimyolo.darknet.graph import ACTIVATIONS
+    from slimyolo.darknet.model import ACTIVATION_FUNCTIONS
+
+    assert set(ACTIVATION_FUNCTIONS) == set(ACTIVATIONS)

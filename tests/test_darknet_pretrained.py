@@ -210,7 +210,7 @@ def test_sparsity_training_and_fine_tuning_refuse_partial_and_other_cfg_weights(
 
 
 def test_the_train_spec_takes_weights_cfg_for_base_training_only():
-    from slimyolo.stages.specs import parse_spec
+    from slimyolo.stages.kinds import parse_spec
 
     doc = {"data": {"tree": "d"}, "out": "runs/t", "cfg": "in/one.cfg", "weights": "in/yolov4-tiny.weights",
            "weights_cfg": "in/yolov4-tiny.cfg"}
@@ -237,8 +237,7 @@ def test_base_training_starts_from_a_partial_file_and_records_it(coco, tiny_data
 def test_the_train_stage_fetches_weights_cfg_and_publishes_the_record(coco, tiny_data, tmp_path):
     import urllib.parse
 
-    from slimyolo.stages.runners import run_stage
-    from slimyolo.stages.specs import parse_spec
+    from slimyolo.stages.kinds import parse_spec, run_stage
     from slimyolo.store import LocalStore
 
     store = LocalStore(tmp_path / "store")

@@ -323,7 +323,7 @@ def test_pipeline_config_import(voc, tmp_path, monkeypatch):
 
 def test_stage_spec_import_and_a_hostile_tree(tmp_path):
     from slimyolo.params import data_ref, plain
-    from slimyolo.stages.specs import parse_spec
+    from slimyolo.stages.kinds import parse_spec
     from slimyolo.stages.workspace import WorkConfig, Workspace
     from slimyolo.store import LocalStore
 

@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("trainer", "pruner", "converter", "inference")
-# The image each stage runs: the trainer and the pruner install the same (.[train,rpc]) and share one.
+# The image each stage runs: the trainer and the pruner install the same (.[train,measure,rpc]) and share one.
 IMAGE_OF = {"trainer": "trainer", "pruner": "trainer", "converter": "converter", "inference": "inference"}
 DOCKERFILES = ("trainer", "converter", "inference")
 KUSTOMIZATIONS = ("k8s/base", "k8s/jobs", "k8s/distributed")

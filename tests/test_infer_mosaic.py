@@ -7,7 +7,8 @@ import pytest
 
 from slimyolo.data.letterbox import letterbox
 from slimyolo.errors import SlimYoloError
-from slimyolo.infer.mosaic import MosaicLayout, parse_grid
+from slimyolo.infer.mosaic import MosaicLayout
+from slimyolo.vocab import parse_grid
 
 
 def _decoded(rows: list[tuple[float, float, float, float, float, int]], classes: int = 2) -> np.ndarray:

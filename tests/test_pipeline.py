@@ -81,6 +81,10 @@ def test_prune_point_is_the_sweeps_best_unless_the_config_names_one():
     found = {"best": {"stage": "both", "global_percent": 0.6, "shortcuts": 2}, "baseline": {"map50": 0.5}}
     assert prune_point(PipelineConfig.from_dict(BASE), sweep, found) == {
         "method": "both", "global_percent": 0.6, "shortcuts": 2, "layer_keep": 0.1, "round_to": 8}
+    # ``found`` above is a sweep stored before its rows' ``stage`` became ``method``; today's rows read the same
+    today = {**found, "best": {"method": "both", "global_percent": 0.6, "shortcuts": 2}}
+    assert prune_point(PipelineConfig.from_dict(BASE), sweep, today) == prune_point(PipelineConfig.from_dict(BASE),
+                                                                                    sweep, found)
     configured = PipelineConfig.from_dict({**BASE, "prune": {"global_percent": 0.3}})
     assert prune_point(configured, sweep, found) == {"global_percent": 0.3}
     with pytest.raises(SlimYoloError, match=r"no pruning point within max_map_drop 0\.01 of the baseline mAP@0\.5 "

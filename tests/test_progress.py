@@ -174,8 +174,7 @@ def _untimed(event):
 def test_a_remote_job_reports_the_same_typed_events_and_console_lines_as_in_process(contract, capsys):
     """The trainer's and the pruner's jobs (the services of test_stage_contract, over one store holding the trained
     mini detector and its data set) against the same stages run here."""
-    from slimyolo.stages.runners import run_stage
-    from slimyolo.stages.specs import parse_spec
+    from slimyolo.stages.kinds import parse_spec, run_stage
 
     store, remote = contract
     model = {"cfg": "inputs/mini.cfg", "weights": "inputs/mini.weights"}
@@ -209,3 +208,15 @@ def test_a_remote_job_reports_the_same_typed_events_and_console_lines_as_in_proc
              for path in ("local", "remote")}
     assert lines["remote"] == lines["local"] and any(line.startswith("sweep best") or "no point" in line
                                                     for line in lines["local"])
+
+
+def test_a_sweep_row_written_before_stage_was_renamed_method_still_reads():
+    """A sweep checkpoint's points.json (and a stored sweep.json) of an earlier version names the method ``stage``."""
+    from slimyolo.progress import sweep_row_method
+
+    doc = event_to_dict(SweepPoint(ROW))
+    assert "method" in doc["row"] and "stage" not in doc["row"]  # written under the new name
+    old = {**doc, "row": {("stage" if k == "method" else k): v for k, v in doc["row"].items()}}
+    assert event_from_dict(old) == SweepPoint(ROW)
+    assert event_from_dict(struct_to_dict(dict_to_struct(old))) == SweepPoint(ROW)
+    assert sweep_row_method({"stage": "both"}) == sweep_row_method({"method": "both"}) == "both"

@@ -100,14 +100,15 @@ def test_json_output_and_pt_input_without_cfg(run_cli, files, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["channel", "--global-percent", "0"], "global percent must be between 0 and 1 (exclusive), got 0.0"),
-    (["channel", "--global-percent", "1"], "global percent must be between 0 and 1 (exclusive), got 1.0"),
-    (["both", "--global-percent", "1.5", "--shortcuts", "1"], "between 0 and 1 (exclusive), got 1.5"),
-    (["channel", "--global-percent", "0.5", "--layer-keep", "2"], "layer keep must be between 0 and 1, got 2.0"),
-    (["channel", "--global-percent", "0.5", "--round-to", "0"], "round-to must be a positive number"),
+    (["channel", "--global-percent", "0"], "--global-percent must be above 0, got 0.0"),
+    (["channel", "--global-percent", "1"], "--global-percent must be below 1, got 1.0"),
+    (["both", "--global-percent", "1.5", "--shortcuts", "1"], "--global-percent must be below 1, got 1.5"),
+    (["channel", "--global-percent", "0.5", "--layer-keep", "2"], "--layer-keep must be at most 1, got 2.0"),
+    (["channel", "--global-percent", "0.5", "--round-to", "0"], "--round-to must be at least 1, got 0"),
     (["layer", "--shortcuts", "6"], "cannot remove 6 residual units: the model has 5 that can be removed "
                                     "(shortcut layers 4, 7, 10, 14, 17)"),
-    (["layer", "--shortcuts", "-1"], "must not be negative, got -1"),
+    (["layer", "--shortcuts", "-1"], "--shortcuts must be at least 0, got -1"),
+    (["layer", "--shortcuts", "0"], "--shortcuts (residual units to remove) must be at least 1 for layer pruning"),
     (["both", "--global-percent", "0.5", "--shortcuts", "9"], "cannot remove 9 residual units"),
 ])
 def test_bad_arguments_are_clear_errors_that_write_nothing(run_cli, files, tmp_path, args, message):

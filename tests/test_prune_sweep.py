@@ -12,6 +12,7 @@ from test_prune_exact import mini_res_cfg
 
 from slimyolo.errors import Cancelled, SlimYoloError
 from slimyolo.progress import SweepBest, SweepPoint
+from slimyolo.prune.options import SweepOptions
 from slimyolo.prune.sweep import percent_grid, search_axis, sweep
 
 COLLAPSE = 0.3  # the fake evaluation collapses below 30% of the parameters
@@ -54,11 +55,11 @@ def test_channel_sweep_finds_the_strongest_point_within_the_drop(model):
     base = sum(p.numel() for p in model.parameters())
     evaluate, calls = fake_evaluate(base)
     events = []
-    result, best_model = sweep(model, evaluate, percents=(0.1, 0.9, 0.2), max_map_drop=0.01, latency_runs=0,
+    result, best_model = sweep(model, evaluate, SweepOptions(percents=(0.1, 0.9, 0.2), max_map_drop=0.01),
                                progress=events.append)
     rows = result.rows
-    assert rows[0].stage == "baseline" and rows[0].params == base and rows[0].map50 == 0.6
-    channel = [r for r in rows if r.stage == "channel"]
+    assert rows[0].method == "baseline" and rows[0].params == base and rows[0].map50 == 0.6
+    channel = [r for r in rows if r.method == "channel"]
     coarse = [r for r in channel if r.global_percent in percent_grid(0.1, 0.9, 0.2)]
     fine = channel[len(coarse):]
     assert [r.global_percent for r in coarse][:2] == [0.1, 0.3]
@@ -66,7 +67,7 @@ def test_channel_sweep_finds_the_strongest_point_within_the_drop(model):
     assert fine and all(coarse[-2].global_percent < r.global_percent < coarse[-1].global_percent for r in fine)
     assert [r.global_percent for r in fine] == [round(coarse[-2].global_percent + 0.01 * (k + 1), 6)
                                                 for k in range(len(fine))]
-    within = [r for r in rows if r.within and r.stage != "baseline"]
+    within = [r for r in rows if r.within and r.method != "baseline"]
     assert result.best is min(within, key=lambda r: (r.bflops, r.params))
     assert result.best.params >= COLLAPSE * base
     assert not fine[-1].within or fine[-1].global_percent == round(coarse[-1].global_percent - 0.01, 6)
@@ -83,12 +84,12 @@ def test_channel_sweep_finds_the_strongest_point_within_the_drop(model):
 def test_sweep_with_shortcuts_searches_units_and_both(model):
     base = sum(p.numel() for p in model.parameters())
     evaluate, _ = fake_evaluate(base)
-    result, _ = sweep(model, evaluate, percents=(0.2, 0.8, 0.2), shortcuts=(0, 5, 2), latency_runs=0)
-    stages = {r.stage for r in result.rows}
-    assert stages == {"baseline", "channel", "layer", "both"}
-    assert [r.shortcuts for r in result.rows if r.stage == "layer"][:3] == [2, 4, 5]
+    result, _ = sweep(model, evaluate, SweepOptions(percents=(0.2, 0.8, 0.2), shortcuts=(0, 5, 2)))
+    methods = {r.method for r in result.rows}
+    assert methods == {"baseline", "channel", "layer", "both"}
+    assert [r.shortcuts for r in result.rows if r.method == "layer"][:3] == [2, 4, 5]
     assert all(r.latency_ms is None for r in result.rows)
-    within = [r for r in result.rows if r.within and r.stage != "baseline"]
+    within = [r for r in result.rows if r.within and r.method != "baseline"]
     assert result.best is min(within, key=lambda r: (r.bflops, r.params))
 
 
@@ -101,16 +102,18 @@ def test_cancel_stops_the_sweep(model, tmp_path):
             raise Cancelled("stopped by the user")
 
     with pytest.raises(Cancelled):
-        sweep(model, evaluate, percents=(0.1, 0.9, 0.1), latency_runs=0, progress=progress)
+        sweep(model, evaluate, SweepOptions(percents=(0.1, 0.9, 0.1)), progress=progress)
     assert len(calls) == 2
 
 
 def test_bad_sweep_arguments(model):
     evaluate, calls = fake_evaluate(1)
-    with pytest.raises(SlimYoloError, match="global percent must be between 0 and 1"):
-        sweep(model, evaluate, percents=(0.5, 1.0, 0.1))
+    with pytest.raises(SlimYoloError, match=r"SweepOptions: 'percents': need 0 < low <= high < 1"):
+        sweep(model, evaluate, SweepOptions(percents=(0.5, 1.0, 0.1)))
     with pytest.raises(SlimYoloError, match="cannot remove 20 residual units: the model has 5"):
-        sweep(model, evaluate, shortcuts=(0, 20, 4))
+        sweep(model, evaluate, SweepOptions(shortcuts=(0, 20, 4)))
+    with pytest.raises(SlimYoloError, match=r"SweepOptions: 'max_map_drop' must be at least 0, got -0\.1"):
+        sweep(model, evaluate, SweepOptions(max_map_drop=-0.1))  # built in Python, checked as a spec is
     assert calls == []  # nothing was evaluated
 
 
@@ -134,10 +137,10 @@ def test_sweep_command_with_real_evaluation(run_cli, inputs, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["best", "sweep.csv", "sweep.json", "sweep.png"]
     saved = json.loads((out / "sweep.json").read_text())
     rows = saved["rows"]
-    assert rows[0]["stage"] == "baseline"
-    assert {r["stage"] for r in rows} >= {"channel", "layer"}
+    assert rows[0]["method"] == "baseline"
+    assert {r["method"] for r in rows} >= {"channel", "layer"}
     best = saved["best"]
-    chosen = min((r for r in rows if r["within"] and r["stage"] != "baseline"), key=lambda r: r["bflops"])
+    chosen = min((r for r in rows if r["within"] and r["method"] != "baseline"), key=lambda r: r["bflops"])
     assert best == chosen
     assert saved["objective"] == "bflops" and list(saved["choices"]) == ["bflops"]
     assert all(r["fps"] is None and not r["pareto"] for r in rows)
@@ -148,7 +151,7 @@ def test_sweep_command_with_real_evaluation(run_cli, inputs, tmp_path):
     assert stdout.startswith("# latency: PyTorch CPU, batch 1 at 64x64")
     assert all(r["latency_ms"] > 0 for r in rows)
     code, _, stderr = run_cli("prune", "sweep", *inputs, "--percents", "0.9:0.3", "--out", tmp_path / "x")
-    assert code == 2 and "--percents '0.9:0.3': need LO <= HI" in stderr
+    assert code == 2 and "--percents: need 0 < low <= high < 1 and a positive step, got [0.9, 0.3, 0.05]" in stderr
     assert not (tmp_path / "x").exists()
 
 
@@ -172,12 +175,12 @@ def test_sweep_by_fps_picks_the_fastest_row_within_the_drop(model, tmp_path):
     evaluate, _ = fake_evaluate(base)
     fps, seen = fake_fps(base)
     with pytest.raises(SlimYoloError, match="the fps objective needs an FPS measurement"):
-        sweep(model, evaluate, percents=(0.1, 0.9, 0.2), latency_runs=0, objective="fps")
-    result, best_model = sweep(model, evaluate, percents=(0.1, 0.9, 0.2), latency_runs=0, objective="fps",
+        sweep(model, evaluate, SweepOptions(percents=(0.1, 0.9, 0.2), objective="fps"))
+    result, best_model = sweep(model, evaluate, SweepOptions(percents=(0.1, 0.9, 0.2), objective="fps"),
                                measure_fps=fps)
     rows = result.rows
     assert len(seen) == len(rows) and all(r.fps is not None for r in rows)
-    within = [r for r in rows if r.within and r.stage != "baseline"]
+    within = [r for r in rows if r.within and r.method != "baseline"]
     assert result.best is max(within, key=lambda r: r.fps)
     by_bflops = choose(rows, "bflops")
     assert by_bflops is min(within, key=lambda r: r.bflops) and by_bflops is not result.best
@@ -228,9 +231,9 @@ def test_sweep_command_by_measured_fps(run_cli, inputs, tmp_path):
     assert code == 0, stderr
     saved = json.loads((out / "sweep.json").read_text())
     rows = saved["rows"]
-    assert [r["stage"] for r in rows] == ["baseline", "channel", "channel"]
+    assert [r["method"] for r in rows] == ["baseline", "channel", "channel"]
     assert all(r["fps"] > 0 for r in rows) and any(r["pareto"] for r in rows)
-    pruned = [r for r in rows if r["stage"] != "baseline"]
+    pruned = [r for r in rows if r["method"] != "baseline"]
     assert saved["best"]["fps"] == max(r["fps"] for r in pruned)  # everything is within a drop of 1
     assert saved["choices"]["bflops"]["global_percent"] == 0.7
     assert saved["cpu"]["cores"] >= 1 and isinstance(saved["cpu"]["isa"], list)
@@ -243,7 +246,7 @@ def test_the_stage_spec_checks_the_objective_and_its_precision():
     from slimyolo.pipeline import PipelineConfig
     from slimyolo.stages.specs import SweepSpec
 
-    with pytest.raises(SlimYoloError, match="'objective' must be one of bflops, fps, got 'speed'"):
+    with pytest.raises(SlimYoloError, match="'objective' must be one of bflops, fps, accuracy, got 'speed'"):
         SweepSpec.from_dict({"weights": "a/b", "data": "d", "out": "o", "objective": "speed"})
     with pytest.raises(SlimYoloError, match=r"sweep.*'precision' must be one of f32, bf16, int8"):
         PipelineConfig.from_dict({"name": "n", "model": "yolov4-tiny", "img_size": 64, "data": {"synth": {}},
@@ -260,13 +263,14 @@ def test_sweep_takes_a_precision_recall_map50_tuple_or_says_what_it_needs(model)
         r = evaluate(m)
         return r.precision, r.recall, r.map50
 
-    by_object, _ = sweep(model, evaluate, percents=(0.1, 0.9, 0.2), latency_runs=0)
-    by_tuple, best = sweep(model, as_tuple, percents=(0.1, 0.9, 0.2), latency_runs=0)
+    options = SweepOptions(percents=(0.1, 0.9, 0.2))
+    by_object, _ = sweep(model, evaluate, options)
+    by_tuple, best = sweep(model, as_tuple, options)
     assert [(r.global_percent, r.precision, r.recall, r.map50) for r in by_tuple.rows] == \
         [(r.global_percent, r.precision, r.recall, r.map50) for r in by_object.rows]
     assert by_tuple.best.global_percent == by_object.best.global_percent and best is not None
     for bad in (0.6, {"map50": 0.6}, (0.5, 0.6)):
         with pytest.raises(SlimYoloError, match=r"must return \(precision, recall, map50\) or an object"):
-            sweep(model, lambda m, bad=bad: bad, percents=(0.1, 0.9, 0.2), latency_runs=0)
+            sweep(model, lambda m, bad=bad: bad, options)
     with pytest.raises(SlimYoloError, match="non-numeric"):
-        sweep(model, lambda m: ("a", 0.5, 0.6), percents=(0.1, 0.9, 0.2), latency_runs=0)
+        sweep(model, lambda m: ("a", 0.5, 0.6), options)

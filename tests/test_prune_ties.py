@@ -20,6 +20,7 @@ from slimyolo.darknet.init import init_random_weights
 from slimyolo.prune.algorithms import channel_masks, prune_both, prune_channels
 from slimyolo.prune.groups import build_groups
 from slimyolo.prune.importance import bn_gammas, prunable_gammas
+from slimyolo.prune.options import KeepOptions
 
 
 @functools.cache
@@ -56,7 +57,7 @@ def removed_gammas(model, masks) -> np.ndarray:
 def test_ties_remove_at_least_the_asked_fraction_up_to_constraints(name, kind, percent):
     model = tied(name, kind)
     values = prunable_gammas(build_groups(model.graph), bn_gammas(model))
-    masks, report = channel_masks(model, percent, layer_keep=0.01)
+    masks, report = channel_masks(model, percent, KeepOptions(layer_keep=0.01))
     assert report.prunable == len(values)
     assert report.selected >= math.ceil(percent * len(values) - 1e-9)  # at least the asked fraction ...
     assert report.selected == int((values <= report.threshold).sum())  # ... and every tie at the threshold

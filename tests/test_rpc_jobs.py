@@ -17,9 +17,12 @@ from slimyolo.errors import Cancelled, NotFoundError, SlimYoloError, Unavailable
 from slimyolo.progress import Count, StageStep, event_from_dict
 from slimyolo.rpc.client import connect, follow_job
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
-from slimyolo.rpc.jobs import JobJournal, JobManager, JobOutcome, JobState
+from slimyolo.rpc.jobs import JobManager, JobState
+from slimyolo.rpc.journal import JobJournal
 from slimyolo.rpc.messages import artifact_from_proto, struct_to_dict
 from slimyolo.rpc.server import Server, ServerConfig
+from slimyolo.rpc.status import STATUS
+from slimyolo.stages.runners import StageResult
 from slimyolo.store import Artifact, LocalStore, S3Store, open_store
 
 S = common_pb2  # JOB_STATE_* numbers
@@ -29,26 +32,26 @@ NAMES = list(ZOO)
 YOLOV4_2C_416_BFLOPS = 59.570
 
 
-def zoo_flops(progress, size: int = 416) -> JobOutcome:
+def zoo_flops(progress, size: int = 416) -> StageResult:
     """A real core computation reporting progress per model: BFLOPs of every zoo model."""
     bflops = {}
     for name in ZOO:
         stats = model_stats(make_cfg(name, 2, size))
         progress(StageStep("flops", name, {"bflops": stats.bflops, "params": stats.params}))
         bflops[name] = stats.bflops
-    return JobOutcome(metrics={"bflops": bflops, "size": size})
+    return StageResult(metrics={"bflops": bflops, "size": size})
 
 
 def flops_until(gate: threading.Event):
     """Counts zoo FLOPs over and over (reporting each) until ``gate`` is set, or for at most 10 minutes."""
 
-    def run(progress) -> JobOutcome:
+    def run(progress) -> StageResult:
         counted, deadline = 0, time.monotonic() + 600
         while not gate.is_set() and time.monotonic() < deadline:
             name = NAMES[counted % len(NAMES)]
             progress(StageStep("flops", name, {"bflops": model_stats(make_cfg(name, 2, 320)).bflops}))
             counted += 1
-        return JobOutcome(metrics={"counted": counted})
+        return StageResult(metrics={"counted": counted})
 
     return run
 
@@ -140,7 +143,7 @@ def test_cancel_a_running_and_a_queued_job(served):
     with pytest.raises(Cancelled, match=f"flops job {running}: job {running} was cancelled"):
         follow_job(channel, running)
     final = manager.get(running)
-    assert final.state == JobState.CANCELLED and final.error.code == grpc.StatusCode.CANCELLED
+    assert final.state == JobState.CANCELLED and STATUS[final.error.kind] == grpc.StatusCode.CANCELLED
     assert stub.CancelJob(jobs_pb2.CancelJobRequest(id=running), timeout=30).job.state == S.JOB_STATE_CANCELLED
 
 
@@ -177,7 +180,7 @@ def test_failures_are_carried_as_status_codes(served, tmp_path, caplog):
                 follow_job(channel, job_id)
             assert type(err.value) is error, kind
             snapshot = manager.get(job_id)
-            assert (snapshot.state, snapshot.error.code) == (JobState.FAILED, code), kind
+            assert (snapshot.state, STATUS[snapshot.error.kind]) == (JobState.FAILED, code), kind
     assert sum(1 for r in caplog.records if r.exc_info) == 4  # the four bugs, with tracebacks
 
 
@@ -192,7 +195,7 @@ def test_a_store_outage_fails_the_job_with_unavailable_and_a_retry_succeeds(serv
     s3 = SeaweedServer(tmp_path / "weed")  # ports chosen, not started yet
     store = open_store(env=s3.env("models", SLIMYOLO_STORE_RETRIES="2"))
 
-    def init_and_upload(progress) -> JobOutcome:
+    def init_and_upload(progress) -> StageResult:
         cfg = make_cfg("yolov4-tiny", 2, 64)
         cfg_path = tmp_path / "yolov4-tiny.cfg"
         cfg.write(cfg_path)
@@ -200,7 +203,7 @@ def test_a_store_outage_fails_the_job_with_unavailable_and_a_retry_succeeds(serv
         weights = tmp_path / "yolov4-tiny.weights"
         init_random_weights(load_model(cfg), seed=1).save_darknet_weights(weights)
         progress(StageStep("init", "upload", {"bytes": weights.stat().st_size}))
-        return JobOutcome(artifacts={"cfg": store.put_file(cfg_path), "weights": store.put_file(weights)},
+        return StageResult(artifacts={"cfg": store.put_file(cfg_path), "weights": store.put_file(weights)},
                           metrics={"bflops": model_stats(cfg).bflops})
 
     with pytest.raises(UnavailableError, match="is unavailable"):
@@ -245,7 +248,7 @@ def test_shutdown_lets_running_jobs_finish_and_fails_the_rest_with_unavailable()
     stopper = threading.Thread(target=manager.shutdown, args=(time.monotonic() + 60,))
     stopper.start()
     wait_for(lambda: manager.get(queued).state.final, what="the queued job to fail")
-    assert manager.get(queued).error.code == grpc.StatusCode.UNAVAILABLE
+    assert STATUS[manager.get(queued).error.kind] == grpc.StatusCode.UNAVAILABLE
     with pytest.raises(UnavailableError, match="shutting down"):
         manager.submit("flops", zoo_flops)
     assert stopper.is_alive() and manager.get(running).state == JobState.RUNNING  # given its grace
@@ -261,7 +264,7 @@ def test_shutdown_stops_jobs_that_outlive_the_grace_period():
     manager.shutdown(time.monotonic() + 1.0)
     wait_for(lambda: manager.get(running).state.final, what="the job to stop")
     final = manager.get(running)
-    assert final.state == JobState.FAILED and final.error.code == grpc.StatusCode.UNAVAILABLE
+    assert final.state == JobState.FAILED and STATUS[final.error.kind] == grpc.StatusCode.UNAVAILABLE
     assert "shut down" in final.error.message
 
 

@@ -40,7 +40,8 @@ def test_slimyolo_services_have_one_request_response_pair_per_rpc():
         (trainer_pb2, "Trainer"): {"StartTraining", "StartEvaluation"},
         (pruner_pb2, "Pruner"): {"StartPrune", "StartSweep"},
         (converter_pb2, "Converter"): {"StartConversion"},
-        (inference_pb2, "Inference"): {"Detect", "DetectStream", "LoadModel", "UnloadModel", "ListModels"},
+        (inference_pb2, "Inference"): {"Detect", "DetectStream", "LoadModel", "UnloadModel", "ListModels",
+                                      "BenchmarkModel"},
         (jobs_pb2, "Jobs"): {"GetJob", "WatchJob", "CancelJob", "ListJobs"},
     }
     seen: set[str] = set()

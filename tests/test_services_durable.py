@@ -20,9 +20,9 @@ from seaweed import SeaweedServer
 from slimyolo.progress import StageStep, TrainEpoch, event_from_dict
 from slimyolo.rpc.client import connect, follow_job, wait_ready
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc, trainer_pb2_grpc
-from slimyolo.rpc.jobs import JobJournal
+from slimyolo.rpc.journal import JobJournal
 from slimyolo.rpc.messages import struct_to_dict
-from slimyolo.stages.messages import spec_to_request
+from slimyolo.rpc.stages import spec_to_request
 from slimyolo.stages.specs import TrainSpec
 from slimyolo.store import open_store
 

@@ -45,7 +45,8 @@ from slimyolo.rpc.gen.v1 import (
     trainer_pb2_grpc,
 )
 from slimyolo.rpc.messages import dict_to_struct, struct_to_dict
-from slimyolo.stages.messages import REQUESTS
+from slimyolo.rpc.stages import start_messages
+from slimyolo.stages.kinds import KINDS
 from slimyolo.store import open_store
 
 STAGES = ("trainer", "pruner", "converter", "inference")
@@ -253,7 +254,7 @@ def _evaluation(stages: dict, **changes) -> trainer_pb2.StartEvaluationRequest:
 
 def _request(kind: str, doc: dict) -> Any:
     """The Start... request of stage ``kind`` carrying the spec ``doc`` as it is."""
-    return REQUESTS[kind](spec=dict_to_struct(doc))
+    return start_messages(KINDS[kind])[0](spec=dict_to_struct(doc))
 
 
 def _run_job(channel: grpc.Channel, start) -> common_pb2.Job:

@@ -22,8 +22,9 @@ from slimyolo.errors import Cancelled, FailedPrecondition, NotFoundError, SlimYo
 from slimyolo.progress import StageStep, SweepPoint
 from slimyolo.rpc.gen.v1 import pruner_pb2
 from slimyolo.rpc.messages import dict_to_struct
-from slimyolo.stages import messages
-from slimyolo.stages.runners import run_eval, run_prune, run_stage, run_sweep, run_train
+from slimyolo.rpc.stages import spec_from_request, spec_to_request, start_messages
+from slimyolo.stages.kinds import KINDS, parse_spec, run_stage
+from slimyolo.stages.runners import run_eval, run_prune, run_sweep, run_train
 from slimyolo.stages.specs import (
     ConvertSpec,
     DataRef,
@@ -31,7 +32,6 @@ from slimyolo.stages.specs import (
     PruneSpec,
     SweepSpec,
     TrainSpec,
-    parse_spec,
 )
 from slimyolo.stages.workspace import Workspace, folder_files, resolve
 from slimyolo.store import Artifact, LocalStore
@@ -128,14 +128,14 @@ def test_specs_round_trip_through_yaml(spec):
     ConvertSpec("runs/p/pruned.weights", "det", onnx=True, tolerance=0.5, parity_images=1, ppp="resize"),
 ])
 def test_specs_round_trip_through_requests_unchanged(spec):
-    request = messages.spec_to_request(spec)
-    back = messages.spec_from_request(spec.kind, type(request).FromString(request.SerializeToString()))
+    request = spec_to_request(spec)
+    back = spec_from_request(spec.kind, type(request).FromString(request.SerializeToString()))
     assert back == spec
 
 
 def test_a_request_without_a_spec_is_refused_naming_it():
     with pytest.raises(SlimYoloError, match="StartPruneRequest: 'spec' is required"):
-        messages.spec_from_request("prune", pruner_pb2.StartPruneRequest())
+        spec_from_request("prune", pruner_pb2.StartPruneRequest())
 
 
 @pytest.mark.parametrize(("kind", "doc", "message"), [
@@ -150,9 +150,9 @@ def test_a_request_without_a_spec_is_refused_naming_it():
 def test_bad_requests_fail_as_the_same_yaml_spec_does(kind, doc, message):
     with pytest.raises(SlimYoloError, match=message) as in_process:
         parse_spec(kind, doc)
-    request = messages.REQUESTS[kind](spec=dict_to_struct(doc))
+    request = start_messages(KINDS[kind])[0](spec=dict_to_struct(doc))
     with pytest.raises(SlimYoloError) as remote:
-        messages.spec_from_request(kind, request)
+        spec_from_request(kind, request)
     assert str(remote.value) == str(in_process.value)
 
 

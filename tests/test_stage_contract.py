@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import importlib
 import inspect
 import json
 import re
@@ -29,8 +30,9 @@ import yaml
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.params import declared_fields
-from slimyolo.stages import messages, runners
-from slimyolo.stages.specs import SPECS, parse_spec
+from slimyolo.rpc.stages import spec_from_request, spec_to_request, start_messages
+from slimyolo.stages import runners
+from slimyolo.stages.kinds import KINDS, parse_spec
 from slimyolo.store import LocalStore
 
 ART = {"uri": "file:///store/blobs/sha256/" + "ab" * 32, "sha256": "ab" * 32, "size_bytes": 10}
@@ -40,14 +42,16 @@ FULL: dict[str, dict[str, Any]] = {
     "train": {"data": DATA, "out": "runs/t", "cfg": ART, "weights": "runs/b/best.weights", "weights_cfg": ART,
               "teacher_cfg": ART, "teacher_weights": ART, "epochs": 1, "lr0": 0.0, "seed": 0, "warmup_epochs": 0},
     "eval": {"weights": ART, "data": {"tree": "datasets/synth"}, "cfg": "runs/b/model.cfg", "img_size": 32,
-             "batch_size": 1, "conf_thres": 0.0, "iou_thres": 1.0},
+             "batch_size": 1, "conf_thres": 0.0, "iou_thres": 1.0, "max_images": 1},
     "prune": {"weights": ART, "out": "runs/p", "cfg": ART, "method": "both", "global_percent": 1e-6,
               "shortcuts": 1, "layer_keep": 0.0, "round_to": 64, "data": DATA, "img_size": 64, "batch_size": 1,
-              "max_images": 1},
+              "max_images": 1, "conf_thres": 0.0, "iou_thres": 1.0},
     "sweep": {"weights": ART, "data": DATA, "out": "runs/s", "cfg": ART, "percents": [0.3, 0.9, 0.25],
               "shortcuts": [0, 5, 2], "max_map_drop": 0.0, "fine_percent": 1.0, "layer_keep": 0.0, "round_to": 8,
-              "img_size": 64, "batch_size": 1, "max_images": 1, "latency_runs": 1, "objective": "fps",
-              "precision": "int8", "fps_seconds": 60.0, "fps_repeats": 1},
+              "img_size": 64, "batch_size": 1, "max_images": 1, "conf_thres": 0.5, "iou_thres": 0.0,
+              "latency_runs": 1, "objective": "accuracy",
+              "precision": "int8", "fps_seconds": 60.0, "fps_repeats": 1, "min_fps": 100.0, "streams": 4,
+              "stream_fps": 25.0, "mosaic": "2x2", "measure_on": "dns:///inference.slimyolo.svc.cluster.local:50051"},
     "convert": {"weights": ART, "name": "det", "cfg": ART, "version": "1", "model_repository": "repo",
                 "via": "torch", "precision": "int8", "calib_data": DATA, "calib_images": 1, "img_size": 64,
                 "names": ["a"], "accuracy_control": True, "max_drop": 1.0, "ppp": None, "onnx": True,
@@ -58,11 +62,11 @@ FULL["convert"].pop("ppp")  # ppp and evaluate exclude each other; ppp is set in
 WITH_PPP = {**FULL["convert"], "evaluate": False, "ppp": "fixed"}
 
 
-@pytest.mark.parametrize("kind", list(SPECS))
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_the_table_sets_every_declared_field_to_a_value_other_than_its_default(kind):
     spec = parse_spec(kind, FULL[kind])
     variants = [spec] + ([parse_spec(kind, WITH_PPP)] if kind == "convert" else [])
-    for fld in declared_fields(SPECS[kind]):
+    for fld in declared_fields(KINDS[kind].spec):
         if fld.default is dataclasses.MISSING:
             continue  # required: set anyway
         assert any(getattr(v, fld.name) != fld.default for v in variants), \
@@ -74,8 +78,8 @@ def test_every_field_travels_yaml_and_the_request_unchanged(doc):
     kind, fields = doc
     spec = parse_spec(kind, fields)
     from_yaml = parse_spec(kind, yaml.safe_load(yaml.safe_dump(spec.to_dict())))
-    request = messages.spec_to_request(spec)
-    from_request = messages.spec_from_request(kind, type(request).FromString(request.SerializeToString()))
+    request = spec_to_request(spec)
+    from_request = spec_from_request(kind, type(request).FromString(request.SerializeToString()))
     assert from_yaml == spec and from_request == spec
     for name, value in fields.items():  # ...and equal to what was written, not only to each other
         have = getattr(spec, name, None) if name in {f.name for f in declared_fields(type(spec))} else \
@@ -84,8 +88,19 @@ def test_every_field_travels_yaml_and_the_request_unchanged(doc):
             (isinstance(value, dict) and spec.to_dict()[name] == value), (name, have, value)
 
 
+def _imported(fn: Any, tree: ast.AST, name: str) -> Any:
+    """What ``name`` is inside ``fn``: imported in its body (``from M import name``), else a global of its module."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    return getattr(importlib.import_module(node.module), alias.name)
+    return fn.__globals__.get(name)
+
+
 def _spec_reads(function: Any) -> set[str]:
-    """The attributes of ``spec`` a function reads (``spec.x``), itself and the module helpers it passes spec to."""
+    """The attributes of ``spec`` a function reads (``spec.x``), itself and the module helpers it passes spec to;
+    ``Options.taken_from(spec)`` reads every field the options class declares."""
     seen, names, todo = set(), set(), [function]
     while todo:
         fn = todo.pop()
@@ -96,6 +111,10 @@ def _spec_reads(function: Any) -> set[str]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "spec":
                 names.add(node.attr)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr == "taken_from" and isinstance(node.func.value, ast.Name) and \
+                    any(isinstance(a, ast.Name) and a.id == "spec" for a in node.args):
+                names.update(f.name for f in declared_fields(_imported(fn, tree, node.func.value.id)))
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
                     any(isinstance(a, ast.Name) and a.id == "spec" for a in node.args):
                 helper = getattr(runners, node.func.id, None)
@@ -104,10 +123,10 @@ def _spec_reads(function: Any) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("kind", list(SPECS))
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_the_runner_passes_every_declared_field_on_to_the_core(kind):
-    read = _spec_reads(runners.RUNNERS[kind])
-    declared = {f.name for f in declared_fields(SPECS[kind])} | ({"options"} if kind == "train" else set())
+    read = _spec_reads(KINDS[kind].runner)
+    declared = {f.name for f in declared_fields(KINDS[kind].spec)} | ({"options"} if kind == "train" else set())
     assert declared - read == set(), f"run_{kind} never reads spec.{sorted(declared - read)[0]}"
 
 
@@ -202,7 +221,7 @@ def _quiet(_event) -> None:
 
 def _run_both(contract, case: str):
     """(local result, remote result): the case's spec run in process and through its service."""
-    from slimyolo.stages.runners import run_stage
+    from slimyolo.stages.kinds import run_stage
 
     store, remote = contract
     doc = dict(EDGES[case])
@@ -260,18 +279,17 @@ def test_illegal_values_are_the_same_invalid_argument_in_process_and_remotely(co
     import grpc
 
     from slimyolo.rpc.gen.v1 import converter_pb2_grpc, pruner_pb2_grpc, trainer_pb2_grpc
-    from slimyolo.stages.routing import ROUTES
 
     with pytest.raises(SlimYoloError, match=message) as local:
         parse_spec(kind, doc)
     _, remote = contract
-    route = ROUTES[kind]
+    entry = KINDS[kind]
     stub = {"trainer": trainer_pb2_grpc.TrainerStub, "pruner": pruner_pb2_grpc.PrunerStub,
-            "converter": converter_pb2_grpc.ConverterStub}[route.service](remote.channel(route.service))
+            "converter": converter_pb2_grpc.ConverterStub}[entry.service](remote.channel(entry.service))
     from slimyolo.rpc.messages import dict_to_struct
 
     with pytest.raises(grpc.RpcError) as err:
-        getattr(stub, route.method)(messages.REQUESTS[kind](spec=dict_to_struct(doc)), timeout=30)
+        getattr(stub, entry.start)(start_messages(entry)[0](spec=dict_to_struct(doc)), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == str(local.value)
 

@@ -31,8 +31,9 @@ from slimyolo.rpc.client import connect, follow_job
 from slimyolo.rpc.gen.v1 import jobs_pb2, jobs_pb2_grpc, pruner_pb2, pruner_pb2_grpc, trainer_pb2_grpc
 from slimyolo.rpc.messages import dict_to_struct
 from slimyolo.rpc.server import Server, ServerConfig
+from slimyolo.rpc.stages import start_messages
 from slimyolo.stages.archive import ArchiveError, extract
-from slimyolo.stages.messages import REQUESTS
+from slimyolo.stages.kinds import KINDS
 from slimyolo.store import LocalStore
 
 REPO = Path(__file__).parents[1]
@@ -199,7 +200,7 @@ def model_refs(services, tmp_path_factory):
 
 def _request(kind: str, doc: dict) -> Any:
     """The Start... request of stage ``kind`` carrying the spec ``doc`` as it is (not checked here)."""
-    return REQUESTS[kind](spec=dict_to_struct(doc))
+    return start_messages(KINDS[kind])[0](spec=dict_to_struct(doc))
 
 
 def _prune_doc(model_refs, data: dict | None = None, **fields) -> dict:

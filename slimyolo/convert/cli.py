@@ -7,6 +7,11 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from slimyolo import vocab
+from slimyolo.convert.options import ConvertOptions
+from slimyolo.params import add_arguments, from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,27 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="model name (default: the cfg's file name; for a run's best.pt or last.pt, "
                                   "the run folder's name: runs/ft/best.pt -> ft)")
     p.add_argument("--version", help="model version (default: one more than the highest existing)")
-    p.add_argument("--via", choices=["tf", "torch"], default="tf",
-                   help="tf: cfg → Keras/TensorFlow → IR (default); torch: the PyTorch module → IR")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     p.add_argument("--calib-data", type=Path,
                    help="image folder, .data file or data set folder for INT8 calibration and parity "
                         "(default: a small synthetic data set)")
-    p.add_argument("--calib-images", type=int, default=300, help="calibration images to use (default 300)")
-    p.add_argument("--accuracy-control", action="store_true",
-                   help="INT8: keep mAP@0.5 within --max-drop of FP32 (needs a labelled --calib-data)")
-    p.add_argument("--max-drop", type=float, default=0.01, help="largest absolute mAP@0.5 drop (default 0.01)")
-    p.add_argument("--img-size", help="input size N or WxH (default: the cfg's [net] size)")
-    p.add_argument("--names", type=Path, help=".names file (default: the data set's names, else class<i>)")
-    p.add_argument("--ppp", nargs="?", const="resize", choices=["fixed", "resize"],
+    # The conversion's options, as ConvertOptions declares them; three take a command line's own form (the first
+    # two under their own dest, which from_args does not read).
+    add_arguments(p, ConvertOptions, skip=("img_size", "names", "ppp"))
+    p.add_argument("--img-size", dest="size", metavar="IMG_SIZE",
+                   help="input size N or WxH (default: the cfg's [net] size)")
+    p.add_argument("--names", dest="names_file", metavar="NAMES", type=Path,
+                   help=".names file (default: the data set's names, else class<i>)")
+    p.add_argument("--ppp", nargs="?", const="resize", choices=vocab.PPP_MODES,
                    help="u8 NHWC BGR input with conversion and normalisation inside the IR; 'resize' (the "
                         "default of --ppp) also letterboxes frames of any size inside, 'fixed' takes frames "
                         "already letterboxed to the model size")
-    p.add_argument("--onnx", action="store_true", help="also write model.onnx (f32 NCHW input, the IR's outputs)")
-    p.add_argument("--parity-images", type=int, default=2, help="images for the parity checks (default 2)")
-    p.add_argument("--tolerance", type=float, default=1e-3,
-                   help="largest |FP32 IR - PyTorch| on any head (default 1e-3); beyond it the IR must be within "
-                        "4x PyTorch's own float32 error, measured against a float64 run")
     p.add_argument("--json", action="store_true", help="print conversion.json instead of the summary")
     p.set_defaults(func=_convert)
 
@@ -55,12 +53,14 @@ def _convert(args: argparse.Namespace) -> int:
         extra = " ".join(f"{k}={v}" for k, v in event.details.items())
         print(f"[{time.perf_counter() - start:6.1f}s] {event.step} {extra}".rstrip(), file=sys.stderr)
 
-    result = convert(args.cfg, args.weights, args.out, name=args.name, version=args.version, via=args.via,
-                     precision=args.precision, calib_data=args.calib_data,
-                     img_size=parse_size(args.img_size) if args.img_size else None, names=args.names,
-                     ppp=args.ppp, onnx=args.onnx, accuracy_control=args.accuracy_control, max_drop=args.max_drop,
-                     calib_images=args.calib_images, parity_images=args.parity_images, tolerance=args.tolerance,
-                     progress=show)
+    options = from_args(ConvertOptions, args)
+    local: dict[str, Any] = {}  # what a command line gives in a form YAML does not take
+    if args.size:
+        local["img_size"] = parse_size(args.size)
+    if args.names_file:
+        local["names"] = args.names_file
+    result = convert(args.cfg, args.weights, args.out, options, name=args.name, version=args.version,
+                     calib_data=args.calib_data, progress=show, **local)
     versions, warning = versions_report(result.path.parent)
     if warning:
         print(warning, file=sys.stderr)

@@ -1,11 +1,12 @@
 """cfg + weights → OpenVINO IR in a model repository, checked against PyTorch at every step.
 
-:func:`convert` is the one entry point (the CLI and the converter service call it):
+:func:`convert` is the one entry point (the CLI and the converter service call it), steered by a
+:class:`~slimyolo.convert.options.ConvertOptions`; its steps are the functions below it:
 
-1. load the PyTorch model (the reference) and the parity images;
+1. load the PyTorch model (the reference) and the parity images (``_reference``);
 2. ``via="tf"``: build the Keras graph (:mod:`slimyolo.convert.keras_model`), compare it with
    PyTorch, and ``openvino.convert_model`` it; ``via="torch"``: ``openvino.convert_model`` the
-   PyTorch module directly;
+   PyTorch module directly (``_fp32_ir``);
 3. compare the FP32 IR with PyTorch at f32 inference precision — beyond the tolerance (and
    beyond PyTorch's own float32 error, see :mod:`slimyolo.convert.parity`) the conversion
    fails before anything is written;
@@ -16,26 +17,29 @@
 6. write ``<out>/<name>/<version>/`` — ``model.xml``, ``model.bin``, optionally ``model.onnx``,
    and ``conversion.json`` — through :func:`slimyolo.fsutil.atomic_dir`, after reading the
    saved IR back and comparing it with PyTorch once more: the version folder appears complete
-   and checked, or not at all (also when cancelled from ``progress``).
+   and checked, or not at all (also when cancelled from ``progress``) (``_publish``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import re
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from slimyolo import __version__, vocab
 from slimyolo.convert import ir
 from slimyolo.convert.calib import ImageSource, open_source, read_frames, to_tensor
+from slimyolo.convert.options import ConvertOptions
 from slimyolo.convert.parity import NOISE_FACTOR, Comparison, ParityReport, compare, reference64
 from slimyolo.darknet.cfg import Cfg, as_cfg
 from slimyolo.darknet.graph import Head
@@ -44,9 +48,11 @@ from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.fsutil import atomic_dir, atomic_write_text
 from slimyolo.infer.meta import InputSpec, ModelMeta, attach_meta
 from slimyolo.progress import Progress, StageStep
-from slimyolo.store import hash_file
+from slimyolo.store import hash_file, next_version
 
-TOLERANCE = 1e-3
+if TYPE_CHECKING:
+    from slimyolo.darknet.model import Darknet
+
 FILES = {"xml": "model.xml", "bin": "model.bin", "onnx": "model.onnx", "report": "conversion.json"}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -135,16 +141,9 @@ def versions_report(model_dir: str | Path) -> tuple[str, str | None]:
     return line, warning
 
 
-def next_version(model_dir: Path) -> str:
-    """1 + the largest integer version folder under ``model_dir`` (1 for a new model)."""
-    from slimyolo.store import next_version as after
-
-    return after(p.name for p in model_dir.iterdir() if p.is_dir()) if model_dir.is_dir() else after(())
-
-
-def _read_names(names: Sequence[str] | str | Path | None, source: ImageSource | None,
-                classes: int) -> tuple[str, ...]:
-    """Class names: given, from a ``.names`` file, from the calibration data set, or ``class<i>``."""
+def _read_names(names: Sequence[str] | str | Path, source: ImageSource | None, classes: int) -> tuple[str, ...]:
+    """Class names: given, from a ``.names`` file, else from the calibration data set, else ``class<i>``
+    (no names given: an empty sequence, as a spec that leaves them out says)."""
     where = "the class names"
     if isinstance(names, str | Path):
         path = Path(names)
@@ -153,10 +152,10 @@ def _read_names(names: Sequence[str] | str | Path | None, source: ImageSource | 
         except OSError as exc:
             raise NotFoundError(f"{path}: cannot read the class names: {exc.strerror or exc}") from None
         where = str(path)
-    elif names is None and source is not None and source.names is not None:
+    elif not names:
+        if source is None or source.names is None:
+            return tuple(f"class{i}" for i in range(classes))
         names, where = source.names, f"{source.description} (class names)"
-    if names is None:
-        return tuple(f"class{i}" for i in range(classes))
     names = tuple(str(n) for n in names)
     if len(names) != classes:
         raise SlimYoloError(f"{where}: {len(names)} class names for a model with {classes} classes")
@@ -191,40 +190,31 @@ def _tool_versions() -> dict[str, str]:
     return out
 
 
-def convert(cfg: Cfg | str | Path | None, weights: str | Path, out_dir: str | Path, *,
-            name: str | None = None, version: str | int | None = None, via: str = "tf",
-            precision: str = "fp32", calib_data: str | Path | None = None,
-            img_size: int | tuple[int, int] | None = None, names: Sequence[str] | str | Path | None = None,
-            ppp: str | None = None, onnx: bool = False, accuracy_control: bool = False, max_drop: float = 0.01,
-            calib_images: int = 300, parity_images: int = 2, tolerance: float = TOLERANCE,
-            progress: Progress | None = None) -> ConversionResult:
-    """Convert ``cfg`` + ``weights`` into ``out_dir/<name>/<version>/`` (see the module docstring).
+def convert(cfg: Cfg | str | Path | None, weights: str | Path, out_dir: str | Path,
+            options: ConvertOptions | None = None, *, name: str | None = None, version: str | int | None = None,
+            calib_data: str | Path | None = None, progress: Progress | None = None,
+            **changes: Any) -> ConversionResult:
+    """Convert ``cfg`` + ``weights`` into ``out_dir/<name>/<version>/`` as ``options`` say (see the module docstring).
 
-    ``cfg`` may be None when ``weights`` is a SlimYOLO ``.pt`` (it holds its cfg). ``calib_data``
-    is an image folder, a ``.data`` file or a data set folder (``slimyolo data synth`` output);
-    without it, a small synthetic data set is generated for calibration and parity. ``names``
-    defaults to the data set's names. ``ppp`` is None (f32 NCHW RGB input), ``"fixed"`` or
-    ``"resize"`` (u8 NHWC BGR, see :func:`slimyolo.convert.ir.add_preprocessing`). ``progress``
-    receives a :class:`~slimyolo.progress.StageStep` of stage ``convert`` per step; raising
-    :class:`~slimyolo.errors.Cancelled` from it stops the conversion with nothing written.
+    ``options`` (default: the declared defaults) is taken whole; ``changes`` are fields of
+    :class:`~slimyolo.convert.options.ConvertOptions` set on top of it, as ``dataclasses.replace`` does
+    (``convert(cfg, weights, out, via="torch")``). ``cfg`` may be None when ``weights`` is a SlimYOLO
+    ``.pt`` (it holds its cfg). ``name`` defaults to :func:`default_name` of the cfg, ``version`` to one
+    more than the model's highest. ``calib_data`` is an image folder, a ``.data`` file or a data set
+    folder (``slimyolo data synth`` output); without it, a small synthetic data set is generated for
+    calibration and parity. ``progress`` receives a :class:`~slimyolo.progress.StageStep` of stage
+    ``convert`` per step; raising :class:`~slimyolo.errors.Cancelled` from it stops the conversion with
+    nothing written.
     """
     t_start = time.perf_counter()
+    opts = dataclasses.replace(options or ConvertOptions(), **changes)
 
     def report(step: str, **extra: Any) -> None:
         if progress is not None:
             progress(StageStep("convert", step, extra))
 
     # -- arguments, checked before anything slow ------------------------------------------------
-    vocab.choose(via, vocab.CONVERSION_PATHS, "via")
-    vocab.choose(precision, vocab.IR_PRECISIONS, "precision")
-    if ppp is not None:
-        vocab.choose(ppp, vocab.PPP_MODES, "ppp")
-    if accuracy_control and precision != "int8":
-        raise SlimYoloError("accuracy control applies to INT8 quantization: add --precision int8")
-    if not 0.0 < max_drop < 1.0:
-        raise SlimYoloError(f"max drop is an absolute mAP@0.5 drop between 0 and 1, got {max_drop}")
-    if calib_images < 1 or parity_images < 1:
-        raise SlimYoloError(f"calibration and parity need at least one image (got {calib_images}, {parity_images})")
+    _check_options(opts)
     weights = Path(weights)
     if not weights.is_file():
         raise NotFoundError(f"{weights}: no such weights file")
@@ -233,184 +223,243 @@ def convert(cfg: Cfg | str | Path | None, weights: str | Path, out_dir: str | Pa
     if calib_data is not None and not Path(calib_data).exists():
         raise NotFoundError(f"{calib_data}: no such calibration data (an image folder, a .data file or a "
                             "data set folder)")
-    out_dir = Path(out_dir)
     parsed, cfg_sha, cfg_where = _digest_cfg(cfg, weights)
     name = _check_name(name or default_name(cfg_where.removesuffix("[cfg]")), "model name")
-    model_dir = out_dir / name
-    version = _check_name(str(version) if version is not None else next_version(model_dir), "version")
+    model_dir = Path(out_dir) / name
+    versions = [p.name for p in model_dir.iterdir() if p.is_dir()] if model_dir.is_dir() else []
+    version = _check_name(str(version) if version is not None else next_version(versions), "version")
     target = model_dir / version
     if target.exists():
         raise SlimYoloError(f"{target} already exists: choose another --version (model versions are immutable)")
     created_model_dir = not model_dir.exists()
 
-    opts = _Options(via, precision, calib_data, img_size, names, ppp, onnx, accuracy_control, max_drop,
-                    calib_images, parity_images, tolerance)
+    source = _Source(parsed, cfg_sha, cfg_where, weights, calib_data)
     with tempfile.TemporaryDirectory(prefix="slimyolo-convert-") as work:
         try:
-            return _convert(parsed, cfg_sha, cfg_where, weights, target, opts, report, t_start, Path(work))
+            return _convert(source, target, opts, report, t_start, Path(work))
         finally:
             # A failed first version leaves no empty model folder behind.
             if created_model_dir and model_dir.is_dir() and not any(model_dir.iterdir()):
                 model_dir.rmdir()
 
 
+def _check_options(opts: ConvertOptions) -> None:
+    """The options a caller built in Python (not read by ``from_dict``, which checks each field) checked here too,
+    and the combinations that no single field's bounds catch."""
+    vocab.choose(opts.via, vocab.CONVERSION_PATHS, "via")
+    vocab.choose(opts.precision, vocab.IR_PRECISIONS, "precision")
+    if opts.ppp is not None:
+        vocab.choose(opts.ppp, vocab.PPP_MODES, "ppp")
+    if opts.accuracy_control and opts.precision != "int8":
+        raise SlimYoloError("accuracy control applies to INT8 quantization: add --precision int8")
+    if not 0.0 < opts.max_drop < 1.0:
+        raise SlimYoloError(f"max drop is an absolute mAP@0.5 drop between 0 and 1, got {opts.max_drop}")
+    if opts.calib_images < 1 or opts.parity_images < 1:
+        raise SlimYoloError(f"calibration and parity need at least one image (got {opts.calib_images}, "
+                            f"{opts.parity_images})")
+
+
 @dataclass(frozen=True)
-class _Options:
-    via: str
-    precision: str
+class _Source:
+    """What is converted: the parsed cfg (its sha256 and where it came from) and the weights file; and the
+    calibration data (None: a synthetic set)."""
+
+    cfg: Cfg
+    cfg_sha: str
+    cfg_where: str
+    weights: Path
     calib_data: str | Path | None
-    img_size: int | tuple[int, int] | None
-    names: Sequence[str] | str | Path | None
-    ppp: str | None
-    onnx: bool
-    accuracy_control: bool
-    max_drop: float
-    calib_images: int
-    parity_images: int
-    tolerance: float
 
 
-def _convert(cfg: Cfg, cfg_sha: str, cfg_where: str, weights: Path, target: Path, opts: _Options,
-             report: Callable[..., None], t_start: float, work: Path) -> ConversionResult:
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Record the wall time of a step in ``seconds`` (conversion.json's ``seconds``)."""
+    t0 = time.perf_counter()
+    yield
+    seconds[step] = round(time.perf_counter() - t0, 3)
+
+
+@dataclass
+class _Reference:
+    """The PyTorch model and its outputs on the parity images: what every step is compared with."""
+
+    model: Darknet
+    heads: list[Head]
+    out_names: list[str]
+    height: int
+    width: int
+    class_names: tuple[str, ...]
+    source: ImageSource | None  # the calibration images (INT8, or given); None: the parity images are synthetic
+    parity_source: str  # where the parity images come from
+    frames: list[np.ndarray]  # the parity images as read
+    images: np.ndarray  # ... letterboxed into one f32 NCHW batch
+    outputs: list[np.ndarray]  # PyTorch's heads on them
+
+
+class _Parity:
+    """The parity checks of one conversion against PyTorch, recorded in ``parity``; a failed one stops it.
+
+    A gated comparison beyond the tolerance is judged against a float64 run of PyTorch too, made once,
+    when the first such comparison needs it.
+    """
+
+    def __init__(self, ref: _Reference, tolerance: float, target: Path, report: Callable[..., None]) -> None:
+        self.ref, self.target, self.progress = ref, target, report
+        self.parity = ParityReport(tolerance, len(ref.frames), ref.parity_source, [])
+        self.ref64: list[np.ndarray] = []
+
+    def __call__(self, other: str, got: list[np.ndarray], gated: bool = True) -> Comparison:
+        ref = self.ref
+        c = compare("torch", ref.outputs, other, got, ref.out_names, gated=gated)
+        if gated and not c.passes(self.parity.tolerance):
+            if not self.ref64:
+                self.progress("parity", what="float64 reference")
+                self.ref64.extend(reference64(ref.model, ref.images))
+            c = compare("torch", ref.outputs, other, got, ref.out_names, gated=True, reference64=self.ref64)
+        self.parity.add(c)
+        _check(self.parity, self.target)
+        return c
+
+
+def _convert(source: _Source, target: Path, opts: ConvertOptions, report: Callable[..., None], t_start: float,
+             work: Path) -> ConversionResult:
+    """The steps of :func:`convert` once its arguments are checked: each one timed, every IR checked."""
+    name, version = target.parent.name, target.name
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "load"):
+        report("load", cfg=source.cfg_where, weights=str(source.weights))
+        ref = _reference(source, opts, work)
+        check = _Parity(ref, opts.tolerance, target, report)
+    ov_model = _fp32_ir(ref, opts.via, check, report, seconds)
+    int8_info: dict[str, Any] | None = None
+    if opts.precision == "int8":
+        from slimyolo.convert.quantize import quantize
+
+        assert ref.source is not None
+        with _timed(seconds, "quantize"):
+            report("quantize", images=min(opts.calib_images, len(ref.source.paths)),
+                   accuracy_control=opts.accuracy_control)
+            ov_model, int8_info = quantize(ov_model, ref.source, ref.heads, (ref.height, ref.width),
+                                           opts.calib_images, opts.accuracy_control, opts.max_drop, report)
+    if opts.ppp is not None:
+        ov_model = ir.add_preprocessing(ov_model, opts.ppp, ref.height, ref.width, PAD_VALUE)
+    model_input = _input_spec(opts.ppp, ref.height, ref.width)
+    weights_sha, weights_size = hash_file(source.weights)
+    meta = ModelMeta(ref.class_names, model_input, tuple(ref.heads), tuple(ref.out_names), opts.precision, name,
+                     version, {"cfg_sha256": source.cfg_sha, "weights_sha256": weights_sha,
+                               "cfg": Path(source.cfg_where).name, "weights": source.weights.name, "via": opts.via})
+    attach_meta(ov_model, meta)
+    summary = {
+        "name": name, "version": version, "precision": opts.precision, "via": opts.via,
+        "input": asdict(model_input), "outputs": ref.out_names, "names": list(ref.class_names),
+        "heads": [asdict(h) for h in ref.heads],
+        "source": {"cfg": source.cfg_where, "cfg_sha256": source.cfg_sha, "weights": str(source.weights),
+                   "weights_sha256": weights_sha, "weights_size_bytes": weights_size},
+        "parity": None,  # the parity report and the files: filled in by _publish once the saved IR is checked
+        "int8": int8_info, "seconds": seconds, "tools": _tool_versions(),
+    }
+    _publish(ov_model, ref, opts, check, target, summary, report, seconds, t_start)
+    report("done", path=str(target), seconds=seconds["total"])
+    return ConversionResult(target, name, version, opts.precision, opts.via, meta, check.parity, summary)
+
+
+def _reference(source: _Source, opts: ConvertOptions, work: Path) -> _Reference:
+    """Load the PyTorch model, open the calibration images (INT8, or given), read the class names and run the
+    model on the parity images."""
     import torch
 
     from slimyolo.darknet.model import load_model
 
-    name, version = target.parent.name, target.name
-    via, precision, ppp = opts.via, opts.precision, opts.ppp
-    seconds: dict[str, float] = {}
-
-    def timed(step: str, t0: float) -> None:
-        seconds[step] = round(time.perf_counter() - t0, 3)
-
-    # -- reference model, images ---------------------------------------------------------------
-    t0 = time.perf_counter()
-    report("load", cfg=cfg_where, weights=str(weights))
-    model = load_model(cfg, weights, opts.img_size)
+    model = load_model(source.cfg, source.weights, opts.img_size)
     heads: list[Head] = model.heads
-    out_names = ir.output_names(heads)
     height, width = model.input_size
     classes, long_side = heads[0].classes, max(height, width)
-    source = None
-    if opts.calib_data is not None or precision == "int8":
-        source = open_source(opts.calib_data, work, classes, long_side,
-                             opts.calib_images if precision == "int8" else opts.parity_images)
-        if opts.accuracy_control and not source.labelled:
-            raise SlimYoloError(f"{source.description}: accuracy control measures mAP@0.5 and needs labelled "
+    images = None
+    if source.calib_data is not None or opts.precision == "int8":
+        images = open_source(source.calib_data, work, classes, long_side,
+                             opts.calib_images if opts.precision == "int8" else opts.parity_images)
+        if opts.accuracy_control and not images.labelled:
+            raise SlimYoloError(f"{images.description}: accuracy control measures mAP@0.5 and needs labelled "
                                 "images: give a .data file or a data set folder as --calib-data")
-    class_names = _read_names(opts.names, source, classes)
-    parity_source = source or open_source(None, work, classes, long_side, opts.parity_images)
-    frames = read_frames(parity_source.paths[:opts.parity_images])
-    images = to_tensor(frames, height, width)
+    class_names = _read_names(opts.names, images, classes)
+    parity = images or open_source(None, work, classes, long_side, opts.parity_images)
+    frames = read_frames(parity.paths[:opts.parity_images])
+    batch = to_tensor(frames, height, width)
     with torch.no_grad():
-        ref = [t.numpy() for t in model(torch.from_numpy(images))]
-    parity = ParityReport(opts.tolerance, len(frames), parity_source.description, [])
-    ref64: list[np.ndarray] = []  # the float64 reference, run only when a gated check needs it
+        outputs = [t.numpy() for t in model(torch.from_numpy(batch))]
+    return _Reference(model, heads, ir.output_names(heads), height, width, class_names, images, parity.description,
+                      frames, batch, outputs)
 
-    def check(other: str, got: list[np.ndarray], gated: bool = True) -> Comparison:
-        """Compare with PyTorch; a gated comparison beyond the tolerance is judged against float64 too."""
-        c = compare("torch", ref, other, got, out_names, gated=gated)
-        if gated and not c.passes(opts.tolerance):
-            if not ref64:
-                report("parity", what="float64 reference")
-                ref64.extend(reference64(model, images))
-            c = compare("torch", ref, other, got, out_names, gated=True, reference64=ref64)
-        parity.add(c)
-        _check(parity, target)
-        return c
 
-    timed("load", t0)
-
-    # -- the FP32 IR, by one of the two paths ----------------------------------------------------
+def _fp32_ir(ref: _Reference, via: str, check: _Parity, report: Callable[..., None],
+             seconds: dict[str, float]) -> Any:
+    """The FP32 IR by one of the two paths (via Keras: the Keras graph checked against PyTorch on the way),
+    compiled at f32 inference precision and checked against PyTorch."""
     if via == "tf":
         from slimyolo.convert.keras_model import build_keras, keras_heads
 
-        t0 = time.perf_counter()
-        report("keras")
-        kmodel = build_keras(model)
-        check("keras", keras_heads(kmodel, images), gated=False)
-        timed("keras", t0)
-        t0 = time.perf_counter()
-        report("ir", via=via)
-        ov_model = ir.from_keras(kmodel, heads)
+        with _timed(seconds, "keras"):
+            report("keras")
+            kmodel = build_keras(ref.model)
+            check("keras", keras_heads(kmodel, ref.images), gated=False)
+        with _timed(seconds, "ir"):
+            report("ir", via=via)
+            ov_model = ir.from_keras(kmodel, ref.heads)
     else:
-        t0 = time.perf_counter()
-        report("ir", via=via)
-        ov_model = ir.from_torch(model, heads)
-    timed("ir", t0)
-    t0 = time.perf_counter()
-    report("parity", what="ir_fp32")
-    fp32 = check("ir_fp32", ir.run(ir.compile_f32(ov_model), images, out_names))
-    timed("parity", t0)
+        with _timed(seconds, "ir"):
+            report("ir", via=via)
+            ov_model = ir.from_torch(ref.model, ref.heads)
+    with _timed(seconds, "parity"):
+        report("parity", what="ir_fp32")
+        fp32 = check("ir_fp32", ir.run(ir.compile_f32(ov_model), ref.images, ref.out_names))
     report("parity_ok", max_abs=fp32.max_abs, max_rel=fp32.max_rel)
+    return ov_model
 
-    # -- precision -------------------------------------------------------------------------------
-    int8_info: dict[str, Any] | None = None
-    if precision == "int8":
-        from slimyolo.convert.quantize import quantize
 
-        assert source is not None
-        t0 = time.perf_counter()
-        report("quantize", images=min(opts.calib_images, len(source.paths)), accuracy_control=opts.accuracy_control)
-        ov_model, int8_info = quantize(ov_model, source, heads, (height, width), opts.calib_images,
-                                       opts.accuracy_control, opts.max_drop, report)
-        timed("quantize", t0)
-
-    # -- input variant and metadata --------------------------------------------------------------
-    if ppp is not None:
-        ov_model = ir.add_preprocessing(ov_model, ppp, height, width, PAD_VALUE)
-    spec = InputSpec(ir.INPUT_NAME, height, width, layout="NHWC" if ppp else "NCHW",
+def _input_spec(ppp: str | None, height: int, width: int) -> InputSpec:
+    """The IR's input: f32 NCHW RGB in [0, 1], or with ``ppp`` the u8 NHWC BGR frames of a camera."""
+    return InputSpec(ir.INPUT_NAME, height, width, layout="NHWC" if ppp else "NCHW",
                      element_type="u8" if ppp else "f32", color="BGR" if ppp else "RGB",
                      normalized=ppp is None, resize_inside=ppp == "resize", pad_value=PAD_VALUE)
-    weights_sha, weights_size = hash_file(weights)
-    meta = ModelMeta(class_names, spec, tuple(heads), tuple(out_names), precision, name, version,
-                     {"cfg_sha256": cfg_sha, "weights_sha256": weights_sha, "cfg": Path(cfg_where).name,
-                      "weights": weights.name, "via": via})
-    attach_meta(ov_model, meta)
 
-    # -- write, read back, check, publish --------------------------------------------------------
+
+def _publish(ov_model: Any, ref: _Reference, opts: ConvertOptions, check: _Parity, target: Path,
+             summary: dict[str, Any], report: Callable[..., None], seconds: dict[str, float],
+             t_start: float) -> None:
+    """Save the IR in a folder beside ``target``, read it back and check it against PyTorch (and the ONNX file
+    with ``onnx``), write ``conversion.json`` (``summary``, completed here with the parity report and the files),
+    and only then move the folder into place (:func:`~slimyolo.fsutil.atomic_dir`)."""
     import openvino as ov
 
     with atomic_dir(target) as tmp:
-        t0 = time.perf_counter()
-        report("save", path=str(target))
-        xml = tmp / FILES["xml"]
-        ov.save_model(ov_model, xml, compress_to_fp16=precision == "fp16")
-        timed("save", t0)
-        t0 = time.perf_counter()
-        report("parity", what="saved_ir")
-        saved = ir.compile_f32(str(xml))
-        inputs = _ir_inputs(ppp, frames, images, height, width)
-        outs = [ir.run(saved, x, out_names) for x in inputs]
-        got = [np.concatenate([o[k] for o in outs]) for k in range(len(out_names))]
-        # The saved FP32 IR is held to the tolerance too, unless letterboxing happens inside it
-        # (its bilinear resize works on floats, OpenCV's on bytes: a real but legitimate difference).
-        check(f"saved_{precision}", got, gated=precision == "fp32" and ppp != "resize")
-        if opts.onnx:
-            from slimyolo.convert.onnx_export import export_onnx, run_onnx
+        with _timed(seconds, "save"):
+            report("save", path=str(target))
+            xml = tmp / FILES["xml"]
+            ov.save_model(ov_model, xml, compress_to_fp16=opts.precision == "fp16")
+        with _timed(seconds, "check"):
+            report("parity", what="saved_ir")
+            saved = ir.compile_f32(str(xml))
+            inputs = _ir_inputs(opts.ppp, ref.frames, ref.images, ref.height, ref.width)
+            outs = [ir.run(saved, x, ref.out_names) for x in inputs]
+            got = [np.concatenate([o[k] for o in outs]) for k in range(len(ref.out_names))]
+            # The saved FP32 IR is held to the tolerance too, unless letterboxing happens inside it
+            # (its bilinear resize works on floats, OpenCV's on bytes: a real but legitimate difference).
+            check(f"saved_{opts.precision}", got, gated=opts.precision == "fp32" and opts.ppp != "resize")
+            if opts.onnx:
+                from slimyolo.convert.onnx_export import export_onnx, run_onnx
 
-            report("onnx")
-            export_onnx(model, tmp / FILES["onnx"], out_names)
-            check("onnxruntime", run_onnx(tmp / FILES["onnx"], images), gated=False)
-        timed("check", t0)
+                report("onnx")
+                export_onnx(ref.model, tmp / FILES["onnx"], ref.out_names)
+                check("onnxruntime", run_onnx(tmp / FILES["onnx"], ref.images), gated=False)
         seconds["total"] = round(time.perf_counter() - t_start, 3)
+        summary["parity"] = check.parity.as_dict()
         files = {}
         for f in sorted(tmp.iterdir()):
             sha, size = hash_file(f)
             files[f.name] = {"sha256": sha, "size_bytes": size}
-        summary = {
-            "name": name, "version": version, "precision": precision, "via": via,
-            "input": asdict(spec), "outputs": out_names, "names": list(class_names),
-            "heads": [asdict(h) for h in heads],
-            "source": {"cfg": cfg_where, "cfg_sha256": cfg_sha, "weights": str(weights),
-                       "weights_sha256": weights_sha, "weights_size_bytes": weights_size},
-            "parity": parity.as_dict(), "int8": int8_info, "seconds": seconds, "tools": _tool_versions(),
-            "files": files,
-        }
+        summary["files"] = files
         atomic_write_text(tmp / FILES["report"], json.dumps(summary, indent=2) + "\n")
         report("publish", path=str(target))
-    report("done", path=str(target), seconds=seconds["total"])
-    return ConversionResult(target, name, version, precision, via, meta, parity, summary)
 
 
 def _ir_inputs(ppp: str | None, frames: list[np.ndarray], images: np.ndarray, height: int,

@@ -46,8 +46,22 @@ def _name_io(model: ov.Model, heads: Sequence[Head]) -> ov.Model:
 
 
 def from_keras(kmodel: Any, heads: Sequence[Head]) -> ov.Model:
-    """``openvino.convert_model`` on the Keras model itself (it traces it as a tf.function in-process)."""
-    return _name_io(ov.convert_model(kmodel), heads)
+    """``openvino.convert_model`` on the Keras model itself (it traces it as a tf.function in-process), its outputs
+    in the Keras model's order.
+
+    OpenVINO orders the outputs of a Keras model by their tensor names, as text: ``keras_tensor_109`` before
+    ``keras_tensor_98``. Keras numbers its tensors on from the process's earlier models, so a second conversion
+    in one process (a converter service's), or a model whose heads straddle a power of ten, had its heads
+    swapped; they are put back in the Keras order before they are named.
+    """
+    model = ov.convert_model(kmodel)
+    order = {t.name: i for i, t in enumerate(kmodel.outputs)}
+    results = list(model.get_results())
+    ranks = [min(order[n] for n in r.output(0).get_names() if n in order) for r in results]
+    if ranks != sorted(ranks):
+        ranked = [r for _, r in sorted(zip(ranks, results, strict=True), key=lambda pair: pair[0])]
+        model = ov.Model(ranked, model.get_parameters(), model.get_friendly_name())
+    return _name_io(model, heads)
 
 
 def from_torch(model: Any, heads: Sequence[Head]) -> ov.Model:

@@ -65,7 +65,7 @@ keras = _import_keras()
 layers, ops = keras.layers, keras.ops
 
 # darknet activation → Keras layer factory (taking the layer name); "linear" adds no layer
-_ACTIVATIONS: dict[str, Any] = {
+_ACTIVATION_LAYERS: dict[str, Any] = {
     "linear": None,
     "leaky": lambda name: layers.LeakyReLU(negative_slope=0.1, name=name),
     "relu": lambda name: layers.ReLU(name=name),
@@ -100,7 +100,7 @@ class ChannelGroup(layers.Layer):
 
 
 def _activation(x: Any, name: str, layer_name: str) -> Any:
-    make = _ACTIVATIONS[name]
+    make = _ACTIVATION_LAYERS[name]
     return x if make is None else make(layer_name)(x)
 
 

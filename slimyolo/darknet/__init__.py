@@ -6,26 +6,19 @@ torch-based names below are imported on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from slimyolo.darknet.cfg import Cfg, Section, parse_cfg, parse_cfg_text
 from slimyolo.darknet.flops import ModelStats, model_stats
 from slimyolo.darknet.graph import Graph, build_graph
 from slimyolo.darknet.zoo import ZOO, make_cfg
+from slimyolo.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from slimyolo.darknet.model import Darknet, load_model
 
 _LAZY = {"Darknet": "slimyolo.darknet.model", "load_model": "slimyolo.darknet.model"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'slimyolo.darknet' has no attribute {name!r}")
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["ZOO", "Cfg", "Darknet", "Graph", "ModelStats", "Section", "build_graph", "load_model",
            "make_cfg", "model_stats", "parse_cfg", "parse_cfg_text"]

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slimyolo.darknet.graph import build_graph
 from slimyolo.errors import CfgError
-
-ACTIVATIONS = ("linear", "leaky", "relu", "mish", "swish", "logistic")
+from slimyolo.fsutil import atomic_write_text
 
 # Keys the network is built from (interpreted), per section kind.
 NETWORK_KEYS: dict[str, frozenset[str]] = {
@@ -191,8 +191,6 @@ class Cfg:
         return "\n".join(blocks)
 
     def write(self, path: str | Path) -> None:
-        from slimyolo.fsutil import atomic_write_text
-
         atomic_write_text(path, self.to_text())
 
     def yolo_indices(self) -> list[int]:
@@ -260,8 +258,6 @@ def parse_cfg_text(text: str, path: str | None = None, *, validate: bool = True)
         check_keys(sec)
     cfg = Cfg(sections[0], sections[1:], path=path)
     if validate:
-        from slimyolo.darknet.graph import build_graph
-
         build_graph(cfg)
     return cfg
 

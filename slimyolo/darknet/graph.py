@@ -9,11 +9,14 @@ indices, route groups) are implemented exactly once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
-from slimyolo.darknet.cfg import ACTIVATIONS, Cfg, Section
+if TYPE_CHECKING:  # a graph reads a parsed cfg; the cfg parser builds the graph to check what it read
+    from slimyolo.darknet.cfg import Cfg, Section
 
 Shape = tuple[int, int, int]  # (channels, height, width)
+# The activations a layer may name: the runtimes (the PyTorch model, the Keras builder) implement each of them.
+ACTIVATIONS = ("linear", "leaky", "relu", "mish", "swish", "logistic")
 
 
 @dataclass(frozen=True)

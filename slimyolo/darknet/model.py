@@ -17,12 +17,20 @@ from torch import nn
 
 from slimyolo.darknet.cfg import Cfg, as_cfg
 from slimyolo.darknet.graph import Conv, Graph, Head, MaxPool, Route, Shortcut, Upsample, Yolo, build_graph
+from slimyolo.darknet.weights import (
+    checkpoint_cfg,
+    is_checkpoint,
+    load_darknet_weights,
+    load_weights,
+    save_darknet_weights,
+)
 from slimyolo.errors import SlimYoloError
 
 BN_EPS = 1e-5  # darknet's epsilon; every runtime (Keras, OpenVINO) must use the same
 BN_MOMENTUM = 0.03
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+# PyTorch's function of each of the activations a layer may name (graph.ACTIVATIONS).
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "linear": lambda x: x,
     "leaky": lambda x: F.leaky_relu(x, 0.1),
     "relu": F.relu,
@@ -41,7 +49,7 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(in_channels, spec.filters, spec.size, spec.stride, spec.padding,
                               groups=spec.groups, bias=not spec.batch_normalize)
         self.bn = nn.BatchNorm2d(spec.filters, eps=BN_EPS, momentum=BN_MOMENTUM) if spec.batch_normalize else None
-        self.act = ACTIVATIONS[spec.activation]
+        self.act = ACTIVATION_FUNCTIONS[spec.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -125,7 +133,7 @@ class Darknet(nn.Module):
         heads: list[torch.Tensor] = []
         for i, (spec, module) in enumerate(zip(self.graph.specs, self.module_list, strict=True)):
             if isinstance(spec, Shortcut):
-                x = ACTIVATIONS[spec.activation](x + saved[spec.source])
+                x = ACTIVATION_FUNCTIONS[spec.activation](x + saved[spec.source])
             elif isinstance(spec, Route):
                 parts = [saved[j] if j != i - 1 else x for j in spec.sources]
                 if spec.groups > 1:
@@ -153,13 +161,9 @@ class Darknet(nn.Module):
                                 f"got {x.shape[2]}x{x.shape[3]}")
 
     def load_darknet_weights(self, path: str | Path) -> None:
-        from slimyolo.darknet.weights import load_darknet_weights
-
         load_darknet_weights(self, path)
 
     def save_darknet_weights(self, path: str | Path) -> None:
-        from slimyolo.darknet.weights import save_darknet_weights
-
         save_darknet_weights(self, path)
 
 
@@ -174,8 +178,6 @@ def load_model(cfg: Cfg | str | Path | None, weights: str | Path | None = None,
     model in eval mode. ``img_size`` (an int or (height, width)) overrides the cfg's input size,
     which matters for FLOPs, export and the default inference size.
     """
-    from slimyolo.darknet.weights import checkpoint_cfg, is_checkpoint, load_weights
-
     if cfg is None:
         if weights is None:
             raise SlimYoloError("give a cfg, or a .pt checkpoint that holds one")

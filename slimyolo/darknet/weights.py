@@ -20,17 +20,19 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from slimyolo.darknet.cfg import Cfg, as_cfg, parse_cfg_text
 from slimyolo.darknet.graph import Conv, Graph, build_graph
-from slimyolo.darknet.model import ConvBlock, Darknet
 from slimyolo.darknet.zoo import ZOO, make_cfg
 from slimyolo.errors import WeightsError
 from slimyolo.fsutil import atomic_path, atomic_write_bytes
+
+if TYPE_CHECKING:  # the files are read into and written from a model; the model loads its weights with these
+    from slimyolo.darknet.model import ConvBlock, Darknet
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes zip archives; darknet .weights start with a version header
 

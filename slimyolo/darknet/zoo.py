@@ -149,6 +149,20 @@ def yolov3_spp(classes: int = 80, size: tuple[int, int] = (608, 608), width: flo
     return Cfg(_net(size, classes), b.layers)
 
 
+def _tiny_heads(b: _Builder, tap: int, second_mask: tuple[int, int, int], yolo: dict[str, object]) -> None:
+    """The two heads of both tiny models, as darknet's cfgs have them: stride 32 on the backbone's end, then stride
+    16 on its upsampled features concatenated with ``tap`` (the stride-16 features), anchors ``second_mask``."""
+    b.conv(256, 1)
+    b.conv(512, 3)
+    b.head((3, 4, 5), TINY_ANCHORS, **yolo)
+    b.route(-4)
+    b.conv(128, 1)
+    b.upsample()
+    b.route(-1, tap)
+    b.conv(256, 3)
+    b.head(second_mask, TINY_ANCHORS, **yolo)
+
+
 def yolov3_tiny(classes: int = 80, size: tuple[int, int] = (416, 416), width: float = 1.0) -> Cfg:
     b = _Builder(classes, width)
     for filters in (16, 32, 64, 128, 256):
@@ -158,15 +172,7 @@ def yolov3_tiny(classes: int = 80, size: tuple[int, int] = (416, 416), width: fl
     b.conv(512, 3)
     b.maxpool(2, 1)
     b.conv(1024, 3)
-    b.conv(256, 1)
-    b.conv(512, 3)
-    b.head((3, 4, 5), TINY_ANCHORS, **_V3_YOLO)
-    b.route(-4)
-    b.conv(128, 1)
-    b.upsample()
-    b.route(-1, tap)
-    b.conv(256, 3)
-    b.head((0, 1, 2), TINY_ANCHORS, **_V3_YOLO)
+    _tiny_heads(b, tap, (0, 1, 2), _V3_YOLO)
     return Cfg(_net(size, classes, batch=64, subdivisions=2), b.layers)
 
 
@@ -240,15 +246,7 @@ def yolov4_tiny(classes: int = 80, size: tuple[int, int] = (416, 416), width: fl
         b.route(-6, -1)
         b.maxpool(2, 2)
     b.conv(512, 3)
-    b.conv(256, 1)
-    b.conv(512, 3)
-    b.head((3, 4, 5), TINY_ANCHORS, **_TINY4_YOLO)
-    b.route(-4)
-    b.conv(128, 1)
-    b.upsample()
-    b.route(-1, taps[2])
-    b.conv(256, 3)
-    b.head((1, 2, 3), TINY_ANCHORS, **_TINY4_YOLO)
+    _tiny_heads(b, taps[2], (1, 2, 3), _TINY4_YOLO)
     return Cfg(_net(size, classes, subdivisions=1, learning_rate=0.00261), b.layers)
 
 

@@ -5,7 +5,8 @@ pipelined through the engine's request pool. Inference only feeds a prepared ten
 same pool. With ``compare`` the same model runs in PyTorch (given its cfg and weights, else the
 source files ``conversion.json`` records, when they are still there unchanged) and
 ONNX Runtime (given an ONNX file and the package), in the same process and run, so the
-ratios are measured under the same machine load.
+ratios are measured under the same machine load. The inference service's BenchmarkModel times a
+served model with :func:`bench_compiled` (``slimyolo bench --remote ... --server-side``).
 """
 
 from __future__ import annotations
@@ -31,29 +32,40 @@ def percentiles(latencies_s: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)}
 
 
+STOP_CHECK_SECONDS = 0.05  # how often a timed loop asks its ``stop`` whether to end early
+
+
 def _timed_loop(seconds: float, in_flight: int, start: Callable[[], Any], finish: Callable[[Any], None],
-                warmup: int = 3) -> dict[str, Any]:
-    """Keep ``in_flight`` frames going for ``seconds``; ``start`` submits one, ``finish`` completes it."""
+                warmup: int = 3, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Keep ``in_flight`` frames going for ``seconds``; ``start`` submits one, ``finish`` completes it.
+
+    ``stop()`` (asked every :data:`STOP_CHECK_SECONDS`) ends the run early when it returns True; the
+    result then says ``"stopped": True`` (it has the key whenever ``stop`` is given)."""
     for _ in range(warmup):
         finish(start())
     latencies: list[float] = []
     pending: collections.deque = collections.deque()
-    t0 = time.perf_counter()
+    t0 = checked = time.perf_counter()
     frames = 0
+    stopped = False
     while True:
         now = time.perf_counter()
-        if now - t0 < seconds:
+        if stop is not None and not stopped and now - checked >= STOP_CHECK_SECONDS:
+            checked, stopped = now, stop()
+        running = now - t0 < seconds and not stopped
+        if running:
             pending.append((now, start()))
         if not pending:
             break
-        if len(pending) >= in_flight or now - t0 >= seconds:
+        if len(pending) >= in_flight or not running:
             began, handle = pending.popleft()
             finish(handle)
             latencies.append(time.perf_counter() - began)
             frames += 1
     elapsed = time.perf_counter() - t0
-    return {"frames": frames, "seconds": round(elapsed, 3), "fps": round(frames / elapsed, 2),
-            "latency_ms": percentiles(latencies)}
+    result = {"frames": frames, "seconds": round(elapsed, 3), "fps": round(frames / elapsed, 2),
+              "latency_ms": percentiles(latencies)}
+    return result if stop is None else {**result, "stopped": stopped}
 
 
 def bench_engine(engine: Engine, image: np.ndarray, seconds: float) -> dict[str, Any]:
@@ -71,9 +83,33 @@ def bench_engine(engine: Engine, image: np.ndarray, seconds: float) -> dict[str,
     return {**e2e, "infer": bench_infer(engine, tensor, seconds)}
 
 
-def bench_infer(engine: Engine, tensor: np.ndarray, seconds: float) -> dict[str, Any]:
-    """Inference only: one prepared tensor through the engine's whole request pool for ``seconds``."""
-    return _timed_loop(seconds, engine.num_requests, lambda: engine.submit(tensor), lambda f: f.result())
+def bench_infer(engine: Engine, tensor: np.ndarray, seconds: float,
+                stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Inference only: one prepared tensor through the engine's whole request pool for ``seconds``
+    (or until ``stop()``, see :func:`_timed_loop`)."""
+    return _timed_loop(seconds, engine.num_requests, lambda: engine.submit(tensor), lambda f: f.result(),
+                       stop=stop)
+
+
+def sample_tensor(engine: Engine) -> np.ndarray:
+    """The engine's input tensor of a random frame of its input size (inference only cares for the shape)."""
+    frame = np.random.default_rng(0).integers(0, 255, (*engine.input_size, 3), dtype=np.uint8)
+    return engine.prepare(frame)[0]
+
+
+def execution_precision(engine: Engine) -> str:
+    """What the compiled model computes in, OpenVINO's short name (f32, bf16, f16): the vocabulary of --precision."""
+    return engine.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+
+def bench_compiled(engine: Engine, seconds: float, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Inference only on an engine compiled already (a served model's own, with its request pool), as the
+    inference service's BenchmarkModel runs it: :func:`bench_infer` of :func:`sample_tensor`, with the precision
+    OpenVINO ran at, the requests kept in flight, the input size and this machine's CPU (:func:`cpu_info`).
+    ``stop()`` ends it early (the caller went away): see :func:`_timed_loop`."""
+    return {**bench_infer(engine, sample_tensor(engine), seconds, stop),
+            "execution_precision": execution_precision(engine), "device": engine.device, "hint": engine.hint,
+            "requests": engine.num_requests, "input_size": list(engine.input_size), "cpu": cpu_info()}
 
 
 def _bench_sync(predict: Callable[[np.ndarray], list[np.ndarray]], engine: Engine, image: np.ndarray,
@@ -140,8 +176,7 @@ def run_bench(model: str | Path, device: str = "CPU", hint: str = "throughput", 
         image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     result: dict[str, Any] = {
         "model": str(engine.path), "device": device, "hint": hint, "precision": precision or "default",
-        # OpenVINO's short name (f32, bf16, f16): the vocabulary of --precision.
-        "execution_precision": engine.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+        "execution_precision": execution_precision(engine),
         "input_size": list(engine.input_size), "requests": engine.num_requests,
         "cpu": cpu_info(), **bench_engine(engine, image, seconds)}  # model name, cores, SIMD flags
     if compare:

@@ -2,6 +2,8 @@
 
 ``bench --remote TARGET`` loads a running inference service instead of a local IR
 (:mod:`slimyolo.rpc.loadgen`); ``--model`` is then the model's name in the service's repository.
+``bench --remote TARGET --server-side`` has the service time the model itself (its BenchmarkModel
+RPC: inference only, on the server's CPU, neither the network nor a client in the figures).
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     remote.add_argument("--api", choices=["infer", "detect"], default="infer",
                         help="KServe ModelInfer with a raw tensor, or Detect with a JPEG frame (default infer)")
     remote.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
+    remote.add_argument("--server-side", action="store_true",
+                        help="have the service time the model itself, inference only, on its own CPU (no network, "
+                             "no client; at most 60 seconds); --model is NAME or NAME/VERSION of a loaded model")
+    remote.add_argument("--mosaic", metavar="KxK",
+                        help="with --server-side: time the KxK mosaic the service runs for video streams (one "
+                             "inference serves K*K frames) instead of the model at its own input size")
     p.add_argument("--hint", choices=["latency", "throughput"], default="throughput",
                    help="OpenVINO PERFORMANCE_HINT (default throughput)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement (default 10)")
@@ -73,8 +81,8 @@ def _model(model: str) -> Path:
 
 def _detect(args: argparse.Namespace) -> int:
     from slimyolo.infer.detect import run_detect
-    from slimyolo.infer.mosaic import parse_grid
     from slimyolo.progress import FrameRate
+    from slimyolo.vocab import parse_grid
 
     def show_fps(event: FrameRate) -> None:
         print(f"\r{event.frames} frames, {event.fps:.1f} FPS", end="", file=sys.stderr, flush=True)
@@ -121,12 +129,56 @@ def _bench_remote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_server_side(args: argparse.Namespace) -> int:
+    from slimyolo.cpuinfo import describe
+    from slimyolo.errors import SlimYoloError
+    from slimyolo.rpc.inference_client import InferenceClient
+    from slimyolo.vocab import parse_grid
+
+    if not args.remote:
+        raise SlimYoloError("--server-side: give --remote TARGET, the inference service that times the model")
+    other = {"--concurrency": args.concurrency != 1, "--rate": args.rate, "--api": args.api != "infer",
+             "--warmup": args.warmup != 2.0, "--image": args.image, "--compare": args.compare, "--cfg": args.cfg,
+             "--weights": args.weights, "--onnx": args.onnx, "--device": args.device != "CPU",
+             "--precision": args.precision, "--hint": args.hint != "throughput"}
+    given = [flag for flag, value in other.items() if value]
+    if given:
+        raise SlimYoloError(f"--server-side: the service times the model as it serves it (its own device, hint and "
+                            f"precision, inference only, no client): {', '.join(given)} do not apply")
+    name, _, version = args.model.partition("/")
+    if not name or "/" in version:
+        raise SlimYoloError(f"--model {args.model!r}: with --server-side, NAME or NAME/VERSION of a model the service "
+                            "has loaded")
+    mosaic = parse_grid(args.mosaic) if args.mosaic else 0
+    with InferenceClient(args.remote) as client:
+        r = client.benchmark(name, version, args.seconds, mosaic)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    lat = r["latency_ms"]
+    print(f"{r['model']}/{r['version']} on {r['target']} (host {r['host']}), server-side, inference only "
+          f"({r['device']}, {r['execution_precision']}, {r['precision']} IR, {r['requests']} requests, input "
+          f"{r['input_size'][1]}x{r['input_size'][0]}, {r['inferences']} inferences in {r['seconds']:.1f} s)")
+    k = r["mosaic"]
+    rate = f"{r['fps']:.1f} FPS" if k == 1 else \
+        f"{r['fps']:.1f} inferences/s of the {k}x{k} mosaic = {r['frames_per_second']:.1f} frames/s"
+    print(f"  {rate}   p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  p99 {lat['p99']:.2f} ms   "
+          f"on {describe(r['cpu'])}")
+    if r["concurrent_frames"]:
+        print(f"  the service ran {r['concurrent_frames']} frames for its clients meanwhile: they shared the CPU")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     import cv2
 
     from slimyolo.errors import SlimYoloError
     from slimyolo.infer.bench import run_bench
 
+    if args.server_side:
+        return _bench_server_side(args)
+    if args.mosaic:
+        raise SlimYoloError("--mosaic: times the service's mosaic engine, with --remote TARGET --server-side")
     if args.remote:
         return _bench_remote(args)
     image = None

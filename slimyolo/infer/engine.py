@@ -36,9 +36,6 @@ from slimyolo.infer.decode import decode, postprocess
 from slimyolo.infer.meta import ModelMeta, read_meta
 
 COLLECTOR_LINGER = 0.05  # seconds; also the longest an idle engine delays the interpreter's exit
-HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
-
-
 @dataclass(frozen=True)
 class Detections:
     """Boxes of one image: xyxy in that image's pixels, score, class index."""
@@ -112,8 +109,8 @@ class Engine:
         import openvino as ov
 
         path = resolve_ir(model)
-        if hint not in HINTS:
-            raise SlimYoloError(f"unknown performance hint {hint!r} (choose from {', '.join(HINTS)})")
+        if hint not in vocab.PERFORMANCE_HINTS:
+            raise SlimYoloError(f"unknown performance hint {hint!r} (choose from {', '.join(vocab.PERFORMANCE_HINTS)})")
         if precision is not None:
             precision = vocab.choose(precision, vocab.EXEC_PRECISIONS, "inference precision")
         self.path = path
@@ -121,7 +118,7 @@ class Engine:
         ov_model = _read_model(self.core, path)
         self.meta: ModelMeta = read_meta(ov_model, str(path))
         self.input_size = self._check_and_reshape(ov_model, input_size)
-        config: dict[str, str] = {"PERFORMANCE_HINT": HINTS[hint]}
+        config: dict[str, str] = {"PERFORMANCE_HINT": vocab.PERFORMANCE_HINTS[hint]}
         if precision is not None:
             config["INFERENCE_PRECISION_HINT"] = precision
         self.compiled = self.core.compile_model(ov_model, device, config)

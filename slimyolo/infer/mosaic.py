@@ -25,17 +25,6 @@ from slimyolo.infer.engine import Detections, Engine, read_ir_meta
 from slimyolo.infer.sources import Frame, SourceReader
 
 
-def parse_grid(text: str) -> int:
-    """'2x2' → 2 (the mosaic is square: k×k tiles)."""
-    try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SlimYoloError(f"bad mosaic {text!r}: expected KxK, e.g. 2x2") from None
-    if rows != cols or rows < 1:
-        raise SlimYoloError(f"bad mosaic {text!r}: the mosaic must be square (KxK with K >= 1)")
-    return rows
-
-
 class MosaicLayout:
     """Geometry of a k×k mosaic of ``tile_h``×``tile_w`` tiles."""
 

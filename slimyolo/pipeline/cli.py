@@ -15,11 +15,15 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slimyolo.errors import NotFoundError
 from slimyolo.pipeline.config import PipelineConfig, remote_addresses
 from slimyolo.pipeline.run import run_pipeline
 from slimyolo.pipeline.runners import LocalRunner
+
+if TYPE_CHECKING:
+    from slimyolo.rpc.stages import RemoteRunner
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from slimyolo.rpc.stages import RemoteRunner, served_detection
     from slimyolo.stages.console import StageConsole
     from slimyolo.store import open_store
 
@@ -58,7 +61,9 @@ def _run(args: argparse.Namespace) -> int:
 
     console = StageConsole()
     runner: LocalRunner | RemoteRunner
-    if args.remote:
+    if args.remote:  # the one place the pipeline reaches the transport
+        from slimyolo.rpc.stages import RemoteRunner, served_detection
+
         runner = RemoteRunner(remote_addresses(config, os.environ))
         detect = served_detection(runner) if "inference" in runner.addresses else None
         say(f"remote: {', '.join(f'{s} {a}' for s, a in runner.addresses.items())}; store {store.uri}")
@@ -70,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
                               name=args.resume or args.name)
     finally:
         console.close()
-        if isinstance(runner, RemoteRunner):
+        if args.remote:
             runner.close()
     print("\n" + "\n".join(result.story))
     if result.served is not None:

@@ -42,11 +42,10 @@ from typing import Any
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import read_yaml
 from slimyolo.params import Fields, import_ref
-from slimyolo.stages.routing import stage_services
+from slimyolo.stages.kinds import SERVICES, address_variable
 from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, SweepSpec, TrainSpec, store_fields
 from slimyolo.store import validate_key
 
-SERVICES = (*stage_services(), "inference")
 SECTIONS = ("training", "base", "sparsity", "finetune", "sweep", "prune", "convert", "eval", "remote")
 TRAININGS = ("base", "sparsity", "finetune", "reference")  # the training sections, run in the order of the steps
 
@@ -58,10 +57,6 @@ RESERVED = {section: (*store_fields(spec), *extra) for section, spec, extra in (
 # Placeholders that let a config section be checked as a stage spec before anything runs.
 _REF = "check/file"
 _DATA = {"tree": "check/data"}
-
-
-def address_variable(service: str) -> str:
-    return f"SLIMYOLO_{service.upper()}_ADDRESS"
 
 
 @dataclass(frozen=True)

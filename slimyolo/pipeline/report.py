@@ -12,6 +12,7 @@ from typing import Any
 
 from slimyolo.cpuinfo import describe
 from slimyolo.pipeline.config import PipelineConfig
+from slimyolo.progress import sweep_row_method
 
 ROWS = ("baseline", "reference", "sparse", "pruned", "fine-tuned")  # the table's PyTorch rows (then int8)
 
@@ -66,10 +67,17 @@ def story(config: PipelineConfig, trained: Mapping[str, Mapping[str, Any]], swep
         point = " + ".join(p for p in (f"{best['global_percent']:.2f} of the channels"
                                        if best.get("global_percent") is not None else "",
                                        f"{best['shortcuts']} residual units" if best.get("shortcuts") else "") if p)
-        rule = "the most measured FPS" if swept.get("objective") == "fps" else "the fewest BFLOPs"
-        lines.append(f"sweep: chose {best['stage']} pruning of {point}: of the points whose mAP@0.5 stays within "
-                     f"{swept.get('max_map_drop')} of the sparse model's {swept['baseline']['map50']:.3f} "
-                     f"(before fine-tuning), the one with {rule} ({best['map50']:.3f}).")
+        if swept.get("objective") == "accuracy":
+            budget = swept["budget"]
+            lines.append(f"sweep: chose {sweep_row_method(best)} pruning of {point}: of the points that reach "
+                         f"{budget['text']}, the one with the highest mAP@0.5 ({best['map50']:.3f} before "
+                         f"fine-tuning, {best['fps']:.1f} FPS; {budget['evaluations_saved']} evaluations saved).")
+        else:
+            rule = "the most measured FPS" if swept.get("objective") == "fps" else "the fewest BFLOPs"
+            lines.append(f"sweep: chose {sweep_row_method(best)} pruning of {point}: of the points whose mAP@0.5 "
+                         f"stays within {swept.get('max_map_drop')} of the sparse model's "
+                         f"{swept['baseline']['map50']:.3f} (before fine-tuning), the one with {rule} "
+                         f"({best['map50']:.3f}).")
     report = pruned.get("channel_report")
     removed = (f"asked {report['asked']:.0%} of the {report['prunable']:,} prunable channels, removed "
                f"{report['removed_fraction']:.0%}; " if report else "")

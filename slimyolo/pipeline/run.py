@@ -13,10 +13,8 @@ and exchanging artifacts through the store.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import shutil
-import tarfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,25 +29,12 @@ from slimyolo.pipeline import report
 from slimyolo.pipeline.config import PipelineConfig
 from slimyolo.pipeline.report import ROWS, story
 from slimyolo.pipeline.runners import Progress, StageRunner
+from slimyolo.progress import sweep_row_method
+from slimyolo.prune.options import KeepOptions
+from slimyolo.stages.archive import pack
 from slimyolo.stages.runners import StageResult
 from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, Spec, SweepSpec, TrainSpec
 from slimyolo.store import Store, validate_key
-
-
-def _pack(folder: Path, archive: Path) -> None:
-    """A gzip tar of the data set folder's contents (what a DatasetRef carries).
-
-    Reproducible: the same files give the same bytes (no times, owners or gzip timestamp), so
-    the stages' specs, which name the archive by its sha256, are the same when a run continues.
-    """
-    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-        return info
-
-    with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:  # JPEGs do not compress; be quick
-        for path in sorted(folder.iterdir()):
-            tar.add(path, arcname=path.name, filter=plain)
 
 
 def prepare_data(config: PipelineConfig, run_dir: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
@@ -149,113 +134,167 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
     from slimyolo.data.dataset import read_data_file
 
     started = time.monotonic()
-    run_id = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    prefix = validate_key(f"runs/{run_id}", "--name")
-    if "/" in run_id:
-        raise SlimYoloError(f"--name: {run_id!r} must be one name, without '/'")
-    run_dir = config.out / run_id
-    continued = run_dir.is_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    say(f"run {run_id}" + (" (continued)" if continued else "") + f": after an interruption, continue it with "
-        f"--resume {run_id}")
-    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(_plain_config(config), sort_keys=False))
-    stages: dict[str, dict[str, Any]] = {}
-    with_reference = config.reference is not None
-    steps = ["data", "base", "sparse", "sweep", "prune", "finetune", *(["reference"] if with_reference else []),
-             "convert baseline", "convert fine-tuned", "convert int8", "eval baseline",
-             *(["eval reference"] if with_reference else []), "eval sparse", "eval pruned", "eval fine-tuned"]
-    report = progress or (lambda event: None)
-
-    def header(step: str, title: str) -> None:
-        say(f"\n== [{steps.index(step) + 1}/{len(steps)}] {title} ==")
-
-    def stage(step: str, title: str, spec: Spec) -> StageResult:
-        header(step, title)
-        t0 = time.monotonic()
-        result = runner.run(spec, report)
-        seconds = time.monotonic() - t0
-        stages[step] = {"spec": spec.to_dict(), "seconds": round(seconds, 1), "metrics": result.metrics,
-                        "artifacts": {k: dataclasses.asdict(v) for k, v in result.artifacts.items()}}
-        (run_dir / "stages.json").write_text(json.dumps(stages, indent=1, default=str) + "\n")
-        say(f"-- {title}: {seconds:.0f} s")
-        return result
-
-    header("data", "data set")
-    folder, data_file = prepare_data(config, run_dir, say)
-    classes = read_data_file(data_file).classes
-    archive = run_dir / "data.tar.gz"
-    _pack(folder, archive)
-    data = DataRef(archive=store.put_file(archive), data_file=data_file.relative_to(folder).as_posix())
-    archive.unlink()
-    cfg: FileRef = store.put_file(_model_cfg(config, classes, run_dir))
-    say(f"uploaded the data set and the cfg to {store.uri}")
-
-    def train(step: str, title: str, **refs: Any) -> StageResult:
-        options = config.train_options({"sparse": "sparsity"}.get(step, step))
-        return stage(step, title, TrainSpec(data=data, out=f"{prefix}/{step}", options=options, **refs))
-
-    pretrained = {k: store.put_file(Path(v)) for k, v in (("weights", config.weights),
-                                                          ("weights_cfg", config.weights_cfg)) if v}
-    base = train("base", "base training" + (f" (from {Path(config.weights).name})" if config.weights else ""),
-                 cfg=cfg, **pretrained)
-    sparse = train("sparse", "sparsity training", cfg=base.artifacts["cfg"], weights=base.artifacts["weights"])
-    model = {"cfg": sparse.artifacts["cfg"], "weights": sparse.artifacts["weights"]}
-    sweep = SweepSpec.from_dict({**model, "data": data, "out": f"{prefix}/sweep", **config.sweep})
-    swept = stage("sweep", "pruning sweep (no fine-tuning)", sweep)
-    pruned = stage("prune", "pruning", PruneSpec.from_dict({**model, "out": f"{prefix}/prune",
-                                                            **prune_point(config, sweep, swept.metrics)}))
-    teacher = {"teacher_cfg": model["cfg"], "teacher_weights": model["weights"]} if config.distill else {}
-    tuned = train("finetune", "fine-tuning" + (" (distilled from the sparse model)" if config.distill else ""),
-                  cfg=pruned.artifacts["cfg"], weights=pruned.artifacts["weights"], **teacher)
-    trained = {"baseline": base, "sparse": sparse, "pruned": pruned, "fine-tuned": tuned}
-    if with_reference:
-        trained["reference"] = train("reference", f"the reference: the baseline trained {config.epochs('reference')} "
-                                     "more epochs (the budget of sparsity training and fine-tuning)",
-                                     cfg=base.artifacts["cfg"], weights=base.artifacts["weights"])
-
-    def convert(step: str, title: str, result: StageResult, name: str, precision: str,
-                evaluate: bool = False) -> StageResult:
-        doc = {"cfg": result.artifacts["cfg"], "weights": result.artifacts["weights"], "name": name,
-               "calib_data": data, **config.convert_options(precision), "evaluate": evaluate}
-        return stage(step, title, ConvertSpec.from_dict(doc))
-
-    ir_base = convert("convert baseline", "OpenVINO IR of the baseline (FP32)", base, f"{config.name}-baseline",
-                      "fp32")
-    ir_tuned = convert("convert fine-tuned", "OpenVINO IR of the fine-tuned model (FP32)", tuned, config.name, "fp32")
-    ir_int8 = convert("convert int8", "OpenVINO IR of the fine-tuned model (INT8)", tuned, f"{config.name}-int8",
-                      "int8", evaluate=True)
-    evals = {}
-    for name in ROWS:
-        if name in trained:
-            result = trained[name]
-            evals[name] = stage(f"eval {name}", f"evaluation of the {name} model", EvalSpec.from_dict(
-                {"cfg": result.artifacts["cfg"], "weights": result.artifacts["weights"], "data": data, **config.eval}))
-
-    def row(name: str, metrics: Mapping[str, Any], stats: Mapping[str, Any], size: int, ir: StageResult,
-            ir_row: str) -> dict[str, Any]:
-        bench = ir.metrics.get("bench") or {}
-        return {"model": name, "precision": metrics["precision"], "recall": metrics["recall"],
-                "map50": metrics["map50"], "params": stats["params"], "size_bytes": size, "bflops": stats["bflops"],
-                "infer_fps": bench.get("infer_fps", 0.0), "fps": bench.get("fps", 0.0), "fps_from": ir_row,
-                "infer_precision": bench.get("execution_precision", "")}
-
-    irs = {"baseline": ir_base, "reference": ir_base, "sparse": ir_base, "pruned": ir_tuned, "fine-tuned": ir_tuned}
-    rows = [row(r, evals[r].metrics, evals[r].metrics["model"], evals[r].metrics["model"]["weights_bytes"], irs[r],
-                "baseline" if irs[r] is ir_base else "fine-tuned") for r in ROWS if r in evals]
-    tuned_stats = evals["fine-tuned"].metrics["model"]
-    rows.append(row("int8", ir_int8.metrics["eval"], tuned_stats, ir_int8.metrics["bin_bytes"], ir_int8, "int8"))
-    result = PipelineResult(run_dir, rows, stages, time.monotonic() - started,
+    run = _Run.start(config, runner, store, say, progress, name)
+    data, data_file, cfg = _inputs(run)
+    trained, swept = _models(run, data, cfg)
+    irs = _conversions(run, data, trained)
+    evals = _evaluations(run, data, trained)
+    rows = _rows(evals, irs)
+    result = PipelineResult(run.run_dir, rows, run.stages, time.monotonic() - started,
                             story=story(config, {k: v.metrics for k, v in trained.items()}, swept.metrics, rows))
     if detect is not None:
         image = read_data_file(data_file).valid[0]
-        result.served = detect(config.name, str(ir_tuned.metrics["version"]), image)
+        result.served = detect(config.name, str(irs["fine-tuned"].metrics["version"]), image)
     result.seconds = time.monotonic() - started
     result.save()
     return result
 
 
+@dataclass
+class _Run:
+    """One pipeline run under way: where it writes, and each stage it ran so far (``stages.json``)."""
+
+    config: PipelineConfig
+    runner: StageRunner
+    store: Store
+    say: Callable[[str], None]
+    events: Progress  # where every stage's progress events go
+    prefix: str  # the store prefix of the run's stages: runs/<name>
+    run_dir: Path
+    steps: list[str]  # every step's title key, in order, for the [i/n] headers
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # each stage's spec, seconds, metrics, artifacts
+
+    @classmethod
+    def start(cls, config: PipelineConfig, runner: StageRunner, store: Store, say: Callable[[str], None],
+              progress: Progress | None, name: str | None) -> _Run:
+        """The run folder (created, or found: the run continues) with the resolved config in ``pipeline.yaml``."""
+        run_id = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        prefix = validate_key(f"runs/{run_id}", "--name")
+        if "/" in run_id:
+            raise SlimYoloError(f"--name: {run_id!r} must be one name, without '/'")
+        run_dir = config.out / run_id
+        continued = run_dir.is_dir()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        say(f"run {run_id}" + (" (continued)" if continued else "") + f": after an interruption, continue it with "
+            f"--resume {run_id}")
+        (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(_plain_config(config), sort_keys=False))
+        with_reference = config.reference is not None
+        steps = ["data", "base", "sparse", "sweep", "prune", "finetune", *(["reference"] if with_reference else []),
+                 "convert baseline", "convert fine-tuned", "convert int8", "eval baseline",
+                 *(["eval reference"] if with_reference else []), "eval sparse", "eval pruned", "eval fine-tuned"]
+        return cls(config, runner, store, say, progress or (lambda event: None), prefix, run_dir, steps)
+
+    def header(self, step: str, title: str) -> None:
+        self.say(f"\n== [{self.steps.index(step) + 1}/{len(self.steps)}] {title} ==")
+
+    def stage(self, step: str, title: str, spec: Spec) -> StageResult:
+        """Run one stage and record it in ``stages.json``."""
+        self.header(step, title)
+        t0 = time.monotonic()
+        result = self.runner.run(spec, self.events)
+        seconds = time.monotonic() - t0
+        self.stages[step] = {"spec": spec.to_dict(), "seconds": round(seconds, 1), "metrics": result.metrics,
+                             "artifacts": {k: dataclasses.asdict(v) for k, v in result.artifacts.items()}}
+        (self.run_dir / "stages.json").write_text(json.dumps(self.stages, indent=1, default=str) + "\n")
+        self.say(f"-- {title}: {seconds:.0f} s")
+        return result
+
+    def train(self, step: str, title: str, data: DataRef, **refs: Any) -> StageResult:
+        """A training stage: the config's settings of ``step`` (``sparse``: its sparsity section)."""
+        options = self.config.train_options({"sparse": "sparsity"}.get(step, step))
+        return self.stage(step, title, TrainSpec(data=data, out=f"{self.prefix}/{step}", options=options, **refs))
+
+
+def _inputs(run: _Run) -> tuple[DataRef, Path, FileRef]:
+    """The data set (as an archive in the store), its local ``.data`` file, and the model's cfg, uploaded."""
+    from slimyolo.data.dataset import read_data_file
+
+    run.header("data", "data set")
+    folder, data_file = prepare_data(run.config, run.run_dir, run.say)
+    classes = read_data_file(data_file).classes
+    archive = run.run_dir / "data.tar.gz"
+    pack(folder, archive)
+    data = DataRef(archive=run.store.put_file(archive), data_file=data_file.relative_to(folder).as_posix())
+    archive.unlink()
+    cfg: FileRef = run.store.put_file(_model_cfg(run.config, classes, run.run_dir))
+    run.say(f"uploaded the data set and the cfg to {run.store.uri}")
+    return data, data_file, cfg
+
+
+def _models(run: _Run, data: DataRef, cfg: FileRef) -> tuple[dict[str, StageResult], StageResult]:
+    """Base training, sparsity training, the sweep, pruning, fine-tuning (and the reference): the trained
+    models by table row, and the sweep's result."""
+    config, store = run.config, run.store
+    pretrained = {k: store.put_file(Path(v)) for k, v in (("weights", config.weights),
+                                                          ("weights_cfg", config.weights_cfg)) if v}
+    base = run.train("base", "base training" + (f" (from {Path(config.weights).name})" if config.weights else ""),
+                     data, cfg=cfg, **pretrained)
+    sparse = run.train("sparse", "sparsity training", data, cfg=base.artifacts["cfg"],
+                       weights=base.artifacts["weights"])
+    model = {"cfg": sparse.artifacts["cfg"], "weights": sparse.artifacts["weights"]}
+    sweep = SweepSpec.from_dict({**model, "data": data, "out": f"{run.prefix}/sweep", **config.sweep})
+    swept = run.stage("sweep", "pruning sweep (no fine-tuning)", sweep)
+    pruned = run.stage("prune", "pruning", PruneSpec.from_dict({**model, "out": f"{run.prefix}/prune",
+                                                                **prune_point(config, sweep, swept.metrics)}))
+    teacher = {"teacher_cfg": model["cfg"], "teacher_weights": model["weights"]} if config.distill else {}
+    tuned = run.train("finetune", "fine-tuning" + (" (distilled from the sparse model)" if config.distill else ""),
+                      data, cfg=pruned.artifacts["cfg"], weights=pruned.artifacts["weights"], **teacher)
+    trained = {"baseline": base, "sparse": sparse, "pruned": pruned, "fine-tuned": tuned}
+    if config.reference is not None:
+        trained["reference"] = run.train("reference", f"the reference: the baseline trained "
+                                         f"{config.epochs('reference')} more epochs (the budget of sparsity training "
+                                         "and fine-tuning)", data, cfg=base.artifacts["cfg"],
+                                         weights=base.artifacts["weights"])
+    return trained, swept
+
+
+def _conversions(run: _Run, data: DataRef, trained: Mapping[str, StageResult]) -> dict[str, StageResult]:
+    """The OpenVINO IRs: the baseline and the fine-tuned model in FP32, the fine-tuned model in INT8 (evaluated)."""
+    name = run.config.name
+
+    def convert(step: str, title: str, result: StageResult, model: str, precision: str,
+                evaluate: bool = False) -> StageResult:
+        doc = {"cfg": result.artifacts["cfg"], "weights": result.artifacts["weights"], "name": model,
+               "calib_data": data, **run.config.convert_options(precision), "evaluate": evaluate}
+        return run.stage(step, title, ConvertSpec.from_dict(doc))
+
+    return {"baseline": convert("convert baseline", "OpenVINO IR of the baseline (FP32)", trained["baseline"],
+                                f"{name}-baseline", "fp32"),
+            "fine-tuned": convert("convert fine-tuned", "OpenVINO IR of the fine-tuned model (FP32)",
+                                  trained["fine-tuned"], name, "fp32"),
+            "int8": convert("convert int8", "OpenVINO IR of the fine-tuned model (INT8)", trained["fine-tuned"],
+                            f"{name}-int8", "int8", evaluate=True)}
+
+
+def _evaluations(run: _Run, data: DataRef, trained: Mapping[str, StageResult]) -> dict[str, StageResult]:
+    """Every trained model evaluated on the validation split, in the table's order."""
+    return {name: run.stage(f"eval {name}", f"evaluation of the {name} model", EvalSpec.from_dict(
+                {"cfg": trained[name].artifacts["cfg"], "weights": trained[name].artifacts["weights"], "data": data,
+                 **run.config.eval}))
+            for name in ROWS if name in trained}
+
+
+def _rows(evals: Mapping[str, StageResult], irs: Mapping[str, StageResult]) -> list[dict[str, Any]]:
+    """The table: one row per evaluated model (its FPS from the IR of the same network), then the INT8 IR."""
+    def row(name: str, metrics: Mapping[str, Any], stats: Mapping[str, Any], size: int, ir: str) -> dict[str, Any]:
+        bench = irs[ir].metrics.get("bench") or {}
+        return {"model": name, "precision": metrics["precision"], "recall": metrics["recall"],
+                "map50": metrics["map50"], "params": stats["params"], "size_bytes": size, "bflops": stats["bflops"],
+                "infer_fps": bench.get("infer_fps", 0.0), "fps": bench.get("fps", 0.0), "fps_from": ir,
+                "infer_precision": bench.get("execution_precision", "")}
+
+    ir_of = {"baseline": "baseline", "reference": "baseline", "sparse": "baseline", "pruned": "fine-tuned",
+             "fine-tuned": "fine-tuned"}
+    rows = [row(r, evals[r].metrics, evals[r].metrics["model"], evals[r].metrics["model"]["weights_bytes"], ir_of[r])
+            for r in ROWS if r in evals]
+    int8 = irs["int8"].metrics
+    rows.append(row("int8", int8["eval"], evals["fine-tuned"].metrics["model"], int8["bin_bytes"], "int8"))
+    return rows
+
+
 def prune_point(config: PipelineConfig, sweep: SweepSpec, found: Mapping[str, Any]) -> dict[str, Any]:
-    """The prune settings: the config's ``prune`` section if it has one, else the sweep's best point."""
+    """The prune settings: the config's ``prune`` section if it has one, else the sweep's best point
+    pruned with what the sweep kept of every layer (its :class:`~slimyolo.prune.options.KeepOptions`)."""
     if config.prune:
         return dict(config.prune)
     best = found.get("best")
@@ -263,7 +302,7 @@ def prune_point(config: PipelineConfig, sweep: SweepSpec, found: Mapping[str, An
         raise SlimYoloError(f"the sweep found no pruning point within max_map_drop {sweep.max_map_drop} of the "
                             f"baseline mAP@0.5 {found['baseline']['map50']:.4f}: raise sweep.max_map_drop, or set "
                             "prune.global_percent in the config")
-    point = {"method": best["stage"], "layer_keep": sweep.layer_keep, "round_to": sweep.round_to}
+    point = {"method": sweep_row_method(best), **KeepOptions.taken_from(sweep).to_dict()}
     if best["global_percent"] is not None:
         point["global_percent"] = best["global_percent"]
     if best["shortcuts"]:

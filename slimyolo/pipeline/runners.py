@@ -26,6 +26,6 @@ class LocalRunner:
         self.store = store
 
     def run(self, spec: Spec, progress: Progress) -> StageResult:
-        from slimyolo.stages.runners import run_stage
+        from slimyolo.stages.kinds import run_stage
 
         return run_stage(self.store, spec, progress)

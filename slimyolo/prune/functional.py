@@ -25,7 +25,7 @@ import torch
 
 from slimyolo.darknet.cfg import Cfg, Section
 from slimyolo.darknet.graph import Conv, Graph, MaxPool, Route, Shortcut, Upsample, Yolo
-from slimyolo.darknet.model import ACTIVATIONS, Darknet
+from slimyolo.darknet.model import ACTIVATION_FUNCTIONS, Darknet
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class _ConvTensors:
 
 
 def _act(name: str, values: np.ndarray) -> np.ndarray:
-    return ACTIVATIONS[name](torch.from_numpy(values)).numpy()
+    return ACTIVATION_FUNCTIONS[name](torch.from_numpy(values)).numpy()
 
 
 def apply_plan(model: Darknet, plan: Plan) -> Darknet:

@@ -22,26 +22,18 @@ import math
 
 import numpy as np
 
-from slimyolo.errors import SlimYoloError
 from slimyolo.prune.groups import ChannelGroups
-
-
-def check_keep_args(layer_keep: float, round_to: int) -> None:
-    if not 0.0 <= layer_keep <= 1.0:
-        raise SlimYoloError(f"layer keep must be between 0 and 1, got {layer_keep}")
-    if round_to < 1:
-        raise SlimYoloError(f"round-to must be a positive number of channels, got {round_to}")
-
+from slimyolo.prune.options import KeepOptions
 
 CONSTRAINTS = ("layer floor", "round-to", "route groups")  # the top-ups, in the order they are applied
 
 
-def keep_classes(groups: ChannelGroups, importance: np.ndarray, threshold: float, layer_keep: float = 0.0,
-                 round_to: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def keep_classes(groups: ChannelGroups, importance: np.ndarray, threshold: float,
+                 options: KeepOptions) -> tuple[np.ndarray, np.ndarray]:
     """(bool per class: kept, int per class: the index in :data:`CONSTRAINTS` + 1 of the
     constraint that kept it back, 0 if none did). ``importance`` is per class (see
-    importance.class_importance)."""
-    check_keep_args(layer_keep, round_to)
+    importance.class_importance); ``options`` are checked (:meth:`KeepOptions.checked`)."""
+    layer_keep, round_to = options.layer_keep, options.round_to
     keep = groups.fixed | (importance > threshold)
     reason = np.zeros(len(keep), dtype=np.int8)
     convs = [groups.conv_classes[i] for i in groups.prunable_convs()]

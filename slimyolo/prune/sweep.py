@@ -4,7 +4,7 @@ The original projects print this table by hand, one command per point. Here the 
 automatic: for each axis a coarse grid is evaluated from the weakest point up until mAP@0.5
 falls below ``baseline - max_map_drop`` (the collapse), then the gap between the last good
 and the first bad point is filled at the fine step. With a shortcuts range the sweep runs
-three stages — channels alone, residual units alone, then for each coarse unit count the
+three methods — channels alone, residual units alone, then for each coarse unit count the
 channel search again (up to the percent that passed alone). The best point is, among the
 evaluated points whose mAP stays within the allowed drop, the one the ``objective`` prefers:
 
@@ -16,41 +16,59 @@ evaluated points whose mAP stays within the allowed drop, the one the ``objectiv
   buying speed (thin layers wait on memory), so the fastest point within the drop is often
   not the one with the fewest BFLOPs, and it keeps more mAP.
 
-The search itself does not depend on the objective, so a sweep that measured FPS records the
-choice of both (``choices`` in ``sweep.json``).
+For these two the search itself does not depend on the objective, so a sweep that measured FPS
+records the choice of both (``choices`` in ``sweep.json``). The third answers the question users
+ask of a deployment, "the most accurate model that keeps up with my cameras":
+
+- ``accuracy``: among the points whose measured FPS reaches the budget (``min_fps``, or
+  ``streams`` x ``stream_fps``, frames of a KxK ``mosaic`` counted as such), the highest mAP@0.5,
+  ties to the fewer BFLOPs (then params); the allowed drop does not constrain it (``within`` is
+  still reported). Its search spends its evaluations where the budget is (:func:`budget_axis`):
+  each axis is timed first, coarse, then the gap below its first fast point bisected at the fine
+  step, and only points that reach the budget are evaluated; a point timed but not evaluated is
+  a row without mAP (``SweepRow.evaluated``), and the evaluations saved so are said (a
+  :class:`~slimyolo.progress.StageStep` before the choice, ``budget`` in ``sweep.json``). When no
+  point reaches the budget there is no best point, and :meth:`SweepResult.unmet` says which is
+  fastest: the command and the stage fail with it.
+  ``choices`` holds the accuracy choice alone, since the other objectives' searches did not run.
+
+FPS is measured on this machine, or with ``measure_on`` on an inference service's CPU
+(:class:`~slimyolo.prune.speed.RemoteFpsMeter`, :func:`fps_meter`); every row records where
+(``measured_on``). The settings arrive whole as a :class:`~slimyolo.prune.options.SweepOptions`;
+the table, ``sweep.csv`` and the plot are drawn by :mod:`slimyolo.prune.sweep_report`.
 
 Evaluation is a parameter (any ``Darknet -> object with precision, recall, map50``, or
 ``Darknet -> (P, R, map50)``), so the search is testable and the service can plug in its own;
-the CLI uses
-:func:`slimyolo.train.evaluate.evaluate` on the ``.data`` file's validation list. Each row goes
-to ``progress`` as a :class:`~slimyolo.progress.SweepPoint`, the choice at the end as a
-:class:`~slimyolo.progress.SweepBest`; raising
-:class:`~slimyolo.errors.Cancelled` there stops the sweep before anything is written.
+the CLI and the stage use :func:`slimyolo.train.evaluate.evaluate` on the validation list
+(:func:`slimyolo.train.evaluate.evaluator`). Each row goes to ``progress`` as a
+:class:`~slimyolo.progress.SweepPoint`, the choice at the end as a :class:`~slimyolo.progress.SweepBest`;
+raising :class:`~slimyolo.errors.Cancelled` there stops the sweep before anything is written.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from slimyolo import vocab
+from slimyolo.darknet.flops import ModelStats, model_stats
 from slimyolo.darknet.model import Darknet
 from slimyolo.errors import SlimYoloError
-from slimyolo.fsutil import atomic_dir
-from slimyolo.progress import Event, Progress, SweepBest, SweepPoint, SweepRow
-from slimyolo.prune.algorithms import check_args, choose_units, model_sparsity, prune_both, prune_layers
-from slimyolo.prune.report import GAP_WARN, SparsityReport
-from slimyolo.prune.result import PruneResult, check_out_dir, prepare_out_dir
+from slimyolo.progress import Progress, StageStep, SweepBest, SweepPoint, SweepRow
+from slimyolo.prune.algorithms import choose_units, model_sparsity, prune, prune_layers
+from slimyolo.prune.options import KeepOptions, PruneOptions, SweepOptions
+from slimyolo.prune.report import SparsityReport
+from slimyolo.prune.result import PruneResult
+from slimyolo.prune.sweep_report import pareto, plot, point_name, save, table, to_csv
+
+if TYPE_CHECKING:
+    from slimyolo.prune.speed import FpsMeter, RemoteFpsMeter
+    from slimyolo.store import Store
 
 
 class Metrics(Protocol):
@@ -60,6 +78,9 @@ class Metrics(Protocol):
 
 
 EvalFn = Callable[[Darknet], "Metrics | tuple[float, float, float]"]
+FpsFn = Callable[[Darknet], float]
+Point = tuple[str, float | None, int]  # (method, asked fraction, residual units)
+BASELINE: Point = ("baseline", None, 0)
 
 
 def as_metrics(m: object) -> tuple[float, float, float]:
@@ -79,37 +100,54 @@ def as_metrics(m: object) -> tuple[float, float, float]:
     except (TypeError, ValueError) as e:
         raise SlimYoloError(f"the sweep's evaluation function returned non-numeric metrics {values!r:.80}: "
                             "precision, recall and map50 must be numbers") from e
-FpsFn = Callable[[Darknet], float]
+
+
+def fps_meter(options: SweepOptions, store: Store | None = None) -> FpsMeter | RemoteFpsMeter | None:
+    """The FPS measurement the ``fps`` and ``accuracy`` objectives need (None for ``bflops``): on this machine, or,
+    with ``measure_on``, server-side on that inference service, which reads the points from ``store`` (default:
+    this process's, :func:`slimyolo.store.open_store`); each point timed as the ``mosaic`` if one is set."""
+    if options.objective == "bflops":
+        return None
+    from slimyolo.prune.speed import FpsMeter, RemoteFpsMeter
+
+    timing = {"precision": options.precision, "seconds": options.fps_seconds, "repeats": options.fps_repeats,
+              "mosaic": options.mosaic_k}
+    if options.measure_on is not None:
+        return RemoteFpsMeter(options.measure_on, store=store, **timing)
+    return FpsMeter(**timing)
 
 
 def _key(objective: str) -> Callable[[SweepRow], tuple]:
-    """Sort key of rows, best first: fewest BFLOPs (then params), or most FPS (then fewest BFLOPs)."""
+    """Sort key of eligible rows, best first: fewest BFLOPs (then params), most FPS (then fewest BFLOPs), or
+    (accuracy) highest mAP@0.5 (then fewest BFLOPs, params)."""
     if objective == "fps":
         return lambda r: (-(r.fps or 0.0), r.bflops, r.params, -r.map50)
+    if objective == "accuracy":
+        return lambda r: (-r.map50, r.bflops, r.params)
     return lambda r: (r.bflops, r.params, -r.map50)
 
 
-def choose(rows: list[SweepRow], objective: str) -> SweepRow | None:
-    """The objective's best pruned row within the drop (None if none is)."""
-    ok = [r for r in rows if r.within and r.stage != "baseline"]
+def eligible(row: SweepRow, objective: str, budget: float | None = None) -> bool:
+    """Whether ``row`` may be the objective's best: an evaluated pruned point within the drop, or (accuracy) one
+    whose measured FPS reaches ``budget``."""
+    if row.method == "baseline" or not row.evaluated:
+        return False
+    if objective == "accuracy":
+        return budget is not None and row.fps is not None and row.fps >= budget
+    return row.within
+
+
+def choose(rows: list[SweepRow], objective: str, budget: float | None = None) -> SweepRow | None:
+    """The objective's best pruned row (None if no row is eligible)."""
+    ok = [r for r in rows if eligible(r, objective, budget)]
     return min(ok, key=_key(objective)) if ok else None
-
-
-def pareto(rows: list[SweepRow]) -> list[bool]:
-    """For each row: on the mAP@0.5-against-FPS Pareto front (no row is as fast and as accurate,
-    and better in one). Rows without FPS are never on it."""
-    def dominated(r: SweepRow) -> bool:
-        return any(o.fps is not None and o.fps >= r.fps and o.map50 >= r.map50 and (o.fps > r.fps or o.map50 > r.map50)
-                   for o in rows)
-
-    return [r.fps is not None and not dominated(r) for r in rows]
 
 
 @dataclass
 class SweepResult:
     baseline: SweepRow
-    rows: list[SweepRow]  # every evaluated point, baseline first, in evaluation order
-    best: SweepRow | None  # None when no pruned point stays within the drop
+    rows: list[SweepRow]  # one per point visited (timed or evaluated), baseline first, in the order of the first visit
+    best: SweepRow | None  # None when no pruned point is eligible: none within the drop, or none reaching the budget
     max_map_drop: float
     settings: dict[str, Any] = field(default_factory=dict)
     latency_note: str = ""
@@ -117,11 +155,36 @@ class SweepResult:
     fps_note: str = ""  # how FPS was measured and on which CPU ("" when it was not)
     cpu: dict[str, Any] | None = None
     sparsity: SparsityReport | None = None
+    min_fps: float | None = None  # the accuracy objective's budget, in frames per second
+    budget_note: str = ""  # the budget in words: "100 FPS (4 streams x 25 FPS)"
+    measured_on: str | None = None  # where FPS was measured (the meter's measured_on)
 
     def choices(self) -> dict[str, SweepRow | None]:
-        """The best row by each objective the rows can judge (fps only when it was measured)."""
-        objectives = vocab.SWEEP_OBJECTIVES if self.fps_note else ("bflops",)
-        return {o: choose(self.rows, o) for o in objectives}
+        """The best row by each objective the rows can judge: bflops, fps when FPS was measured; accuracy alone
+        for a budget sweep (its search evaluates only the points that reach the budget: the others' did not run)."""
+        if self.objective == "accuracy":
+            objectives: tuple[str, ...] = ("accuracy",)
+        else:
+            objectives = ("bflops", "fps") if self.fps_note else ("bflops",)
+        return {o: choose(self.rows, o, self.min_fps) for o in objectives}
+
+    def evaluations_saved(self) -> int:
+        """The points timed but not evaluated (0 for the other objectives): slower than the budget, or stronger than
+        a point whose mAP@0.5 already fell."""
+        return sum(not r.evaluated for r in self.rows)
+
+    def unmet(self) -> str | None:
+        """The one sentence that says no point reaches the budget, naming the fastest and its FPS; None when one
+        does, or without a budget."""
+        if self.objective != "accuracy" or self.best is not None:
+            return None
+        timed = [r for r in self.rows if r.fps is not None]
+        if not timed:
+            return f"no point of the sweep reaches {self.budget_note}: none was timed"
+        fastest = max(timed, key=lambda r: r.fps)
+        return (f"no point of the sweep reaches {self.budget_note}: the fastest, {point_name(fastest)}, runs "
+                f"{fastest.fps:.1f} FPS; lower the budget, prune harder (percents, shortcuts) or measure on a "
+                "faster CPU")
 
     def as_dict(self) -> dict:
         """sweep.json: ``best``, ``baseline`` and ``choices`` are copies of their rows (with ``pareto``)."""
@@ -131,138 +194,31 @@ class SweepResult:
         def of(row: SweepRow | None) -> dict | None:
             return None if row is None else by_id[id(row)]
 
+        budget = None if self.min_fps is None else {
+            "min_fps": self.min_fps, "text": self.budget_note,
+            "points_timed": sum(r.fps is not None for r in self.rows),
+            "points_evaluated": sum(r.evaluated for r in self.rows), "evaluations_saved": self.evaluations_saved()}
         return {"settings": self.settings, "max_map_drop": self.max_map_drop, "objective": self.objective,
-                "latency": self.latency_note, "fps_measurement": self.fps_note, "cpu": self.cpu,
+                "budget": budget, "latency": self.latency_note, "fps_measurement": self.fps_note,
+                "measured_on": self.measured_on, "cpu": self.cpu,
                 "sparsity": self.sparsity.as_dict() if self.sparsity else None, "baseline": of(self.baseline),
                 "best": of(self.best), "choices": {o: of(r) for o, r in self.choices().items()}, "rows": rows}
 
     def table(self) -> str:
-        """The printed table: asked and removed fractions, FPS and the Pareto front when measured,
-        the best point marked."""
-        measured = bool(self.fps_note)
-        head = (f"{'stage':<9}{'asked':>7}{'removed':>8}{'units':>6}{'P':>7}{'R':>7}{'mAP@0.5':>9}{'params':>13}"
-                f"{'size MB':>9}{'BFLOPs':>9}{'act MB':>8}{'lat ms':>8}" + (f"{'FPS':>9}" if measured else "")
-                + "  ok")
-        lines = [f"# latency: {self.latency_note}"]
-        if measured:
-            lines.append(f"# FPS: {self.fps_note}; P = on the mAP@0.5/FPS Pareto front")
-        if self.sparsity is not None:
-            lines.append(f"# {self.sparsity.line()}")
-        lines.append(head)
-        gaps = 0
-        for r, front in zip(self.rows, pareto(self.rows), strict=True):
-            pct = "-" if r.global_percent is None else f"{r.global_percent:.3f}"
-            removed = "-" if r.removed_fraction is None else f"{r.removed_fraction:.3f}"
-            if r.global_percent is not None and r.removed_fraction is not None and \
-                    abs(r.removed_fraction - r.global_percent) > GAP_WARN:
-                removed += "!"
-                gaps += 1
-            lat = "-" if r.latency_ms is None else f"{r.latency_ms:.1f}"
-            fps = ("-" if r.fps is None else f"{r.fps:.1f}") + ("P" if front else " ")
-            mark = "yes" if r.within else "no"
-            if r is self.best:
-                mark += "  <- best"
-            lines.append(f"{r.stage:<9}{pct:>7}{removed:>8}{r.shortcuts:>6}{r.precision:>7.3f}{r.recall:>7.3f}"
-                         f"{r.map50:>9.4f}{r.params:>13,}{r.weights_bytes / 1e6:>9.2f}{r.bflops:>9.3f}"
-                         f"{r.activation_mb:>8.1f}{lat:>8}" + (f"{fps:>9}" if measured else "") + f"  {mark}")
-        if gaps:
-            lines.append(f"! removed differs from asked by more than {GAP_WARN:.0%} of the prunable channels "
-                         "(ties at the threshold, or constraints keeping channels back: see summary.json)")
-        if self.best is None:
-            lines.append(f"no pruned point keeps mAP@0.5 within {self.max_map_drop} of {self.baseline.map50:.4f}")
-        else:
-            lines.append(f"best pruning point by {self.objective}: {_describe(self.best, self.baseline)}")
-            for objective, row in self.choices().items():
-                if objective != self.objective and row is not None and row is not self.best:
-                    lines.append(f"(by {objective} it would be {_describe(row, self.baseline)})")
-        return "\n".join(lines)
+        """The printed table (:func:`slimyolo.prune.sweep_report.table`)."""
+        return table(self)
 
     def csv(self) -> str:
-        buf = io.StringIO()
-        names = list(SweepRow.__dataclass_fields__)
-        writer = csv.DictWriter(buf, fieldnames=[*names, "pareto", "best"])
-        writer.writeheader()
-        for r, front in zip(self.rows, pareto(self.rows), strict=True):
-            writer.writerow({**asdict(r), "pareto": front, "best": r is self.best})
-        return buf.getvalue()
+        """sweep.csv (:func:`slimyolo.prune.sweep_report.to_csv`)."""
+        return to_csv(self)
 
     def plot(self, path: Path) -> None:
-        """mAP@0.5 and params against pruning strength, one panel per stage, and mAP@0.5 against
-        measured FPS with the Pareto front when FPS was measured (PNG)."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        stages = [s for s in ("channel", "layer", "both") if any(r.stage == s for r in self.rows)]
-        panels = max(len(stages), 1) + bool(self.fps_note)
-        fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
-        floor = self.baseline.map50 - self.max_map_drop
-        for ax, stage in zip(axes[0], stages, strict=False):
-            rows = [r for r in self.rows if r.stage == stage]
-            counts = sorted({r.shortcuts for r in rows})
-            series = ([(f"{n} units", [r for r in rows if r.shortcuts == n]) for n in counts]
-                      if stage == "both" else [("", rows)])
-            twin = ax.twinx()
-            for label, pts in series:
-                pts = sorted(pts, key=lambda r: (r.shortcuts if stage == "layer" else r.global_percent))
-                xs = [r.shortcuts if stage == "layer" else r.global_percent for r in pts]
-                ax.plot(xs, [r.map50 for r in pts], "o-", label=f"mAP@0.5 {label}".strip())
-                twin.plot(xs, [r.params / 1e6 for r in pts], "s--", alpha=0.5, label=f"params {label}".strip())
-            ax.axhline(floor, color="red", lw=0.8, ls=":", label=f"baseline - {self.max_map_drop}")
-            if self.best is not None and self.best.stage == stage:
-                bx = self.best.shortcuts if stage == "layer" else self.best.global_percent
-                ax.plot([bx], [self.best.map50], "*", ms=16, color="gold", mec="black", label="best")
-            ax.set_xlabel("residual units removed" if stage == "layer" else "global percent")
-            ax.set_ylabel("mAP@0.5")
-            twin.set_ylabel("params (M)")
-            ax.set_title(f"{stage} pruning (no fine-tuning)")
-            ax.legend(fontsize=7, loc="lower left")
-        if self.fps_note:
-            self._plot_fps(axes[0][-1], floor)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-
-    def _plot_fps(self, ax: Any, floor: float) -> None:
-        for stage, marker in (("baseline", "D"), ("channel", "o"), ("layer", "s"), ("both", "^")):
-            pts = [r for r in self.rows if r.stage == stage and r.fps is not None]
-            if pts:
-                ax.scatter([r.fps for r in pts], [r.map50 for r in pts], marker=marker, alpha=0.7, label=stage)
-        front = sorted((r for r, p in zip(self.rows, pareto(self.rows), strict=True) if p), key=lambda r: r.fps)
-        ax.plot([r.fps for r in front], [r.map50 for r in front], "k--", lw=1, label="Pareto front")
-        ax.axhline(floor, color="red", lw=0.8, ls=":", label=f"baseline - {self.max_map_drop}")
-        for objective, row in self.choices().items():
-            if row is not None and row.fps is not None:
-                ax.plot([row.fps], [row.map50], "*" if objective == self.objective else "P", ms=16,
-                        color="gold" if objective == "fps" else "violet", mec="black", label=f"best by {objective}")
-        ax.set_xlabel("measured FPS (OpenVINO)")
-        ax.set_ylabel("mAP@0.5")
-        ax.set_title("mAP@0.5 against measured FPS", fontsize=10)
-        ax.legend(fontsize=7, loc="lower left")
+        """sweep.png (:func:`slimyolo.prune.sweep_report.plot`)."""
+        plot(self, path)
 
     def save(self, out_dir: str | Path, best_model: PruneResult | None = None) -> dict[str, Path]:
         """Write sweep.json, sweep.csv, sweep.png (and best/ with the best pruned model) at once."""
-        out_dir = Path(out_dir)
-        prepare_out_dir(out_dir)
-        with atomic_dir(out_dir) as tmp:
-            (tmp / "sweep.json").write_text(json.dumps(self.as_dict(), indent=1) + "\n", encoding="utf-8")
-            (tmp / "sweep.csv").write_text(self.csv(), encoding="utf-8")
-            self.plot(tmp / "sweep.png")
-            if best_model is not None:
-                best_model.save(tmp / "best")
-        paths = {name: out_dir / f"sweep.{name}" for name in ("json", "csv", "png")}
-        if best_model is not None:
-            paths["best"] = out_dir / "best"
-        return paths
-
-
-def _describe(row: SweepRow, baseline: SweepRow) -> str:
-    what = " + ".join(([f"global percent {row.global_percent:.3f}"] if row.global_percent is not None else [])
-                      + ([f"{row.shortcuts} residual units"] if row.shortcuts else []))
-    fps = f", FPS {baseline.fps:.1f} -> {row.fps:.1f}" if row.fps is not None and baseline.fps is not None else ""
-    return (f"{what}: mAP@0.5 {row.map50:.4f} (baseline {baseline.map50:.4f}), params {baseline.params:,} -> "
-            f"{row.params:,}, BFLOPs {baseline.bflops:.3f} -> {row.bflops:.3f}{fps}")
+        return save(self, out_dir, best_model)
 
 
 def measure_latency(model: Darknet, runs: int = 3) -> float:
@@ -291,6 +247,14 @@ def percent_grid(lo: float, hi: float, step: float) -> list[float]:
     return values
 
 
+def unit_grid(lo: int, hi: int, step: int) -> list[int]:
+    """The coarse residual-unit counts: ``lo`` to ``hi`` by ``step`` (``hi`` always included), no zero."""
+    grid = [n for n in range(lo, hi + 1, step) if n > 0]
+    if grid and grid[-1] != hi:
+        grid.append(hi)
+    return grid
+
+
 def search_axis(coarse: list, fine_step: float | int, evaluate_at: Callable[[Any], SweepRow]) -> Any:
     """The strongest value of one axis whose row stays within the drop (None if none does).
 
@@ -317,148 +281,278 @@ def search_axis(coarse: list, fine_step: float | int, evaluate_at: Callable[[Any
     return last_ok
 
 
-def sweep(model: Darknet, evaluate: EvalFn, percents: tuple[float, float, float] = (0.5, 0.95, 0.05),
-          shortcuts: tuple[int, int, int] | None = None, max_map_drop: float = 0.01, layer_keep: float = 0.01,
-          round_to: int = 1, fine_percent: float = 0.01, latency_runs: int = 3,
-          progress: Progress | None = None, objective: str = "bflops",
-          measure_fps: FpsFn | None = None,
-          known: Mapping[tuple, SweepRow] | None = None) -> tuple[SweepResult, PruneResult | None]:
-    """Search the best pruning point of ``model`` (see the module docstring).
+def budget_axis(coarse: list, fine_step: float | int, fast_at: Callable[[Any], bool],
+                map_at: Callable[[Any], float]) -> Any:
+    """The weakest value of one axis whose point reaches the speed budget (None if none does), with the
+    evaluations spent only on points that reach it.
 
-    ``percents`` and ``shortcuts`` are (lo, hi, coarse step). ``measure_fps`` (a
-    :class:`~slimyolo.prune.speed.FpsMeter`, or any ``Darknet -> FPS``) is required by the
-    ``fps`` objective and fills every row's ``fps``. ``known`` holds rows an interrupted sweep of
-    the same model and settings evaluated (by :func:`point_key`): they are taken as they are,
-    without evaluating again (the search visits the same points in the same order). Returns the
-    result and the pruned model at the best point (None if no point stays within the drop).
+    Speed grows with pruning strength and mAP@0.5 falls with it (the assumption of :func:`search_axis`
+    too), so the most accurate point that reaches the budget is the weakest that does, or a stronger one
+    as accurate, which the fewer BFLOPs win. The ``coarse`` values are timed (``fast_at``: reaches the
+    budget) in increasing strength up to the first that reaches it, then the gap below that one is
+    bisected at ``fine_step`` (timing is what costs here: a conversion, and on a service an upload, per
+    point). From there the values timed fast enough are evaluated (``map_at``): the weakest, then the
+    stronger ones (those the bisection timed, then the coarse ones) while mAP@0.5 does not fall. A value
+    slower than the budget is never evaluated.
     """
-    p_lo, p_hi, p_step = percents
-    check_args(p_lo, None, layer_keep, round_to)
-    check_args(p_hi, None)
-    if p_step <= 0 or fine_percent <= 0 or p_hi < p_lo:
-        raise SlimYoloError(f"bad percent range {percents}: need lo <= hi and positive steps")
-    if latency_runs < 0:
-        raise SlimYoloError(f"latency runs must not be negative, got {latency_runs}")
-    if max_map_drop < 0:
-        raise SlimYoloError(f"max mAP drop must not be negative, got {max_map_drop}")
-    vocab.choose(objective, vocab.SWEEP_OBJECTIVES, "objective")
-    if objective == "fps" and measure_fps is None:
-        raise SlimYoloError("the fps objective needs an FPS measurement (measure_fps)")
-    if shortcuts is not None:
-        s_lo, s_hi, s_step = shortcuts
-        if s_lo < 0 or s_hi < s_lo or s_step < 1:
-            raise SlimYoloError(f"bad shortcuts range {shortcuts}: need 0 <= lo <= hi and a positive step")
-        choose_units(model, s_hi)  # more units than the model has is an error now, not after an hour
-    note = (f"PyTorch CPU, batch 1 at {model.input_size[1]}x{model.input_size[0]}, {torch.get_num_threads()} "
-            f"threads, fastest of {latency_runs} runs (a quick relative figure, not the OpenVINO latency)")
-    sparsity = model_sparsity(model)
-    rows: list[SweepRow] = []
-    better = _key(objective)
-    best: list = [None, None]  # (row, PruneResult) of the objective's best point within the drop so far
+    slow, first = None, None
+    for i, v in enumerate(coarse):
+        if fast_at(v):
+            first = i
+            break
+        slow = v
+    if first is None:
+        return None
+    fast = [coarse[first]]  # the values timed fast enough, weakest first
+    if slow is not None:
+        between = fine_values(slow, coarse[first], fine_step)
+        lo, hi = -1, len(between)  # between[lo] (or slow) is too slow, between[hi] (or coarse[first]) fast enough
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fast_at(between[mid]):
+                hi = mid
+                fast.insert(0, between[mid])
+            else:
+                lo = mid
+    start = fast[0]
+    best = -math.inf
+    for v in [*fast, *coarse[first + 1:]]:
+        if not fast_at(v):
+            continue  # slower than a weaker point after all (measurement noise): not a candidate
+        found = map_at(v)
+        if found < best - 1e-12:
+            break
+        best = max(best, found)
+    return start
 
-    def add(stage: str, percent: float | None, units: int, pruned: Darknet, stats, floor: float | None,
-            removed: float | None = None) -> SweepRow:
-        reused = (known or {}).get((stage, percent, units))
-        if reused is not None:
-            rows.append(reused)
-            if progress is not None:
-                progress(SweepPoint(reused))
-            return reused
-        precision, recall, map50 = as_metrics(evaluate(pruned))
-        lat = measure_latency(pruned, latency_runs) if latency_runs > 0 else None
-        fps = float(measure_fps(pruned)) if measure_fps is not None else None
-        within = True if floor is None else map50 >= floor - 1e-12
-        row = SweepRow(stage, percent, units, precision, recall, map50, stats.params,
-                       stats.weights_bytes, float(stats.bflops), lat, within, removed, stats.activation_mb, fps)
-        rows.append(row)
-        if progress is not None:
-            progress(SweepPoint(row))
-        return row
 
-    from slimyolo.darknet.flops import model_stats
-
-    baseline = add("baseline", None, 0, model, model_stats(model.cfg), None)
-    floor = baseline.map50 - max_map_drop
-
-    def point(stage: str, percent: float | None, units: int) -> SweepRow:
-        if percent is None:
-            result = prune_layers(model, units)
-        else:
-            result = prune_both(model, percent, units, layer_keep, round_to)
-        report = result.channel_report
-        row = add(stage, percent, units, result.model, result.after, floor,
-                  None if report is None else round(report.removed_fraction, 6))
-        # Only the best pruned model is kept in memory: a sweep of yolov4 evaluates dozens.
-        if row.within and (best[0] is None or better(row) < better(best[0])):
-            best[:] = [row, result]
-        return row
-
-    p_grid = percent_grid(p_lo, p_hi, p_step)
-    best_p = search_axis(p_grid, fine_percent, lambda p: point("channel", p, 0))
-    if shortcuts is not None:
-        s_grid = [n for n in range(s_lo, s_hi + 1, s_step) if n > 0]
-        if s_grid and s_grid[-1] != s_hi:
-            s_grid.append(s_hi)
-        best_n = search_axis(s_grid, 1, lambda n: point("layer", None, n))
-        if best_p is not None and best_n is not None:
-            cap = best_p
-            for n in sorted({*[v for v in s_grid if v <= best_n], best_n}):
-                found = search_axis(percent_grid(p_lo, cap, p_step), fine_percent, lambda p, n=n: point("both", p, n))
-                if found is None:
-                    break
-                cap = found
-    settings = {"percents": list(percents), "fine_percent": fine_percent,
-                "shortcuts": list(shortcuts) if shortcuts else None, "layer_keep": layer_keep, "round_to": round_to}
-    meter_note = getattr(measure_fps, "note", None)
-    fps_note = (meter_note() if meter_note else "measured by the caller") if measure_fps is not None else ""
-    result = SweepResult(baseline, rows, best[0], max_map_drop, settings, note if latency_runs > 0 else "not measured",
-                         objective, fps_note, getattr(measure_fps, "cpu", None), sparsity)
-    if progress is not None:
-        progress(SweepBest(best[0]))
-    return result, best[1]
+def fine_values(low: Any, high: Any, step: float | int) -> list:
+    """The values strictly between ``low`` and ``high`` at ``step`` (percents rounded as the grids are)."""
+    if isinstance(step, int):
+        return list(range(low + step, high, step))
+    values, v = [], low + step
+    while v < high - 1e-9:
+        values.append(round(v, 6))
+        v += step
+    return values
 
 
 def point_key(row: SweepRow) -> tuple:
-    """What identifies a point of the search: (stage, asked fraction, residual units)."""
-    return row.stage, row.global_percent, row.shortcuts
+    """What identifies a row of the search: (method, asked fraction, residual units, evaluated).
+
+    A point the budget search timed and later evaluated has two rows in the progress events (and in a
+    sweep checkpoint): timed, then evaluated; the result keeps the second.
+    """
+    return row.method, row.global_percent, row.shortcuts, row.evaluated
 
 
-def run_sweep_command(args) -> int:
-    """``slimyolo prune sweep``: the CLI around :func:`sweep` with the real evaluation."""
-    from slimyolo.data.dataset import read_data_file
-    from slimyolo.prune.algorithms import open_model
-    from slimyolo.prune.cli import parse_range
-    from slimyolo.prune.speed import FpsMeter
-    from slimyolo.train.evaluate import evaluate
+class _Search:
+    """One sweep's state: the rows so far (one per point) and the best pruned model of the objective.
 
-    lo, hi, step = parse_range(args.percents, "percents", float)
-    percents = (lo, hi, step or 0.05)
-    units = None
-    if args.shortcuts:
-        s_lo, s_hi, s_step = parse_range(args.shortcuts, "shortcuts", int)
-        units = (s_lo, s_hi, s_step or max(1, (s_hi - s_lo) // 5))
-    check_args(lo, None, args.layer_keep, args.round_to)
-    check_args(hi, None)
-    meter = FpsMeter(args.precision, args.fps_seconds, args.fps_repeats) if args.objective == "fps" else None
-    check_out_dir(args.out)
-    data = read_data_file(args.data)
-    model = open_model(args.cfg, args.weights)
+    Only the best pruned model is kept in memory (a sweep of yolov4 evaluates dozens), and the last one
+    pruned, so that a point timed and then evaluated is pruned once.
+    """
 
-    def evaluate_model(m: Darknet) -> Metrics:
-        return evaluate(m, data, img_size=args.img_size, batch_size=args.batch_size, max_images=args.max_images)
+    def __init__(self, model: Darknet, evaluate: EvalFn, options: SweepOptions, progress: Progress | None,
+                 measure_fps: FpsFn | None, known: Mapping[tuple, SweepRow]) -> None:
+        self.model, self.evaluate, self.options = model, evaluate, options
+        self.progress, self.measure_fps, self.known = progress, measure_fps, known
+        self.keep = KeepOptions.taken_from(options)
+        self.budget = options.budget()
+        self.better = _key(options.objective)
+        self.rows: list[SweepRow] = []
+        self.index: dict[Point, int] = {}  # a point's row in rows
+        self.best: tuple[SweepRow, PruneResult] | None = None
+        self.floor = -math.inf  # the baseline's mAP@0.5 less the allowed drop, once the baseline is evaluated
+        self.last: tuple[Point, PruneResult] | None = None
 
-    def show(event: Event) -> None:
-        if isinstance(event, SweepPoint):
-            row = event.row
-            pct = "-" if row.global_percent is None else f"{row.global_percent:.3f}"
-            removed = "" if row.removed_fraction is None else f" removed {row.removed_fraction:.3f}"
-            fps = "" if row.fps is None else f" FPS {row.fps:.1f}"
-            print(f"{row.stage:<9} percent {pct:>6}{removed} units {row.shortcuts:>3}: mAP@0.5 "
-                  f"{row.map50:.4f} params {row.params:,}{fps}", file=sys.stderr, flush=True)
+    def pruned(self, point: Point) -> PruneResult:
+        """The model pruned at ``point`` (``percent`` None: units alone)."""
+        if self.last is None or self.last[0] != point:
+            _, percent, units = point
+            if percent is None:
+                result = prune_layers(self.model, units)
+            else:
+                result = prune(self.model, PruneOptions(method="both" if units else "channel", global_percent=percent,
+                                                        shortcuts=units, **self.keep.to_dict()))
+            self.last = (point, result)
+        return self.last[1]
 
-    result, best = sweep(model, evaluate_model, percents, units, args.max_map_drop, args.layer_keep, args.round_to,
-                         latency_runs=args.latency_runs, progress=show, objective=args.objective, measure_fps=meter)
-    paths = result.save(args.out, best)
-    print(result.table())
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
-    return 0
+    def _facts(self, point: Point) -> tuple[Darknet, ModelStats, float | None]:
+        """The point's model, its statistics and the fraction of the prunable channels it removed."""
+        if point == BASELINE:
+            return self.model, model_stats(self.model.cfg), None
+        result = self.pruned(point)
+        report = result.channel_report
+        return result.model, result.after, None if report is None else round(report.removed_fraction, 6)
+
+    def _speed(self, model: Darknet) -> tuple[float | None, float | None, str | None]:
+        """(PyTorch latency ms, FPS, where the FPS was measured) of ``model``, each None when not measured."""
+        runs = self.options.latency_runs
+        latency = measure_latency(model, runs) if runs > 0 else None
+        if self.measure_fps is None:
+            return latency, None, None
+        fps = float(self.measure_fps(model))
+        return latency, fps, getattr(self.measure_fps, "measured_on", None)
+
+    def row(self, point: Point) -> SweepRow | None:
+        i = self.index.get(point)
+        return None if i is None else self.rows[i]
+
+    def _put(self, row: SweepRow) -> None:
+        """Record ``row`` as its point's (an evaluated row replaces the timed one) and report it."""
+        point = (row.method, row.global_percent, row.shortcuts)
+        if point in self.index:
+            self.rows[self.index[point]] = row
+        else:
+            self.index[point] = len(self.rows)
+            self.rows.append(row)
+        if self.progress is not None:
+            self.progress(SweepPoint(row))
+
+    def timed(self, point: Point) -> SweepRow:
+        """The point's row with its FPS, not evaluated unless it was: its row so far, an interrupted sweep's
+        (``known``), or timed now."""
+        row = self.row(point)
+        if row is None:
+            row = self.known.get((*point, False))
+            if row is None:
+                model, stats, removed = self._facts(point)
+                latency, fps, where = self._speed(model)
+                row = SweepRow(*point, None, None, None, stats.params, stats.weights_bytes, float(stats.bflops),
+                               latency, False, removed, stats.activation_mb, fps, where)
+            self._put(row)
+        return row
+
+    def scored(self, point: Point) -> SweepRow:
+        """The point's row evaluated: its row so far if evaluated, an interrupted sweep's (``known``), or evaluated
+        now (and timed, unless it was); kept as the best pruned model when the objective prefers it."""
+        row = self.row(point)
+        if row is None or not row.evaluated:
+            done = self.known.get((*point, True))
+            if done is None:
+                model, stats, removed = self._facts(point)
+                precision, recall, map50 = as_metrics(self.evaluate(model))
+                latency, fps, where = self._speed(model) if row is None else (row.latency_ms, row.fps,
+                                                                                 row.measured_on)
+                within = point == BASELINE or map50 >= self.floor - 1e-12
+                done = SweepRow(*point, precision, recall, map50, stats.params, stats.weights_bytes,
+                                float(stats.bflops), latency, within, removed, stats.activation_mb, fps, where)
+            row = done
+            self._put(row)
+        if eligible(row, self.options.objective, self.budget) and \
+                (self.best is None or self.better(row) < self.better(self.best[0])):
+            self.best = (row, self.pruned(point))
+        return row
+
+    def run(self) -> SweepRow:
+        """The baseline; channels alone; with a shortcuts range, units alone, then both: searched to the collapse
+        of mAP@0.5, or (a budget) to the weakest points that reach it. Returns the baseline's row."""
+        baseline = self.scored(BASELINE)
+        assert baseline.map50 is not None
+        self.floor = baseline.map50 - self.options.max_map_drop
+        if self.budget is None:
+            self._axes()
+        else:
+            self._budget_axes()
+        return baseline
+
+    def _axes(self) -> None:
+        p_lo, p_hi, p_step = self.options.percents
+        fine = self.options.fine_percent
+        best_p = search_axis(percent_grid(p_lo, p_hi, p_step), fine, lambda p: self.scored(("channel", p, 0)))
+        if self.options.shortcuts is None:
+            return
+        s_grid = unit_grid(*self.options.shortcuts)
+        best_n = search_axis(s_grid, 1, lambda n: self.scored(("layer", None, n)))
+        if best_p is None or best_n is None:
+            return
+        cap = best_p
+        for n in sorted({*[v for v in s_grid if v <= best_n], best_n}):
+            found = search_axis(percent_grid(p_lo, cap, p_step), fine, lambda p, n=n: self.scored(("both", p, n)))
+            if found is None:
+                break
+            cap = found
+
+    def _budget_axes(self) -> None:
+        """Channels alone; units alone; then, for each unit count too slow alone, channels on top of it, up to the
+        percent that reached the budget alone (a stronger one only costs mAP)."""
+        p_lo, p_hi, p_step = self.options.percents
+        fine = self.options.fine_percent
+        p_fast = self._budget_axis(percent_grid(p_lo, p_hi, p_step), fine, lambda p: ("channel", p, 0))
+        if self.options.shortcuts is None:
+            return
+        s_grid = unit_grid(*self.options.shortcuts)
+        n_fast = self._budget_axis(s_grid, 1, lambda n: ("layer", None, n))
+        cap = p_hi if p_fast is None else p_fast
+        for n in s_grid:
+            if n_fast is not None and n >= n_fast:
+                break  # these units alone reach the budget: channels pruned on top only cost mAP
+            self._budget_axis(percent_grid(p_lo, cap, p_step), fine, lambda p, n=n: ("both", p, n))
+
+    def _budget_axis(self, coarse: list, fine_step: float | int, point_at: Callable[[Any], Point]) -> Any:
+        assert self.budget is not None
+        budget = self.budget
+
+        def fast_at(v: Any) -> bool:
+            fps = self.timed(point_at(v)).fps
+            return fps is not None and fps >= budget
+
+        return budget_axis(coarse, fine_step, fast_at, lambda v: self.scored(point_at(v)).map50)
+
+
+def check_sweep(model: Darknet, options: SweepOptions, measure_fps: FpsFn | None) -> SweepOptions:
+    """``options`` checked against their declarations and ``model``, before anything is evaluated."""
+    options = options.checked()
+    if options.objective != "bflops" and measure_fps is None:
+        raise SlimYoloError(f"the {options.objective} objective needs an FPS measurement (measure_fps)")
+    if options.shortcuts is not None:
+        choose_units(model, options.shortcuts[1])  # more units than the model has is an error now, not after an hour
+    return options
+
+
+def sweep(model: Darknet, evaluate: EvalFn, options: SweepOptions | None = None, *,
+          progress: Progress | None = None, measure_fps: FpsFn | None = None,
+          known: Mapping[tuple, SweepRow] | None = None) -> tuple[SweepResult, PruneResult | None]:
+    """Search the best pruning point of ``model`` as ``options`` say (None: the defaults; see the module docstring).
+
+    ``measure_fps`` (a :class:`~slimyolo.prune.speed.FpsMeter` or
+    :class:`~slimyolo.prune.speed.RemoteFpsMeter` such as :func:`fps_meter` builds, or any
+    ``Darknet -> FPS``) is required by the ``fps`` and ``accuracy`` objectives and fills the rows' ``fps``
+    (and ``measured_on``, from the meter's). ``known`` holds rows an interrupted sweep of the same model
+    and settings reported (by :func:`point_key`): they are taken as they are, without timing or evaluating
+    again (the search visits the same points in the same order). Returns the result and the pruned model
+    at the best point (None if no point is eligible: none within the drop, or none reaching the budget,
+    which :meth:`SweepResult.unmet` then says).
+    """
+    options = check_sweep(model, options or SweepOptions(), measure_fps)
+    sparsity = model_sparsity(model)
+    search = _Search(model, evaluate, options, progress, measure_fps, known or {})
+    baseline = search.run()
+    best, best_model = search.best if search.best is not None else (None, None)
+    settings = {"percents": list(options.percents), "fine_percent": options.fine_percent,
+                "shortcuts": list(options.shortcuts) if options.shortcuts else None,
+                **KeepOptions.taken_from(options).to_dict()}
+    meter_note = getattr(measure_fps, "note", None)
+    fps_note = (meter_note() if meter_note else "measured by the caller") if measure_fps is not None else ""
+    budget = options.budget()
+    result = SweepResult(baseline, search.rows, best, options.max_map_drop, settings,
+                         _latency_note(model, options.latency_runs), options.objective, fps_note,
+                         getattr(measure_fps, "cpu", None), sparsity, budget,
+                         options.budget_text() if budget is not None else "",
+                         getattr(measure_fps, "measured_on", None))
+    if progress is not None:
+        if budget is not None:
+            saved = result.evaluations_saved()
+            progress(StageStep("sweep", f"the budget saved {saved} evaluation{'s' * (saved != 1)}",
+                               {"min_fps": float(budget), "timed": sum(r.fps is not None for r in result.rows),
+                                "evaluated": sum(r.evaluated for r in result.rows), "saved": saved}))
+        progress(SweepBest(best))
+    return result, best_model
+
+
+def _latency_note(model: Darknet, runs: int) -> str:
+    if runs <= 0:
+        return "not measured"
+    return (f"PyTorch CPU, batch 1 at {model.input_size[1]}x{model.input_size[0]}, {torch.get_num_threads()} "
+            f"threads, fastest of {runs} runs (a quick relative figure, not the OpenVINO latency)")

@@ -1,11 +1,12 @@
-"""``slimyolo serve <stage>`` and ``slimyolo health``.
+"""``slimyolo serve <service>`` and ``slimyolo health``.
 
-``serve`` starts one service on the shared bootstrap (:class:`slimyolo.rpc.server.Server`): it
-imports ``slimyolo.services.<stage>``, adds that module's own flags (``add_arguments(parser)``,
-optional) to the server flags, builds the :class:`Server` from the environment and the flags
-(flags win), lets the module register its services (``build(server, args)``) and serves until
-SIGTERM. Its arguments are parsed in a second step, once the stage is known, so only the
-chosen service is imported (the inference image has neither PyTorch nor TensorFlow).
+``serve`` starts one service (:data:`slimyolo.stages.kinds.SERVICES`) on the shared bootstrap
+(:class:`slimyolo.rpc.server.Server`): it imports ``slimyolo.services.<service>``, adds that
+module's own flags (``add_arguments(parser)``, optional) to the server flags, builds the
+:class:`Server` from the environment and the flags (flags win), lets the module register its
+services (``build(server, args)``) and serves until SIGTERM. Its arguments are parsed in a second
+step, once the service is known, so only the chosen service is imported (the inference image has
+neither PyTorch nor TensorFlow).
 
 ``health`` asks a server's ``grpc.health.v1`` once (the Docker HEALTHCHECK, or a script) and
 exits 0 when the server, or the named service, is SERVING, 1 otherwise.
@@ -16,20 +17,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import sys
 from types import ModuleType
 
 from slimyolo.errors import SlimYoloError
-
-STAGES = ("trainer", "pruner", "converter", "inference")
+from slimyolo.helptext import plain_text
+from slimyolo.stages.kinds import SERVICES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run a service: trainer, pruner, converter or inference",
-                       description="Run one gRPC service. slimyolo serve STAGE --help lists its flags; each "
+    p = sub.add_parser("serve", help=f"run a service: {', '.join(SERVICES[:-1])} or {SERVICES[-1]}",
+                       description="Run one gRPC service. slimyolo serve SERVICE --help lists its flags; each "
                                    "flag overrides its SLIMYOLO_* environment variable.")
-    p.add_argument("stage", choices=STAGES, help="the service to run")
+    p.add_argument("service", choices=SERVICES, help="the service to run")
     p.add_argument("options", nargs=argparse.REMAINDER, help="the service's flags (--port, --metrics-port, ...)")
     p.set_defaults(func=_serve)
 
@@ -43,28 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.set_defaults(func=_health)
 
 
-_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :mod:`x`, :class:`~a.B` → the name
-
-
-def plain_text(docstring: str | None) -> str:
-    """The first paragraph of a docstring as one plain sentence for --help: reST roles and literals unwrapped."""
-    paragraph = (docstring or "").strip().split("\n\n", 1)[0]
-    text = " ".join(paragraph.split())
-    return _ROLE.sub(r"\1", text).replace("``", "")
-
-
-def service_parser(stage: str) -> tuple[ModuleType, argparse.ArgumentParser]:
-    """(the service module of ``stage``, the parser of ``slimyolo serve STAGE``'s flags)."""
+def service_parser(service: str) -> tuple[ModuleType, argparse.ArgumentParser]:
+    """(the module of ``service``, the parser of ``slimyolo serve SERVICE``'s flags)."""
     from slimyolo.rpc.server import add_arguments
 
     try:
-        module = importlib.import_module(f"slimyolo.services.{stage}")
+        module = importlib.import_module(f"slimyolo.services.{service}")
     except ModuleNotFoundError as exc:
-        if exc.name not in ("slimyolo.services", f"slimyolo.services.{stage}"):
+        if exc.name not in ("slimyolo.services", f"slimyolo.services.{service}"):
             raise  # a dependency of the service is missing: its own message says which
-        raise SlimYoloError(f"serve {stage}: this slimyolo installation has no slimyolo.services.{stage} "
+        raise SlimYoloError(f"serve {service}: this slimyolo installation has no slimyolo.services.{service} "
                             f"module ({exc}); reinstall the project (pip install .)") from None
-    parser = argparse.ArgumentParser(prog=f"slimyolo serve {stage}", description=plain_text(module.__doc__))
+    parser = argparse.ArgumentParser(prog=f"slimyolo serve {service}", description=plain_text(module.__doc__))
     add_arguments(parser)
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)
@@ -74,9 +64,9 @@ def service_parser(stage: str) -> tuple[ModuleType, argparse.ArgumentParser]:
 def _serve(args: argparse.Namespace) -> int:
     from slimyolo.rpc.server import Server, ServerConfig
 
-    module, parser = service_parser(args.stage)
+    module, parser = service_parser(args.service)
     options = parser.parse_args(args.options)
-    server = Server(args.stage, ServerConfig.from_args(options, os.environ))
+    server = Server(args.service, ServerConfig.from_args(options, os.environ))
     module.build(server, options)
     server.serve_forever()
     return 0

@@ -23,17 +23,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from slimyolo.errors import SlimYoloError, UnavailableError
+from slimyolo.rpc import MAX_MESSAGE_BYTES
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
-from slimyolo.rpc.server import ServerConfig
 from slimyolo.rpc.status import code_from_number, error_for
 
 
-def connect(target: str, max_message_bytes: int = ServerConfig.max_message_bytes) -> grpc.Channel:
+def connect(target: str, max_message_bytes: int = MAX_MESSAGE_BYTES,
+            lb_policy: str = "round_robin") -> grpc.Channel:
     """An insecure channel to ``target`` (see the module docstring), round-robin over its addresses,
-    with the servers' message-size limit."""
+    with the servers' message-size limit. ``lb_policy="pick_first"`` keeps every call on one replica
+    (the first address that connects), for calls that build on each other's server-side state."""
     return grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", max_message_bytes),
                                                   ("grpc.max_send_message_length", max_message_bytes),
-                                                  ("grpc.lb_policy_name", "round_robin")])
+                                                  ("grpc.lb_policy_name", lb_policy)])
 
 
 def remote_error(exc: grpc.RpcError) -> SlimYoloError:

@@ -2,28 +2,22 @@
 
 Training, sweeps and conversion take minutes to hours, longer than any RPC should. A
 ``Start...`` call submits the work here and returns at once with a job id; ``slimyolo.v1.Jobs``
-(served by :class:`JobsServicer`, next to the stage's own service) reads it, streams its events
-and cancels it.
+(:mod:`slimyolo.rpc.job_service`, served next to the stage's own service) reads it, streams its
+events and cancels it.
 
 The work is a function of one argument, ``progress``, exactly the contract of the core
 library's long functions: they call ``progress(event)`` with a typed event of
-:mod:`slimyolo.progress` and stop when the callback raises :class:`slimyolo.errors.Cancelled`.
-The job keeps the events as they are; they become JSON values (a ``Struct``, with their
-``type``) only where they leave as protobuf messages. That is how cancellation
-works here: CancelJob sets a flag, and the job's next progress report raises Cancelled inside
-it. A job's failure is kept as a gRPC status (:func:`slimyolo.rpc.status.status_of`), so an
-object-store outage reaches the client as UNAVAILABLE, and the client knows a retry may work.
+:mod:`slimyolo.progress` and stop when the callback raises :class:`slimyolo.errors.Cancelled`;
+it returns a :class:`~slimyolo.stages.runners.StageResult` (files by role, metrics). The job
+keeps the events as they are; they become JSON values only where they leave (the journal, a
+protobuf ``Struct``). That is how cancellation works here: CancelJob sets a flag, and the job's
+next progress report raises Cancelled inside it. A job's failure keeps its kind
+(:class:`slimyolo.errors.ErrorKind`), so an object-store outage reaches the client as
+UNAVAILABLE, and the client knows a retry may work.
 
 Every state change and progress report is an event with a sequence number; a watcher that
-comes late replays the retained history, then follows new events as they happen.
-
-With a :class:`JobJournal` (the stage services have one), jobs outlive the process: each job's
-record (spec, state, events, result or error, owner and lease) is written to the artifact store
-as ``jobs/<service>/<id>.json`` while it runs. A service that starts again (after a SIGKILL, an
-OOM kill, an eviction) loads the records: finished jobs answer GetJob and WatchJob with their
-whole history, and unfinished ones whose owner is gone run again under their old id, from the
-stage's last checkpoint (:mod:`slimyolo.stages.durable`). A replica asked about a job another
-replica runs reads its record from the store.
+comes late replays the retained history, then follows new events as they happen. With a
+:class:`~slimyolo.rpc.journal.JobJournal` the jobs outlive the process (see there).
 """
 
 from __future__ import annotations
@@ -33,26 +27,30 @@ import enum
 import itertools
 import json
 import logging
-import os
 import queue
-import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from slimyolo.errors import Cancelled, NotFoundError, SlimYoloError, UnavailableError
+from slimyolo.errors import (
+    Cancelled,
+    ErrorKind,
+    NotFoundError,
+    SlimYoloError,
+    UnavailableError,
+    error_kind,
+    error_message,
+)
 from slimyolo.progress import Event, Progress, StageStep, event_from_dict, event_to_dict
-from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
-from slimyolo.rpc.messages import artifact_to_proto, dict_to_struct
-from slimyolo.rpc.status import code_from_number, status_of
-from slimyolo.store import Artifact, Store
+from slimyolo.rpc.job_metrics import JobMetrics
+from slimyolo.rpc.journal import JobJournal, JournalWriter
+from slimyolo.rpc.status import code_number, kind_of_number
+from slimyolo.stages.runners import StageResult
+from slimyolo.store import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +69,7 @@ class JobState(enum.IntEnum):
         return self >= JobState.SUCCEEDED
 
 
-@dataclass(frozen=True)
-class JobOutcome:
-    """What a job function returns: the files it produced (by role) and its final numbers."""
-
-    artifacts: Mapping[str, Artifact] = field(default_factory=dict)
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-
-
-JobFn = Callable[[Progress], JobOutcome | None]
+JobFn = Callable[[Progress], StageResult | None]
 
 
 @dataclass(frozen=True)
@@ -92,7 +82,9 @@ class JobEvent:
 
 @dataclass(frozen=True)
 class JobError:
-    code: grpc.StatusCode
+    """Why a job did not succeed: the kind of failure (the client's status) and what to tell the user."""
+
+    kind: ErrorKind
     message: str
 
 
@@ -104,7 +96,7 @@ class JobSnapshot:
     kind: str
     state: JobState
     progress: Event | None
-    outcome: JobOutcome | None
+    outcome: StageResult | None
     error: JobError | None
     create_time: float
     start_time: float | None
@@ -118,7 +110,7 @@ class _Job:
         self.cond = threading.Condition()
         self.state = JobState.QUEUED
         self.progress: Event | None = None
-        self.outcome: JobOutcome | None = None
+        self.outcome: StageResult | None = None
         self.error: JobError | None = None
         self.create_time, self.start_time, self.end_time = time.time(), None, None
         self.events: collections.deque[JobEvent] = collections.deque(maxlen=max_events)
@@ -146,7 +138,8 @@ class _Job:
                             "progress": None if e.progress is None else event_to_dict(e.progress)}
                            for e in self.events],
                 "outcome": outcome,
-                "error": None if self.error is None else {"code": self.error.code.value[0],
+                # the error as its status number: what the records of earlier servers hold, and what they read
+                "error": None if self.error is None else {"code": code_number(self.error.kind),
                                                           "message": self.error.message},
                 "create_time": self.create_time, "start_time": self.start_time, "end_time": self.end_time}
 
@@ -160,76 +153,13 @@ class _Job:
         self.progress = next((e.progress for e in reversed(self.events) if e.progress is not None), None)
         self.seq = itertools.count(self.events[-1].seq + 1 if self.events else 0)
         outcome = record.get("outcome")
-        self.outcome = None if outcome is None else JobOutcome(
+        self.outcome = None if outcome is None else StageResult(
             {role: Artifact(**a) for role, a in outcome["artifacts"].items()}, outcome["metrics"])
         error = record.get("error")
-        self.error = None if error is None else JobError(code_from_number(int(error["code"])), error["message"])
+        self.error = None if error is None else JobError(kind_of_number(int(error["code"])), error["message"])
         self.create_time, self.start_time, self.end_time = (record["create_time"], record["start_time"],
                                                             record["end_time"])
         self.cond.notify_all()
-
-
-class JobJournal:
-    """Job records in the artifact store, ``jobs/<service>/<id>.json``, with their owner's lease.
-
-    A record is replaced whole (one object PUT: a reader sees the previous record or the new
-    one). The process running a job is its owner: it rewrites the record at most every
-    ``flush_seconds`` while events arrive, and at least every ``lease_seconds / 3`` to renew its
-    lease. Another process may take an unfinished job over when its lease has expired, or at
-    once when the owner was a process on the same host that is gone (a restarted container).
-    """
-
-    def __init__(self, store: Store, service: str, *, lease_seconds: float = 30.0,
-                 flush_seconds: float = 1.0) -> None:
-        self.store, self.prefix = store, f"jobs/{service}"
-        self.lease_seconds, self.flush_seconds = lease_seconds, flush_seconds
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
-
-    def key(self, job_id: str) -> str:
-        return f"{self.prefix}/{job_id}.json"
-
-    def save(self, record: Mapping[str, Any]) -> None:
-        """Write a job's record with this process as its owner and a fresh lease."""
-        doc = {**record, "owner": self.owner, "lease_until": time.time() + self.lease_seconds}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "job.json"
-            path.write_text(json.dumps(doc))
-            self.store.put(self.key(record["id"]), path)
-
-    def load(self, job_id: str) -> dict[str, Any] | None:
-        """The record of ``job_id``, None when the store has none (or the id cannot be one)."""
-        if not job_id.isalnum():
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = self.store.get(self.key(job_id), Path(tmp) / "job.json")
-            except NotFoundError:
-                return None
-            return json.loads(path.read_text())
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every job record of the service, oldest first."""
-        ids = [k.rsplit("/", 1)[1].removesuffix(".json") for k in self.store.list_keys(self.prefix)
-               if k.endswith(".json")]
-        docs = [d for d in (self.load(i) for i in ids) if d is not None]
-        return sorted(docs, key=lambda d: d["create_time"])
-
-    def owner_gone(self, record: Mapping[str, Any]) -> bool:
-        """Whether an unfinished job's owner can no longer be running it."""
-        owner = record.get("owner") or {}
-        if float(record.get("lease_until", 0)) < time.time():
-            return True
-        if owner.get("host") != self.owner["host"]:
-            return False
-        if owner.get("pid") == self.owner["pid"]:
-            return owner.get("token") != self.owner["token"]  # an earlier process with our pid (pid 1 in a container)
-        try:
-            os.kill(int(owner.get("pid", 0)), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, ValueError):
-            return False
-        return False
 
 
 def _jsonable(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,11 +193,7 @@ class JobManager:
             raise SlimYoloError(f"job workers must be at least 1, got {workers}")
         self.workers, self.max_events = workers, max_events
         self.journal, self._rebuild = journal, rebuild
-        self._dirty: set[str] = set()
-        self._flushed = threading.Condition()
-        self._flush_lock = threading.Lock()
-        if journal is not None:
-            threading.Thread(target=self._flush_forever, name="job-journal", daemon=True).start()
+        self._writer = JournalWriter(journal, self._records) if journal is not None else None
         self._jobs: dict[str, _Job] = {}
         self._finished: collections.deque[str] = collections.deque()
         self._max_finished = max_finished
@@ -275,7 +201,7 @@ class JobManager:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._closing = False
-        self._metrics = _JobMetrics(registry) if registry is not None else None
+        self._metrics = JobMetrics(registry) if registry is not None else None
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -311,7 +237,7 @@ class JobManager:
                 job.fn = self._rebuild(job.kind, job.spec)
             except SlimYoloError as exc:
                 with job.cond:
-                    job.error = JobError(grpc.StatusCode.FAILED_PRECONDITION,
+                    job.error = JobError(ErrorKind.FAILED_PRECONDITION,
                                          f"job {job.id} stopped with its server and cannot run again: {exc}")
                     job.end_time = time.time()
                     job.emit(JobState.FAILED)
@@ -361,10 +287,10 @@ class JobManager:
     def cancel(self, job_id: str, reason: JobError | None = None) -> JobSnapshot:
         """Stop a job: at once if queued, at its next progress report if running; no-op if final."""
         job = self._job(job_id)
-        reason = reason or JobError(grpc.StatusCode.CANCELLED, f"job {job_id} was cancelled")
+        reason = reason or JobError(ErrorKind.CANCELLED, f"job {job_id} was cancelled")
         with job.cond:
             if job.state == JobState.QUEUED:
-                self._finish(job, JobState.CANCELLED if reason.code == grpc.StatusCode.CANCELLED
+                self._finish(job, JobState.CANCELLED if reason.kind is ErrorKind.CANCELLED
                              else JobState.FAILED, error=reason, was=JobState.QUEUED)
             elif job.state == JobState.RUNNING and job.cancel_reason is None:
                 job.cancel_reason = reason
@@ -406,7 +332,7 @@ class JobManager:
         with self._lock:
             self._closing = True
             jobs = list(self._jobs.values())
-        reason = JobError(grpc.StatusCode.UNAVAILABLE, "the server shut down before the job finished; start it again")
+        reason = JobError(ErrorKind.UNAVAILABLE, "the server shut down before the job finished; start it again")
         for job in jobs:
             if job.state == JobState.QUEUED:
                 self.cancel(job.id, reason)
@@ -418,8 +344,8 @@ class JobManager:
         self._wait_idle(jobs, deadline)
         for _ in self._threads:
             self._queue.put(None)
-        if self.journal is not None:
-            self.flush()  # the jobs' final records, before the process ends
+        if self._writer is not None:
+            self._writer.flush()  # the jobs' final records, before the process ends
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -474,29 +400,29 @@ class JobManager:
         try:
             outcome = job.fn(progress)
             if outcome is None:
-                outcome = JobOutcome()
-            if not isinstance(outcome, JobOutcome):
-                raise TypeError(f"a {job.kind} job returned {type(outcome).__name__}, not a JobOutcome")
+                outcome = StageResult()
+            if not isinstance(outcome, StageResult):
+                raise TypeError(f"a {job.kind} job returned {type(outcome).__name__}, not a StageResult")
             bad = [role for role, a in outcome.artifacts.items() if not isinstance(a, Artifact)]
             if bad:
                 raise TypeError(f"a {job.kind} job returned artifacts {bad} that are not store Artifacts")
-            outcome = JobOutcome(dict(outcome.artifacts), _jsonable(outcome.metrics))
+            outcome = StageResult(dict(outcome.artifacts), _jsonable(outcome.metrics))
         except Cancelled as exc:
-            reason = job.cancel_reason or JobError(grpc.StatusCode.CANCELLED, str(exc) or "cancelled")
-            state = JobState.CANCELLED if reason.code == grpc.StatusCode.CANCELLED else JobState.FAILED
+            reason = job.cancel_reason or JobError(ErrorKind.CANCELLED, str(exc) or "cancelled")
+            state = JobState.CANCELLED if reason.kind is ErrorKind.CANCELLED else JobState.FAILED
             with job.cond:
                 self._finish(job, state, error=reason, was=JobState.RUNNING)
         except BaseException as exc:
-            code, message = status_of(exc)
-            if code == grpc.StatusCode.INTERNAL:
+            kind = error_kind(exc)
+            if kind is ErrorKind.INTERNAL:
                 log.error("%s job %s failed", job.kind, job.id, exc_info=exc)
             with job.cond:
-                self._finish(job, JobState.FAILED, error=JobError(code, message), was=JobState.RUNNING)
+                self._finish(job, JobState.FAILED, error=JobError(kind, error_message(exc)), was=JobState.RUNNING)
         else:
             with job.cond:
                 self._finish(job, JobState.SUCCEEDED, outcome=outcome, was=JobState.RUNNING)
 
-    def _finish(self, job: _Job, state: JobState, *, was: JobState, outcome: JobOutcome | None = None,
+    def _finish(self, job: _Job, state: JobState, *, was: JobState, outcome: StageResult | None = None,
                 error: JobError | None = None) -> None:
         """Make the job final (caller holds ``job.cond``) and forget the oldest finished jobs."""
         job.outcome, job.error, job.end_time = outcome, error, time.time()
@@ -512,124 +438,23 @@ class JobManager:
             while len(self._finished) > self._max_finished:
                 self._jobs.pop(self._finished.popleft(), None)
 
-
-    # -- the journal --------------------------------------------------------------------------
-
     def _changed(self, job: _Job) -> None:
         """Mark a job's record for the journal's next write."""
-        if self.journal is not None and job.spec is not None:
-            with self._flushed:
-                self._dirty.add(job.id)
-                if job.state.final:
-                    self._flushed.notify_all()
+        if self._writer is not None and job.spec is not None:
+            self._writer.changed(job.id, job.state.final)
 
-    def flush(self) -> None:
-        """Write the records of the jobs that changed (and renew the running ones' leases).
-
-        One flush at a time, each record taken when it is written: a slower, older write never
-        lands after a newer one (a job's final record is the last one written).
-        """
-        assert self.journal is not None
-        with self._flush_lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        assert self.journal is not None
-        with self._flushed:
-            ids, self._dirty = self._dirty, set()
+    def _records(self, ids: set[str]) -> list[tuple[str, Callable[[], dict[str, Any]]]]:
+        """For the journal writer: the jobs ``ids`` and every running one of this process (their leases), each
+        with the function that takes its record when it is written."""
         with self._lock:
             jobs = [self._jobs[i] for i in ids if i in self._jobs]
             jobs += [j for j in self._jobs.values() if j.id not in ids and j.state == JobState.RUNNING
                      and j.fn is not None and j.spec is not None]
-        for job in jobs:
-            with job.cond:
-                record = job.record()
-            try:
-                self.journal.save(record)
-            except SlimYoloError as exc:  # the store is down: keep the job, try again at the next flush
-                log.warning("could not write the record of job %s: %s", job.id, exc)
-                with self._flushed:
-                    self._dirty.add(job.id)
 
-    def _flush_forever(self) -> None:
-        assert self.journal is not None
-        renew = self.journal.lease_seconds / 3
-        last = 0.0
-        while True:
-            with self._flushed:
-                self._flushed.wait(self.journal.flush_seconds)
-                due = bool(self._dirty) or time.monotonic() - last >= renew
-            if due:
-                self.flush()
-                last = time.monotonic()
+        def taker(job: _Job) -> Callable[[], dict[str, Any]]:
+            def take() -> dict[str, Any]:
+                with job.cond:
+                    return job.record()
+            return take
 
-
-class _JobMetrics:
-    def __init__(self, registry: Any) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
-
-        self.submitted = Counter("slimyolo_jobs_submitted_total", "Jobs submitted, by kind.", ["kind"],
-                                 registry=registry)
-        self.finished = Counter("slimyolo_jobs_finished_total", "Jobs that reached a final state, by kind and state.",
-                                ["kind", "state"], registry=registry)
-        self.active = Gauge("slimyolo_jobs_active", "Jobs queued or running now.", ["state"], registry=registry)
-        self.duration = Histogram("slimyolo_job_duration_seconds", "Running time of finished jobs, by kind.",
-                                  ["kind"], registry=registry,
-                                  buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400))
-
-
-# -- the Jobs service ----------------------------------------------------------------------------
-
-
-def _timestamp(msg: Any, seconds: float | None) -> None:
-    if seconds is not None:
-        msg.FromNanoseconds(int(seconds * 1e9))
-
-
-def event_to_proto(event: JobEvent) -> common_pb2.JobEvent:
-    msg = common_pb2.JobEvent(seq=event.seq, state=int(event.state))
-    _timestamp(msg.time, event.time)
-    if event.progress is not None:
-        msg.progress.CopyFrom(dict_to_struct(event_to_dict(event.progress)))
-    return msg
-
-
-def job_to_proto(job: JobSnapshot) -> common_pb2.Job:
-    msg = common_pb2.Job(id=job.id, kind=job.kind, state=int(job.state))
-    if job.progress is not None:
-        msg.progress.CopyFrom(dict_to_struct(event_to_dict(job.progress)))
-    if job.outcome is not None:
-        for role, artifact in job.outcome.artifacts.items():
-            msg.result.artifacts[role].CopyFrom(artifact_to_proto(artifact))
-        msg.result.metrics.CopyFrom(dict_to_struct(job.outcome.metrics))
-    if job.error is not None:
-        msg.error.code, msg.error.message = job.error.code.value[0], job.error.message
-    _timestamp(msg.create_time, job.create_time)
-    _timestamp(msg.start_time, job.start_time)
-    _timestamp(msg.end_time, job.end_time)
-    return msg
-
-
-class JobsServicer(jobs_pb2_grpc.JobsServicer):
-    """``slimyolo.v1.Jobs`` over a JobManager; errors become statuses in the server's interceptor."""
-
-    def __init__(self, manager: JobManager) -> None:
-        self.manager = manager
-
-    def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
-        return jobs_pb2.GetJobResponse(job=job_to_proto(self.manager.get(request.id)))
-
-    def WatchJob(self, request: jobs_pb2.WatchJobRequest,
-                 context: grpc.ServicerContext) -> Iterator[jobs_pb2.WatchJobResponse]:
-        for event in self.manager.watch(request.id, request.from_seq, active=context.is_active):
-            response = jobs_pb2.WatchJobResponse(event=event_to_proto(event))
-            if event.state.final:
-                response.job.CopyFrom(job_to_proto(self.manager.get(request.id)))
-            yield response
-
-    def CancelJob(self, request: jobs_pb2.CancelJobRequest,
-                  context: grpc.ServicerContext) -> jobs_pb2.CancelJobResponse:
-        return jobs_pb2.CancelJobResponse(job=job_to_proto(self.manager.cancel(request.id)))
-
-    def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
-        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in self.manager.list()])
+        return [(job.id, taker(job)) for job in jobs]

@@ -63,6 +63,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 
 from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import Cancelled, SlimYoloError
+from slimyolo.rpc import MAX_MESSAGE_BYTES
 from slimyolo.rpc.status import status_of
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class ServerConfig(EnvConfig):
     bind: str = "0.0.0.0"
     port: int = 50051
     metrics_port: int = 8000
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     # The inference service's calls beyond its queue must reach it to be refused (SLIMYOLO_INFERENCE_MAX_QUEUE 32).
     workers: int = 64
     job_workers: int = 1
@@ -346,12 +347,12 @@ def on_call_end(context: grpc.ServicerContext, callback: Callable[[grpc.StatusCo
 class Server:
     """A gRPC server with health, reflection, metrics, status mapping and a graceful drain.
 
-    Usage in a service's module (``slimyolo/services/<stage>.py``)::
+    Usage in a service's module (``slimyolo/services/<service>.py``; the stage services do this through
+    :func:`slimyolo.rpc.stage_service.serve_stages`)::
 
         server = Server("trainer", ServerConfig.from_args(args, os.environ))
-        jobs = server.enable_jobs()
-        server.add_service("slimyolo.v1.Trainer", trainer_pb2_grpc.add_TrainerServicer_to_server,
-                           TrainerServicer(store, jobs))
+        jobs = server.enable_jobs(store, rebuild)
+        server.add_service("slimyolo.v1.Trainer", trainer_pb2_grpc.add_TrainerServicer_to_server, servicer)
         server.start()
         server.set_serving("slimyolo.v1.Trainer")
         server.serve_forever()  # until SIGTERM
@@ -399,7 +400,9 @@ class Server:
         jobs of an earlier process are run again, ``rebuild(kind, spec)`` giving their functions.
         """
         from slimyolo.rpc.gen.v1 import jobs_pb2_grpc
-        from slimyolo.rpc.jobs import JobJournal, JobManager, JobsServicer
+        from slimyolo.rpc.job_service import JobsServicer
+        from slimyolo.rpc.jobs import JobManager
+        from slimyolo.rpc.journal import JobJournal
 
         journal = JobJournal(store, self.name) if store is not None else None
         manager = JobManager(self.config.job_workers, registry=self.registry, journal=journal, rebuild=rebuild)

@@ -1,23 +1,68 @@
-"""The client side of the stage services: a stage spec run as a job of its service.
+"""The stage services on the wire: a spec as its Start... request, and the client that runs one as a job.
 
-:class:`RemoteRunner` is the pipeline's runner for ``slimyolo pipeline run --remote``: each stage
-goes to the service of the routing table (:mod:`slimyolo.stages.routing`) as its Start...
-request, and the job's progress and result come back as the in-process runner reports them.
-:func:`served_detection` asks the inference service for the objects in one image. gRPC is
-imported only when a call is made, so importing this module costs nothing without it.
+A Start... request carries its stage's spec as one ``google.protobuf.Struct`` (``spec``): the same
+fields, names and values as the stage's YAML spec. :func:`spec_to_request` writes the spec's
+``to_dict()``; :func:`spec_from_request` reads it back through
+:func:`~slimyolo.stages.kinds.parse_spec`, the parser of YAML specs, so a request is checked exactly
+like a YAML spec (a bad field is INVALID_ARGUMENT naming the field, with the message ``slimyolo
+stage`` prints) and every legal value, zero included, reaches the runner unchanged. Which service,
+method and messages a kind uses comes from its entry in :data:`~slimyolo.stages.kinds.KINDS` and
+the protos (:func:`start_messages`): nothing here knows a stage's fields or lists its messages.
+
+:class:`RemoteRunner` is the pipeline's runner for ``slimyolo pipeline run --remote`` (and
+:func:`run_remote` that of ``slimyolo stage KIND --remote``): each stage goes to its service as its
+Start... request, and the job's progress and result come back as the in-process runner reports
+them. :func:`served_detection` asks the inference service for the objects in one image. gRPC and
+the generated messages are imported only when a call is made, so importing this module costs
+nothing without them. The servers' side is :mod:`slimyolo.rpc.stage_service`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.progress import Progress, event_from_dict
-from slimyolo.stages.routing import ROUTES
+from slimyolo.stages.kinds import KINDS, StageKind, address_variable, parse_spec
 from slimyolo.stages.runners import StageResult
 from slimyolo.stages.specs import Spec
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+
+def start_messages(kind: StageKind) -> tuple[type[Message], type[Message]]:
+    """(request, response) message classes of ``kind``'s Start... method, as the protos declare them.
+
+    A service's messages live in ``slimyolo/rpc/gen/v1/<service>_pb2.py`` (its proto file is named
+    after the service); importing that module registers them.
+    """
+    from google.protobuf import descriptor_pool, message_factory
+
+    importlib.import_module(f"slimyolo.rpc.gen.v1.{kind.service}_pb2")
+    method = descriptor_pool.Default().FindServiceByName(kind.grpc_service).methods_by_name[kind.start]
+    return message_factory.GetMessageClass(method.input_type), message_factory.GetMessageClass(method.output_type)
+
+
+def spec_to_request(spec: Spec) -> Message:
+    """The Start... request of the stage ``spec`` describes, carrying the spec."""
+    from slimyolo.rpc.messages import dict_to_struct
+
+    request, _ = start_messages(KINDS[spec.kind])
+    return request(spec=dict_to_struct(spec.to_dict()))
+
+
+def spec_from_request(kind: str, request: Message) -> Spec:
+    """The spec a Start... request carries, checked as a YAML spec of stage ``kind`` is."""
+    from slimyolo.rpc.messages import struct_to_dict
+
+    if not request.HasField("spec"):
+        raise SlimYoloError(f"{type(request).__name__}: 'spec' is required (the {kind} stage's spec: the fields "
+                            f"of its YAML spec, as a Struct)")
+    return parse_spec(kind, struct_to_dict(request.spec))
 
 
 class RemoteRunner:
@@ -36,8 +81,6 @@ class RemoteRunner:
 
         if service not in self._channels:
             if service not in self.addresses:
-                from slimyolo.pipeline.config import address_variable
-
                 raise SlimYoloError(f"--remote: no address for the {service} service: set {address_variable(service)} "
                                     f"or remote.{service} in the config")
             channel = connect(self.addresses[service])
@@ -50,17 +93,18 @@ class RemoteRunner:
         import grpc
 
         from slimyolo.rpc.client import follow_job, remote_error
-        from slimyolo.rpc.gen.v1 import converter_pb2_grpc, jobs_pb2, jobs_pb2_grpc, pruner_pb2_grpc, trainer_pb2_grpc
+        from slimyolo.rpc.gen.v1 import jobs_pb2, jobs_pb2_grpc
         from slimyolo.rpc.messages import artifact_from_proto, struct_to_dict
-        from slimyolo.stages.messages import spec_to_request
 
-        route = ROUTES[spec.kind]
-        service = route.service
-        stub = {"trainer": trainer_pb2_grpc.TrainerStub, "pruner": pruner_pb2_grpc.PrunerStub,
-                "converter": converter_pb2_grpc.ConverterStub}[service](self.channel(service))
+        kind = KINDS[spec.kind]
+        channel = self.channel(kind.service)
         request = spec_to_request(spec)  # store keys travel as keys: the service resolves them in the shared store
+        _, response = start_messages(kind)
+        start = channel.unary_unary(f"/{kind.grpc_service}/{kind.start}", _registered_method=True,
+                                    request_serializer=type(request).SerializeToString,
+                                    response_deserializer=response.FromString)
         try:
-            job = getattr(stub, route.method)(request, timeout=60).job
+            job = start(request, timeout=60).job
         except grpc.RpcError as exc:
             raise remote_error(exc) from exc
 
@@ -69,9 +113,9 @@ class RemoteRunner:
                 progress(event_from_dict(struct_to_dict(event.progress)))
 
         try:
-            final = follow_job(self.channel(service), job.id, on_event)
+            final = follow_job(channel, job.id, on_event)
         except KeyboardInterrupt:  # stop the remote job too, not just this client
-            jobs_pb2_grpc.JobsStub(self.channel(service)).CancelJob(jobs_pb2.CancelJobRequest(id=job.id), timeout=10)
+            jobs_pb2_grpc.JobsStub(channel).CancelJob(jobs_pb2.CancelJobRequest(id=job.id), timeout=10)
             raise
         artifacts = {role: artifact_from_proto(ref, role) for role, ref in final.result.artifacts.items()}
         return StageResult(artifacts, struct_to_dict(final.result.metrics))
@@ -109,7 +153,7 @@ def served_detection(runner: RemoteRunner) -> Callable[[str, str, Path], dict]:
 
 def run_remote(address: str, spec: Spec, progress: Progress) -> StageResult:
     """Run ``spec`` as a job of the stage's service at ``address`` (``slimyolo stage KIND --spec --remote``)."""
-    runner = RemoteRunner({ROUTES[spec.kind].service: address})
+    runner = RemoteRunner({KINDS[spec.kind].service: address})
     try:
         return runner.run(spec, progress)
     finally:

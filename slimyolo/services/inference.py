@@ -1,5 +1,5 @@
 """The inference service: the Open Inference Protocol (``inference.GRPCInferenceService``) and
-``slimyolo.v1.Inference`` (Detect, DetectStream, LoadModel, UnloadModel, ListModels).
+``slimyolo.v1.Inference`` (Detect, DetectStream, LoadModel, UnloadModel, ListModels, BenchmarkModel).
 
 Thin servicers: each call's protobuf becomes the plain arguments of
 :class:`slimyolo.serving.dataplane.DataPlane`, and its result the response; the model
@@ -27,7 +27,7 @@ from slimyolo.rpc.server import Server, on_call_end
 from slimyolo.rpc.status import status_of
 from slimyolo.serving import config as serving_config
 from slimyolo.serving.config import ServingConfig
-from slimyolo.serving.dataplane import DataPlane, StreamRequest, Thresholds
+from slimyolo.serving.dataplane import BenchmarkResult, DataPlane, StreamRequest, Thresholds
 from slimyolo.serving.images import EncodedImage, RawImage
 from slimyolo.serving.kserve import InputTensor
 from slimyolo.serving.manager import ModelInfo
@@ -77,6 +77,19 @@ def _model_info(info: ModelInfo) -> inference_pb2.ModelInfo:
     return message
 
 
+def _benchmark(result: BenchmarkResult) -> inference_pb2.BenchmarkModelResponse:
+    cpu = result.cpu
+    return inference_pb2.BenchmarkModelResponse(
+        name=result.model_name, version=result.model_version, fps=result.fps,
+        latency_ms=inference_pb2.LatencyPercentiles(**result.latency_ms), inferences=result.inferences,
+        seconds=result.seconds, execution_precision=result.execution_precision,
+        precision=precision_to_proto(result.precision),
+        input_size=common_pb2.ImageSize(width=result.input_size[1], height=result.input_size[0]),
+        device=result.device, hint=result.hint, requests=result.requests,
+        cpu=inference_pb2.CpuInfo(model=cpu["cpu"], cores=cpu["cores"] or 0, isa=cpu["isa"]),
+        host=result.host, concurrent_frames=result.concurrent_frames, mosaic=result.mosaic)
+
+
 # -- the servicers ----------------------------------------------------------------------------------
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -114,6 +127,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                    ) -> inference_pb2.ListModelsResponse:
         infos = self.plane.list_models(request.include_repository)
         return inference_pb2.ListModelsResponse(models=[_model_info(i) for i in infos])
+
+    def BenchmarkModel(self, request: inference_pb2.BenchmarkModelRequest, context: grpc.ServicerContext
+                       ) -> inference_pb2.BenchmarkModelResponse:
+        # A client that cancels (or whose deadline passes) ends the benchmark instead of leaving it to run out.
+        return _benchmark(self.plane.benchmark_model(request.name, request.version, request.seconds, request.mosaic,
+                                                     cancelled=lambda: not context.is_active()))
 
 
 class KServeServicer(kserve_pb2_grpc.GRPCInferenceServiceServicer):

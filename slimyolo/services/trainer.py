@@ -1,28 +1,20 @@
 """The trainer service: ``slimyolo.v1.Trainer`` (StartTraining, StartEvaluation) and ``slimyolo.v1.Jobs``.
 
-A thin servicer: each Start... request becomes a stage spec (:mod:`slimyolo.stages.messages`) and a
-job running the stage (:mod:`slimyolo.stages.runners`) against the artifact store of the
-environment. Training progress also feeds the ``slimyolo_train_*`` gauges on ``/metrics``.
+Each Start... request becomes a stage spec and a job running the stage against the artifact
+store of the environment (:mod:`slimyolo.rpc.stage_service`, the servicer every stage service
+shares). Training progress also feeds the ``slimyolo_train_*`` gauges on ``/metrics``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from slimyolo.progress import Event, TrainEpoch, TrainStep
-from slimyolo.rpc.gen.v1 import trainer_pb2, trainer_pb2_grpc
-from slimyolo.rpc.jobs import JobManager
 from slimyolo.rpc.server import Server
-from slimyolo.stages.jobs import rebuild_stage, submit_stage
-from slimyolo.stages.messages import spec_from_request
-from slimyolo.stages.routing import grpc_service
-from slimyolo.stages.workspace import remove_stale_work_dirs
-from slimyolo.store import Store, open_store
+from slimyolo.rpc.stage_service import serve_stages
 
-SERVICE = grpc_service("trainer")  # slimyolo.v1.Trainer (slimyolo.stages.routing)
 LOSSES = ("box", "obj", "cls", "distill", "loss")
 
 
@@ -68,26 +60,6 @@ class TrainMetrics:
                 self.recall.labels(stage).set(event.recall)
 
 
-class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
-    def __init__(self, store: Store, jobs: JobManager, metrics: TrainMetrics) -> None:
-        self.store, self.jobs, self.metrics = store, jobs, metrics
-
-    def StartTraining(self, request: trainer_pb2.StartTrainingRequest,
-                      context: grpc.ServicerContext) -> trainer_pb2.StartTrainingResponse:
-        job = submit_stage(self.jobs, self.store, spec_from_request("train", request), self.metrics.observe)
-        return trainer_pb2.StartTrainingResponse(job=job)
-
-    def StartEvaluation(self, request: trainer_pb2.StartEvaluationRequest,
-                        context: grpc.ServicerContext) -> trainer_pb2.StartEvaluationResponse:
-        spec = spec_from_request("eval", request)
-        return trainer_pb2.StartEvaluationResponse(job=submit_stage(self.jobs, self.store, spec))
-
-
 def build(server: Server, args: argparse.Namespace) -> None:
     """Serve Trainer and Jobs on ``server`` with the store of the environment (``SLIMYOLO_STORE``)."""
-    remove_stale_work_dirs()  # the work folders of jobs killed with an earlier process
-    store, metrics = open_store(), TrainMetrics(server.registry)
-    jobs = server.enable_jobs(store, rebuild_stage(store, metrics.observe))
-    servicer = TrainerServicer(store, jobs, metrics)
-    server.add_service(SERVICE, trainer_pb2_grpc.add_TrainerServicer_to_server, servicer)
-    server.set_serving(SERVICE)
+    serve_stages(server, "trainer", observe=TrainMetrics(server.registry).observe)

@@ -39,8 +39,6 @@ from typing import ClassVar
 from slimyolo import vocab
 from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import SlimYoloError
-from slimyolo.infer.engine import HINTS
-from slimyolo.infer.mosaic import parse_grid
 
 ENV_MODEL_REPOSITORY = "SLIMYOLO_MODEL_REPOSITORY"
 
@@ -63,7 +61,7 @@ _HELP = {
                         "($SLIMYOLO_STORE)",
     "poll_seconds": "seconds between scans of the repository for new versions (0: scan only at start)",
     "device": "OpenVINO device",
-    "hint": f"OpenVINO performance hint ({', '.join(HINTS)})",
+    "hint": f"OpenVINO performance hint ({', '.join(vocab.PERFORMANCE_HINTS)})",
     "precision": "OpenVINO inference precision (f32, bf16, f16; empty: the device's default)",
     "mosaic": "largest KxK mosaic that frames of concurrent video streams share (1x1: no mosaic)",
     "batch_window_ms": "milliseconds a stream frame waits for frames of other streams to share its inference",
@@ -95,7 +93,7 @@ class ServingConfig(EnvConfig):
 
     @property
     def mosaic_k(self) -> int:
-        return parse_grid(self.mosaic)
+        return vocab.parse_grid(self.mosaic)
 
     @property
     def batch_window(self) -> float:
@@ -111,8 +109,8 @@ class ServingConfig(EnvConfig):
             raise SlimYoloError(f"{where('model_repository')}: a model repository is required")
         if self.poll_seconds < 0:
             raise SlimYoloError(f"{where('poll_seconds')}: must not be negative")
-        if self.hint not in HINTS:
-            raise SlimYoloError(f"{where('hint')}: {self.hint!r} is not one of {', '.join(HINTS)}")
+        if self.hint not in vocab.PERFORMANCE_HINTS:
+            raise SlimYoloError(f"{where('hint')}: {self.hint!r} is not one of {', '.join(vocab.PERFORMANCE_HINTS)}")
         if self.precision:
             vocab.choose(self.precision, vocab.EXEC_PRECISIONS, where("precision"))
         try:

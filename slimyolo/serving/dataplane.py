@@ -14,10 +14,19 @@ client (or the load balancer) can go to another replica. A call is only refused 
 while N <= ``max_queue``. The server's worker threads must exceed ``max_queue`` plus the
 inference requests, or calls would wait in gRPC's own queue before the data plane sees them.
 Video streams push back per call instead (``max_in_flight`` frames each).
+
+Benchmarks (:meth:`DataPlane.benchmark_model`) time a loaded version on the server's own CPU,
+inference only, for at most :data:`MAX_BENCHMARK_SECONDS`, one at a time: a second benchmark
+while one runs is refused at once (RESOURCE_EXHAUSTED) rather than queued, because two at once
+would each measure half the machine, and a queue of them would hold the server's worker threads
+for minutes. They take no place in the admission queue; the service's other calls share the
+inference requests and the CPU with them meanwhile (the result says how many frames they ran).
 """
 
 from __future__ import annotations
 
+import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,8 +37,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from slimyolo import __version__
-from slimyolo.errors import ResourceExhausted, SlimYoloError
-from slimyolo.infer.engine import Detections
+from slimyolo.errors import Cancelled, ResourceExhausted, SlimYoloError
+from slimyolo.infer.bench import bench_compiled
+from slimyolo.infer.engine import Detections, Engine
 from slimyolo.serving.config import ServingConfig
 from slimyolo.serving.images import (
     DetectOptions,
@@ -41,13 +51,14 @@ from slimyolo.serving.images import (
 )
 from slimyolo.serving.kserve import InputTensor, OutputTensor, TensorSpec, decode_inputs, encode_output, select_outputs
 from slimyolo.serving.manager import Lease, ModelInfo, ModelManager
-from slimyolo.serving.metrics import InferenceMetrics
+from slimyolo.serving.metrics import InferenceMetrics, model_label
 from slimyolo.serving.model import ServedModel
 from slimyolo.serving.repository import Repository, open_repository
 from slimyolo.serving.streams import PendingFrame, pipelined
 
 SERVER_NAME = "slimyolo"
 PLATFORM = "openvino"
+MAX_BENCHMARK_SECONDS = 60.0  # a benchmark holds a worker thread and the CPU: bounded, whoever asks
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,28 @@ class InferResult:
     outputs: tuple[OutputTensor, ...]
 
 
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """A served version timed on this server, inference only (:meth:`DataPlane.benchmark_model`)."""
+
+    model_name: str
+    model_version: str
+    fps: float
+    latency_ms: dict[str, float]  # p50, p90, p99 of one inference, submission to result
+    inferences: int  # completed in the measured time, warm-up excluded
+    seconds: float  # the measured wall time
+    execution_precision: str  # what OpenVINO computed in: f32, bf16, f16
+    precision: str  # how the IR stores its weights: fp32, fp16, int8
+    input_size: tuple[int, int]  # height, width
+    device: str
+    hint: str  # the OpenVINO performance hint it was compiled with
+    requests: int  # asynchronous inference requests kept in flight
+    cpu: dict  # slimyolo.cpuinfo.cpu_info(): cpu (model name), cores, isa
+    host: str  # this server's host name (the pod's, in Kubernetes)
+    concurrent_frames: int  # frames served to clients meanwhile
+    mosaic: int = 1  # k of the k×k mosaic engine timed (1: the native size); each inference serves k² frames
+
+
 class _StreamFrame:
     """A frame in flight in a stream call: its lease, its pending boxes, when it arrived."""
 
@@ -122,7 +155,8 @@ class _StreamFrame:
         finally:
             self.lease.release()
         self.plane.metrics.count_frames(model.name)
-        self.plane.metrics.end_to_end.labels(model.name, "detect_stream").observe(time.perf_counter() - self.t0)
+        self.plane.metrics.end_to_end.labels(model_label(model.name), "detect_stream").observe(
+            time.perf_counter() - self.t0)
         return StreamResult(self.request.stream_id, self.request.frame_id, model.version, detections,
                             model.meta.names, frames)
 
@@ -141,6 +175,7 @@ class DataPlane:
         self.max_in_flight, self.max_queue = max_in_flight, max_queue
         self._queued = 0
         self._admission = threading.Lock()
+        self._benchmarking = threading.Lock()  # one benchmark at a time (see the module docstring)
 
     @classmethod
     def from_config(cls, config: ServingConfig, registry: CollectorRegistry, env: Mapping[str, str],
@@ -153,7 +188,7 @@ class DataPlane:
         repository = repository or open_repository(config.model_repository, env)
 
         def load(name: str, version: str, path: Path) -> ServedModel:
-            observe = metrics.inference.labels(name).observe
+            observe = metrics.inference.labels(model_label(name)).observe
             return ServedModel(name, version, path, config, core, on_infer=observe)
 
         manager = ModelManager(repository, load, config.poll_seconds, metrics)
@@ -173,7 +208,7 @@ class DataPlane:
     # -- bookkeeping ------------------------------------------------------------------------------
 
     def _label(self, name: str) -> str:
-        return name if self.manager.knows(name) else ""
+        return model_label(name) if self.manager.knows(name) else ""
 
     @contextmanager
     def _track(self, api: str, name: str, timed: bool = True) -> Iterator[None]:
@@ -323,3 +358,52 @@ class DataPlane:
 
     def list_models(self, include_repository: bool = False) -> list[ModelInfo]:
         return self.manager.models(include_repository)
+
+    def benchmark_model(self, name: str, version: str, seconds: float, mosaic: int = 0,
+                        cancelled: Callable[[], bool] | None = None) -> BenchmarkResult:
+        """Time the served version of ``name`` (``version``: only if it is that one) for ``seconds``, inference
+        only, with its own compiled model (see the module docstring), or with its ``mosaic``×``mosaic``
+        engine (the one video streams share; 0 or 1: the native size); SlimYoloError naming ``seconds`` outside
+        (0, :data:`MAX_BENCHMARK_SECONDS`] or a ``mosaic`` the model is not compiled for, NotFoundError for a
+        model not loaded, ResourceExhausted while another benchmark runs. ``cancelled()`` turning True (the client
+        went away) stops it within a fraction of a second, raising Cancelled: nobody waits for its figures any more."""
+        with self._track("benchmark_model", name, timed=False):
+            if not (isinstance(seconds, int | float) and math.isfinite(seconds)
+                    and 0 < seconds <= MAX_BENCHMARK_SECONDS):
+                shown = f"{seconds:g}" if isinstance(seconds, int | float) else repr(seconds)
+                raise SlimYoloError(f"seconds: {shown} is outside (0, {MAX_BENCHMARK_SECONDS:g}]; a benchmark "
+                                    f"measures for more than 0 and at most {MAX_BENCHMARK_SECONDS:g} seconds")
+            with self.manager.acquire(name, version) as model:
+                engine = self._mosaic_engine(model, mosaic)
+                if not self._benchmarking.acquire(blocking=False):
+                    raise ResourceExhausted("another benchmark is running on this server (one at a time: two would "
+                                            "each measure half the machine); retry once it is done")
+                try:
+                    before = self.metrics.frames_total
+                    figures = bench_compiled(engine, seconds, cancelled)
+                    concurrent = self.metrics.frames_total - before
+                finally:
+                    self._benchmarking.release()
+                self.metrics.benchmark_inferences.labels(self._label(name)).inc(figures["frames"])
+                if figures.get("stopped"):
+                    raise Cancelled(f"the benchmark of {name!r} was cancelled by its client after "
+                                    f"{figures['seconds']:g} s")
+                return BenchmarkResult(
+                    name, model.version, figures["fps"], figures["latency_ms"], figures["frames"], figures["seconds"],
+                    figures["execution_precision"], model.meta.precision, tuple(figures["input_size"]),
+                    figures["device"], figures["hint"], figures["requests"], figures["cpu"], socket.gethostname(),
+                    concurrent, max(mosaic, 1))
+
+    @staticmethod
+    def _mosaic_engine(model: ServedModel, k: int) -> Engine:
+        """The engine of ``model`` that runs k×k mosaics (k 0 or 1: its own); SlimYoloError naming ``mosaic``."""
+        if k in (0, 1):
+            return model.engine
+        detector = model.mux.mosaics.get(k)
+        if detector is None:
+            compiled = ", ".join(f"{m}x{m}" for m in sorted(model.mux.mosaics))
+            why = (f"this service compiles it for {compiled} (its --mosaic sets the largest)" if compiled
+                   else "this service compiles it for no mosaic (its --mosaic is 1x1, or the IR resizes its input "
+                        "inside and cannot be tiled)")
+            raise SlimYoloError(f"mosaic: {k}x{k} is not a mosaic model {model.name!r} runs; {why}")
+        return detector.engine

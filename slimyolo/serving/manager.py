@@ -19,7 +19,9 @@ Which version is served, per model:
 
 The server is *ready* when it can answer for at least one model: the repository has been
 scanned, every model found in that first scan has been loaded or has failed to load (a broken
-model must not keep a whole deployment unready), and at least one version is loaded. It turns
+model must not keep a whole deployment unready), and at least one version is loaded (of a model
+of its own: a sweep's temporary model, :func:`~slimyolo.serving.repository.is_temporary`, loaded
+for a benchmark, never draws traffic to a replica that has nothing else). It turns
 unready again when its last model leaves the repository or is unloaded, and ready when one is
 loaded again; ``start(on_ready)`` reports each change, for the health service.
 """
@@ -36,8 +38,8 @@ from typing import Protocol
 
 from slimyolo.errors import NotFoundError, SlimYoloError, UnavailableError
 from slimyolo.infer.meta import ModelMeta
-from slimyolo.serving.metrics import InferenceMetrics
-from slimyolo.serving.repository import Repository, newest
+from slimyolo.serving.metrics import InferenceMetrics, model_label
+from slimyolo.serving.repository import Repository, is_temporary, newest
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ class ModelManager:
     def ready(self) -> bool:
         """Whether the server can answer for at least one model (see the module docstring)."""
         with self._lock:
-            return self._scanned.is_set() and bool(self._slots)
+            return self._scanned.is_set() and any(not is_temporary(name) for name in self._slots)
 
     def _report(self) -> None:
         """Tell ``on_ready`` if readiness changed (after every change of what is served)."""
@@ -364,7 +366,7 @@ class ModelManager:
 
     def _count_load(self, name: str, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.loads.labels(name, result).inc()
+            self.metrics.loads.labels(model_label(name), result).inc()
 
     def _swap(self, name: str, slot: _Slot | None) -> bool:
         """Serve ``slot`` for ``name`` (None: nothing); True if the old version still has requests."""

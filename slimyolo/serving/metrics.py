@@ -16,10 +16,17 @@
   on an inference request (decoding, or waiting for a free one), the quantity that
   ``SLIMYOLO_INFERENCE_MAX_QUEUE`` bounds and a HorizontalPodAutoscaler can scale on (as OVMS'
   ``ovms_current_requests`` or Triton's pending-request count);
-- ``slimyolo_inference_in_flight_requests``: Detect and ModelInfer calls being served, queued or running.
+- ``slimyolo_inference_in_flight_requests``: Detect and ModelInfer calls being served, queued or running;
+- ``slimyolo_inference_benchmark_inferences_total{model}``: inferences run by BenchmarkModel calls
+  (the calls themselves are ``requests_total{api="benchmark_model"}``). They are not frames: the
+  FPS gauge and ``frames_total`` count what clients were served, so that an autoscaler does not
+  take a benchmark for traffic; ``inference_duration_seconds`` does include them (OpenVINO's time
+  of every request run).
 
 ``model`` is a model name of the repository; requests naming a model the server does not know
-are counted with ``model=""``, so that clients cannot grow the label's cardinality.
+are counted with ``model=""``, so that clients cannot grow the label's cardinality, and the
+temporary models of sweeps (``_sweep-<uuid>``, :func:`slimyolo.serving.repository.is_temporary`)
+are all counted as ``model="_sweep"`` for the same reason.
 """
 
 from __future__ import annotations
@@ -33,8 +40,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from slimyolo.serving.repository import TEMPORARY_PREFIX, is_temporary
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FPS_WINDOW_SECONDS = 10.0
+
+
+TEMPORARY_LABEL = TEMPORARY_PREFIX.rstrip("-")
+
+
+def model_label(name: str) -> str:
+    """The ``model`` label of a model name: the name, or ``_sweep`` for every temporary model of a sweep."""
+    return TEMPORARY_LABEL if is_temporary(name) else name
 
 
 class _FpsMeter:
@@ -83,16 +100,29 @@ class InferenceMetrics:
                             "Detect and ModelInfer calls waiting to run on an inference request.", registry=registry)
         self.in_flight = Gauge("slimyolo_inference_in_flight_requests",
                                "Detect and ModelInfer calls being served (queued or running).", registry=registry)
+        self.benchmark_inferences = Counter("slimyolo_inference_benchmark_inferences_total",
+                                            "Inferences run by BenchmarkModel calls (not counted as frames).",
+                                            ["model"], registry=registry)
         self.fps_window, self._clock = fps_window, clock
+        self._frames_total = 0
         self._meters: dict[str, _FpsMeter] = {}
         self._lock = threading.Lock()
         registry.register(_FpsCollector(self))
 
     def count_frames(self, model: str, frames: int = 1) -> None:
+        """Count frames served for ``model`` (a model name: its label is :func:`model_label`'s)."""
+        model = model_label(model)
         self.frames.labels(model).inc(frames)
         with self._lock:
             meter = self._meters.setdefault(model, _FpsMeter(self.fps_window))
             meter.add(frames, self._clock())
+            self._frames_total += frames
+
+    @property
+    def frames_total(self) -> int:
+        """Frames served since the start, every model together."""
+        with self._lock:
+            return self._frames_total
 
     def fps(self) -> dict[str, float]:
         """Frames per second of each model over the sliding window."""
@@ -103,7 +133,7 @@ class InferenceMetrics:
     def forget(self, model: str) -> None:
         """Stop reporting the FPS of a model no longer served (counters keep their totals)."""
         with self._lock:
-            self._meters.pop(model, None)
+            self._meters.pop(model_label(model), None)
 
 
 class _FpsCollector(Collector):

@@ -17,6 +17,11 @@ A repository holds ``<name>/<version>/`` folders laid out as ``slimyolo convert`
 Names and versions are single key segments (letters, digits, ``._+=@,-``; no hidden names), the
 same rule in both kinds. Versions are ordered numerically when they are integers (as ``convert``
 numbers them) and above any non-integer version, which are ordered by name.
+
+Names that start with :data:`TEMPORARY_PREFIX` (``_sweep-``) are reserved for the models a sweep
+hands the service for one measurement (:class:`slimyolo.prune.speed.RemoteFpsMeter`:
+``_sweep-<uuid>``, loaded, benchmarked and unloaded within seconds): the service counts them all
+under the one metric label ``_sweep`` and never becomes ready on one of them alone.
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ log = logging.getLogger(__name__)
 
 REPORT = "conversion.json"
 IR_FILES = ("model.xml", "model.bin")
+TEMPORARY_PREFIX = "_sweep-"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of the temporary models of a sweep (see the module docstring)."""
+    return name.startswith(TEMPORARY_PREFIX)
 
 
 def version_key(version: str) -> tuple[int, int, str]:
@@ -213,6 +224,18 @@ def open_repository(spec: str, env: Mapping[str, str]) -> Repository:
     if hint:
         log.warning("%s", hint)
     return repository
+
+
+def store_prefix(configured: str | None, env: Mapping[str, str], field: str = "model_repository") -> str:
+    """The key prefix of the store's model repository: ``configured``, else ``SLIMYOLO_MODEL_REPOSITORY``, else
+    ``models`` (:attr:`ServingConfig.model_repository`): what the inference service reads when its repository is
+    a prefix of the store, so that a writer with the same settings publishes where the service looks (as
+    :func:`slimyolo.stages.runners.model_repository` does for the converter). SlimYoloError naming ``field`` for
+    a value that is not a key prefix (a local folder or an ``s3://`` location)."""
+    from slimyolo.serving.config import ServingConfig
+
+    prefix = configured or env.get(ENV_MODEL_REPOSITORY) or ServingConfig.model_repository
+    return validate_key(prefix.strip("/"), f"{field} / {ENV_MODEL_REPOSITORY}")
 
 
 def local_folder_hint(spec: str, repository: Repository) -> str | None:

@@ -1,4 +1,5 @@
-"""Safe extraction of a data set's tar archive (gzip, bzip2 and xz allowed), with the standard library only.
+"""A data set's tar archive: made reproducibly (:func:`pack`), extracted safely (:func:`extract`; gzip, bzip2
+and xz allowed), with the standard library only.
 
 A data set archive comes from a request, so it is hostile until proven otherwise. Its members
 are written one by one by this module, never by ``TarFile.extract``: the rules are the same on
@@ -22,6 +23,7 @@ under the oldest Python the project declares without the project's dependencies.
 
 from __future__ import annotations
 
+import gzip
 import lzma
 import posixpath
 import shutil
@@ -33,6 +35,22 @@ from slimyolo.errors import SlimYoloError
 
 DEFAULT_MAX_MEMBERS = 1_000_000
 DEFAULT_MAX_BYTES = 32 << 30  # 32 GiB
+
+
+def pack(folder: Path, archive: Path) -> None:
+    """A gzip tar of the data set folder's contents (what a DataRef's ``archive`` carries).
+
+    Reproducible: the same files give the same bytes (no times, owners or gzip timestamp), so
+    the stages' specs, which name the archive by its sha256, are the same when a run continues.
+    """
+    def plain(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        return info
+
+    with open(archive, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:  # JPEGs do not compress; be quick
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name, filter=plain)
 
 
 class ArchiveError(SlimYoloError):

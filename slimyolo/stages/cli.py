@@ -21,11 +21,9 @@ import textwrap
 from pathlib import Path
 
 from slimyolo.fsutil import read_yaml
+from slimyolo.helptext import plain_text
 from slimyolo.params import fields_help
-from slimyolo.rpc.cli import plain_text
-from slimyolo.stages.specs import SPECS, parse_spec
-
-_SERVICES = {"train": "trainer", "eval": "trainer", "prune": "pruner", "sweep": "pruner", "convert": "converter"}
+from slimyolo.stages.kinds import KINDS, parse_spec, run_stage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "batch Jobs do, and print its result (artifacts, metrics) as JSON. "
                                    "slimyolo stage KIND --help lists the spec fields of KIND.")
     kinds = p.add_subparsers(dest="name", required=True, metavar="KIND")
-    for kind, cls in SPECS.items():
+    for kind, entry in KINDS.items():
+        cls = entry.spec
         what = plain_text(cls.__doc__)
         description = textwrap.fill(f"{what} The spec is a YAML file of the fields below; inputs are store keys.",
                                     100)
@@ -44,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         q.add_argument("--spec", type=Path, required=True, help="YAML spec: inputs (store keys), output prefix, "
                                                                 "parameters (the fields below)")
-        q.add_argument("--remote", metavar="HOST:PORT", help=f"submit the spec to the running {_SERVICES[kind]} "
+        q.add_argument("--remote", metavar="HOST:PORT", help=f"submit the spec to the running {entry.service} "
                        "service, which must use the same store, and follow its job; the result is the same JSON "
                        "as in process")
         q.set_defaults(func=_stage)
@@ -67,7 +66,6 @@ def _stage(args: argparse.Namespace) -> int:
 
             result = run_remote(args.remote, spec, console)
         else:
-            from slimyolo.stages.runners import run_stage
             from slimyolo.store import open_store
 
             result = run_stage(open_store(), spec, console)

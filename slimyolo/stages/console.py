@@ -17,11 +17,11 @@ class StageConsole:
     """A progress callback printing one line per epoch, sweep row and conversion step to ``stream`` (stderr)."""
 
     def __init__(self, stream: TextIO | None = None, bars: bool | None = None) -> None:
-        from slimyolo.train.cli import _Console
+        from slimyolo.train.cli import TrainConsole
 
         self.stream = stream = stream or sys.stderr
         # The trainer's renderer: a tqdm bar per epoch on a terminal, one line per finished epoch.
-        self._train = _Console(quiet=not (stream.isatty() if bars is None else bars))
+        self._train = TrainConsole(quiet=not (stream.isatty() if bars is None else bars))
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, TrainStep | TrainEpoch):
@@ -29,12 +29,13 @@ class StageConsole:
         elif isinstance(event, SweepPoint):
             row = event.row
             pct = "-" if row.global_percent is None else f"{row.global_percent:.3f}"
-            self._print(f"sweep {row.stage:<9} percent {pct:>6} units {row.shortcuts:>3}: "
-                        f"mAP@0.5 {row.map50:.4f}  params {row.params:,}" + ("" if row.within else "  (out)"))
+            score = "timed, not evaluated" if row.map50 is None else f"mAP@0.5 {row.map50:.4f}"
+            self._print(f"sweep {row.method:<9} percent {pct:>6} units {row.shortcuts:>3}: {score}  params "
+                        f"{row.params:,}" + ("" if row.within or row.map50 is None else "  (out)"))
         elif isinstance(event, SweepBest):
             best = event.row
             self._print("sweep: no point within the allowed mAP drop" if best is None else
-                        f"sweep best: {best.stage} percent {best.global_percent} units {best.shortcuts}: "
+                        f"sweep best: {best.method} percent {best.global_percent} units {best.shortcuts}: "
                         f"mAP@0.5 {best.map50:.4f}, params {best.params:,}")
         elif isinstance(event, StageStep):
             extra = ", ".join(f"{k} {v}" for k, v in event.details.items())

@@ -1,15 +1,22 @@
 """Durable stages: a stage keyed by its ``out`` resumes, or returns its result, instead of redoing work.
 
-A stage's published tree holds ``stage.json``: the stage's kind, its spec (every field, defaults
-included), the spec's digest and the result's metrics. Starting a stage whose ``out`` already
-holds a complete tree therefore has three outcomes (:func:`finished`):
+A stage's published tree holds ``stage.json``: the stage's kind, the schema version of its spec,
+its spec (every field, defaults included), the spec's digest and the result's metrics. Starting a
+stage whose ``out`` already holds a complete tree therefore has three outcomes (:func:`finished`):
 
-- the same spec (same digest): the stored result is returned at once, without work, byte for
-  byte the result of the run that published it (artifacts from the tree's manifest, metrics
-  from ``stage.json``);
+- the same spec: the stored result is returned at once, without work, byte for byte the result
+  of the run that published it (artifacts from the tree's manifest, metrics from ``stage.json``);
 - another spec: :class:`~slimyolo.errors.FailedPrecondition` naming the fields that differ, so a
   changed setting never silently reuses (or overwrites) an old result;
 - a tree without ``stage.json`` (published by hand, or by an older SlimYOLO): refused too.
+
+"The same spec" survives upgrades (:func:`same_spec`): the digest covers only the fields that
+differ from their defaults (:func:`canonical`) and the spec class's ``schema`` version, which
+changes only when a field's meaning does. A spec that writes a default out and one that leaves it
+unset are the same spec; a field added later with a default leaves every stored result and
+checkpoint valid. A ``stage.json`` whose digest was made another way (an earlier SlimYOLO hashed
+every field, defaults included, and wrote no ``schema``) is matched by its spec instead: both
+specs without their defaults, compared.
 
 While it runs, the train stage publishes its resumable state after every epoch as the tree
 ``<out>/checkpoints/epoch-NNNNN`` (:class:`Checkpoints`): the run folder (``last.pt`` with the
@@ -26,6 +33,7 @@ far); started again it takes those rows as they are and evaluates only the point
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -57,16 +65,52 @@ CHECKPOINTS = "checkpoints"
 POINTS_FILE = "points.json"
 
 
+def _without_defaults(cls: type, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """``doc`` (a spec of class ``cls`` as YAML/JSON data) without the values its class has by default; in a
+    section of settings (a mapping, such as a training spec's ``augment``) without the keys at their defaults."""
+    defaults, out = cls.defaults(), {}
+    for name, value in doc.items():
+        default = defaults.get(name, dataclasses.MISSING)
+        if isinstance(value, Mapping) and isinstance(default, Mapping):
+            value = {k: v for k, v in value.items() if k not in default or default[k] != v}
+            if value:
+                out[name] = value
+        elif value != default:
+            out[name] = value
+    return out
+
+
+def canonical(spec: Spec) -> dict[str, Any]:
+    """The spec's fields that differ from their defaults, as YAML/JSON data: what identifies the spec."""
+    return _without_defaults(type(spec), spec.to_dict())
+
+
 def spec_digest(spec: Spec) -> str:
-    """sha256 of the spec's canonical JSON (every field, defaults included; key order irrelevant)."""
-    text = json.dumps({"kind": spec.kind, **spec.to_dict()}, sort_keys=True, separators=(",", ":"))
+    """sha256 of the spec's canonical JSON: its kind, its schema version and the fields that differ from their
+    defaults (key order irrelevant), so that neither writing a default out nor a field added later with a
+    default changes it."""
+    doc = {"kind": spec.kind, "schema": type(spec).schema, "spec": canonical(spec)}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def same_spec(doc: Mapping[str, Any], spec: Spec) -> bool:
+    """Whether ``doc`` (a ``stage.json``) was written for ``spec``: the same kind and schema version, and the same
+    digest, or (a digest made another way, by an earlier SlimYOLO) the same fields once their defaults are
+    dropped."""
+    if doc.get("kind") != spec.kind or doc.get("schema", 1) != type(spec).schema:
+        return False
+    if doc.get("digest") == spec_digest(spec):
+        return True
+    stored = doc.get("spec")
+    return isinstance(stored, Mapping) and _without_defaults(type(spec), stored) == canonical(spec)
 
 
 def write_stage_file(folder: Path, spec: Spec, metrics: Mapping[str, Any] | None = None,
                      **extra: Any) -> None:
     """Write ``stage.json`` into a folder about to be published as the stage's tree (or a checkpoint)."""
-    doc = {"kind": spec.kind, "digest": spec_digest(spec), "spec": spec.to_dict(), **extra}
+    doc = {"kind": spec.kind, "schema": type(spec).schema, "digest": spec_digest(spec), "spec": spec.to_dict(),
+           **extra}
     if metrics is not None:
         doc["metrics"] = dict(metrics)
     (folder / STAGE_FILE).write_text(json.dumps(doc, indent=1) + "\n")  # key order kept: a replay prints the same JSON
@@ -81,24 +125,30 @@ def read_stage_file(store: Store, prefix: str, files: Mapping[str, Artifact]) ->
         return json.loads(path.read_text())
 
 
-def differing_fields(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """The fields whose values differ between two specs' dicts, as ``name: old → new``."""
+def differing_fields(cls: type, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The fields whose values differ between two specs' dicts of the spec class ``cls``, as ``name: old → new``
+    (a field left unset counts as its default)."""
+    defaults = cls.defaults()
+    old, new = {**defaults, **stored}, {**defaults, **wanted}
+
     def text(doc: Mapping[str, Any], name: str) -> str:
         return json.dumps(doc[name]) if name in doc else "(not set)"
 
-    return [f"{name}: {text(stored, name)} → {text(wanted, name)}" for name in sorted(set(stored) | set(wanted))
-            if stored.get(name) != wanted.get(name) or (name in stored) != (name in wanted)]
+    return [f"{name}: {text(old, name)} → {text(new, name)}" for name in sorted(set(old) | set(new))
+            if old.get(name) != new.get(name) or (name in old) != (name in new)]
 
 
 def check_same_spec(store: Store, prefix: str, doc: Mapping[str, Any] | None, spec: Spec, field: str,
                     what: str) -> None:
-    """FailedPrecondition unless ``doc`` (a stage.json) was written for this very spec."""
+    """FailedPrecondition unless ``doc`` (a stage.json) was written for this very spec (:func:`same_spec`)."""
     where = store.uri_of(prefix)
     if doc is None:
         raise FailedPrecondition(f"{field}: {where} already holds {what} that no stage published (no {STAGE_FILE}); "
                                  "choose a new one")
-    if doc.get("digest") != spec_digest(spec):
-        changes = differing_fields(doc.get("spec", {}), spec.to_dict())
+    if not same_spec(doc, spec):
+        changes = differing_fields(type(spec), doc.get("spec", {}), spec.to_dict())
+        if doc.get("kind") == spec.kind and doc.get("schema", 1) != type(spec).schema:
+            changes.append(f"schema: {doc.get('schema', 1)} → {type(spec).schema}")
         raise FailedPrecondition(f"{field}: {where} holds {what} of another {spec.kind} spec (differs in "
                                  f"{'; '.join(changes) or 'its kind'}); give the same spec to resume or reuse "
                                  "it, or choose a new one")

@@ -1,6 +1,7 @@
 """The stage runners: fetch a spec's inputs, run the core function, publish its outputs.
 
-One function per stage, ``run_<stage>(store, spec, progress) -> StageResult``. The servicers
+One function per stage kind, ``run_<kind>(store, spec, progress) -> StageResult``, named by its entry in
+:data:`slimyolo.stages.kinds.KINDS` (which runs it: :func:`~slimyolo.stages.kinds.run_stage`). The servicers
 run them inside a job, ``slimyolo stage`` runs them as a batch Job, the pipeline runs them in
 process; all three get the same files, numbers and errors. ``progress`` receives the core
 function's own events (:mod:`slimyolo.progress`: training steps and epochs, sweep rows,
@@ -14,18 +15,19 @@ its inputs into its own work folder and trains; only rank 0 uploads.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.progress import Progress, StageStep
-from slimyolo.stages.durable import STAGE_FILE, Checkpoints, finished, read_stage_file, spec_digest, write_stage_file
+from slimyolo.stages.durable import STAGE_FILE, Checkpoints, finished, read_stage_file, same_spec, write_stage_file
 from slimyolo.stages.specs import ConvertSpec, EvalSpec, PruneSpec, Spec, SweepSpec, TrainSpec
 from slimyolo.stages.workspace import Workspace
-from slimyolo.store import Artifact, Store, validate_key
+from slimyolo.store import MANIFEST, Artifact, Store, next_version
 
 # Output files of each stage, by the role the result names them with.
 TRAIN_ROLES = {"cfg": "model.cfg", "weights": "best.weights", "checkpoint": "best.pt", "last": "last.pt",
@@ -47,12 +49,11 @@ def model_repository(configured: str | None = None, field: str = "model_reposito
     """The store prefix the converter publishes under: ``configured``, else the one the inference service reads.
 
     That is ``$SLIMYOLO_MODEL_REPOSITORY`` as a key prefix of the store, else ``models``: the two
-    services agree by reading the same setting.
+    services agree by reading the same setting (:func:`slimyolo.serving.repository.store_prefix`).
     """
-    from slimyolo.serving.config import ENV_MODEL_REPOSITORY, ServingConfig
+    from slimyolo.serving.repository import store_prefix
 
-    repository = configured or os.environ.get(ENV_MODEL_REPOSITORY) or ServingConfig.model_repository
-    return validate_key(repository, f"{field} / {ENV_MODEL_REPOSITORY}")
+    return store_prefix(configured, os.environ, field)
 
 
 def _roles(files: Mapping[str, Artifact], roles: Mapping[str, str]) -> dict[str, Artifact]:
@@ -112,9 +113,10 @@ def run_train(store: Store, spec: TrainSpec, progress: Progress | None = None) -
             doc["teacher_weights"] = str(ws.file(spec.teacher_weights, "teacher_weights", "teacher.weights"))
         if spec.teacher_cfg is not None:
             doc["teacher_cfg"] = str(ws.file(spec.teacher_cfg, "teacher_cfg", "teacher.cfg"))
+        config = TrainConfig.from_dict(doc, "train spec")
         callback = checkpoints.on_epoch(run_dir, ws.root / "checkpoint", progress,
-                                        int(spec.options.get("checkpoint_steps", 0))) if main_rank else progress
-        result = train(TrainConfig.from_dict(doc, "train spec"), callback, resume=latest is not None)
+                                        config.checkpoint_steps) if main_rank else progress
+        result = train(config, callback, resume=latest is not None)
         metrics = {"epochs": result.epochs, "best_map50": result.best_map50, "images_per_s": result.images_per_s,
                    "elapsed_s": result.elapsed_s, "resumed_from_epoch": latest.epoch if latest else 0,
                    "resumed_from_step": latest.step if latest else 0,
@@ -142,14 +144,14 @@ def run_eval(store: Store, spec: EvalSpec, progress: Progress | None = None) -> 
     from slimyolo.darknet.flops import model_stats
     from slimyolo.darknet.model import load_model
     from slimyolo.darknet.weights import checkpoint_cfg
-    from slimyolo.train.evaluate import evaluate
+    from slimyolo.train.evaluate import evaluator
+    from slimyolo.train.options import EvalOptions
 
     with Workspace(store) as ws:
         data = ws.data(spec.data, "data")
         cfg, weights = _model_inputs(ws, spec)
         model = load_model(cfg if cfg is not None else checkpoint_cfg(weights), weights, spec.img_size)
-        result = evaluate(model, data, spec.img_size, spec.batch_size, spec.conf_thres, spec.iou_thres,
-                          progress=progress)
+        result = evaluator(data, EvalOptions.taken_from(spec), progress)(model)
     stats = model_stats(model.cfg, *model.input_size)
     return StageResult(metrics={**result.as_dict(), "model": stats.as_dict()})
 
@@ -157,33 +159,33 @@ def run_eval(store: Store, spec: EvalSpec, progress: Progress | None = None) -> 
 def run_prune(store: Store, spec: PruneSpec, progress: Progress | None = None) -> StageResult:
     """Prune at one point, publish ``pruned.cfg``/``.weights``/``.pt``/``summary.json`` under ``spec.out``."""
     from slimyolo.data.dataset import read_data_file
-    from slimyolo.prune import open_model, prune_both, prune_channels, prune_layers
-    from slimyolo.train.evaluate import evaluate
+    from slimyolo.prune import PruneOptions, open_model, prune
+    from slimyolo.train.evaluate import evaluator
+    from slimyolo.train.options import EvalOptions
 
     done = finished(store, spec.out, spec, lambda files: _roles(files, PRUNE_ROLES), progress=progress)
     if done is not None:
         return StageResult(*done)
+    options = PruneOptions.taken_from(spec)
     with Workspace(store) as ws:
         cfg, weights = _model_inputs(ws, spec)
-        data = read_data_file(ws.data(spec.data, "data")) if spec.data is not None else None
+        score = evaluator(read_data_file(ws.data(spec.data, "data")), EvalOptions.taken_from(spec)) \
+            if spec.data is not None else None
         model = open_model(cfg, weights)
 
-        def measure(m: Any, when: str) -> dict[str, Any]:
+        def measure(m: Any, when: str) -> dict[str, Any] | None:
+            if score is None:
+                return None
             if progress is not None:
                 progress(StageStep("prune", f"evaluate {when}"))
-            r = evaluate(m, data, spec.img_size, spec.batch_size, max_images=spec.max_images)
+            r = score(m)
             return {"precision": r.precision, "recall": r.recall, "map50": r.map50, "f1": r.f1}
 
-        before = measure(model, "before") if data is not None else None
+        before = measure(model, "before")
         if progress is not None:
-            progress(StageStep("prune", spec.method))
-        if spec.method == "channel":
-            result = prune_channels(model, spec.global_percent, spec.layer_keep, spec.round_to)
-        elif spec.method == "layer":
-            result = prune_layers(model, spec.shortcuts)
-        else:
-            result = prune_both(model, spec.global_percent, spec.shortcuts, spec.layer_keep, spec.round_to)
-        after = measure(result.model, "after") if data is not None else None
+            progress(StageStep("prune", options.method))
+        result = prune(model, options)
+        after = measure(result.model, "after")
         summary = {k: v for k, v in result.summary().items() if k != "channels"}
         if before is not None:
             summary.update(eval_before=before, eval_after=after)
@@ -196,12 +198,20 @@ def run_prune(store: Store, spec: PruneSpec, progress: Progress | None = None) -
 
 
 def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -> StageResult:
-    """Search the best pruning point; publish sweep.json/.csv/.png and ``best/`` (the pruned model there)."""
+    """Search the best pruning point; publish sweep.json/.csv/.png and ``best/`` (the pruned model there).
+
+    A speed budget that no point reaches (objective accuracy) fails the stage (FailedPrecondition: the model
+    cannot meet it on that CPU) and publishes nothing: a published tree is a finished stage, which a retried
+    Job would return as a success. The timed points stay in the sweep's checkpoint, so a retry of the same
+    spec fails again at once, without timing them again. With ``measure_on`` the points are timed by that
+    inference service through this stage's store, which the service must read its models from.
+    """
     from slimyolo.data.dataset import read_data_file
-    from slimyolo.prune import open_model
-    from slimyolo.prune.speed import FpsMeter
-    from slimyolo.prune.sweep import point_key, sweep
-    from slimyolo.train.evaluate import evaluate
+    from slimyolo.errors import FailedPrecondition
+    from slimyolo.prune import SweepOptions, open_model
+    from slimyolo.prune.sweep import fps_meter, point_key, sweep
+    from slimyolo.train.evaluate import evaluator
+    from slimyolo.train.options import EvalOptions
 
     done = finished(store, spec.out, spec, lambda files: _roles(files, SWEEP_ROLES), progress=progress)
     if done is not None:
@@ -211,17 +221,17 @@ def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -
     known = {point_key(row): row for row in (checkpoints.points(latest) if latest is not None else [])}
     if known and progress is not None:
         progress(StageStep("sweep", "resume", {"points": len(known), "key": latest.prefix}))
+    options = SweepOptions.taken_from(spec)
+    meter = fps_meter(options, store)  # an unreachable service or a missing OpenVINO fails before any download
     with Workspace(store) as ws:
         cfg, weights = _model_inputs(ws, spec)
-        data = read_data_file(ws.data(spec.data, "data"))
+        score = evaluator(read_data_file(ws.data(spec.data, "data")), EvalOptions.taken_from(spec))
         model = open_model(cfg, weights)
         publish = checkpoints.on_point(ws.root / "points", ws.root / "checkpoint", progress, len(known))
-        result, best = sweep(model, lambda m: evaluate(m, data, spec.img_size, spec.batch_size,
-                                                       max_images=spec.max_images),
-                             spec.percents, spec.shortcuts, spec.max_map_drop, spec.layer_keep, spec.round_to,
-                             spec.fine_percent, spec.latency_runs, publish, spec.objective,
-                             FpsMeter(spec.precision, spec.fps_seconds, spec.fps_repeats) if spec.objective == "fps"
-                             else None, known)
+        result, best = sweep(model, score, options, progress=publish, measure_fps=meter, known=known)
+        unmet = result.unmet()
+        if unmet is not None:
+            raise FailedPrecondition(f"{unmet} (nothing is published under {store.uri_of(spec.out)})")
         metrics = {**result.as_dict(), "points_reused": sum(point_key(r) in known for r in result.rows),
                    "out": store.uri_of(spec.out)}
         out = ws.root / "sweep"
@@ -232,37 +242,31 @@ def run_sweep(store: Store, spec: SweepSpec, progress: Progress | None = None) -
     return StageResult(_roles(files, SWEEP_ROLES), metrics)
 
 
-def next_version(store: Store, prefix: str) -> str:
-    """One more than the highest numeric version of the model at ``prefix`` (``1`` for a new model)."""
-    from slimyolo.store import next_version as after
-
-    return after(t.rsplit("/", 1)[1] for t in store.list_trees(prefix))
-
-
-def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = None) -> StageResult:
+def run_convert(store: Store, spec: ConvertSpec, progress: Progress | None = None,
+                repository: str | None = None) -> StageResult:
     """Convert, optionally evaluate and benchmark the IR, and publish it as ``<repository>/<name>/<version>``.
 
     The version folder is what the inference service's model repository serves; a version is
-    never overwritten (a second conversion becomes the next version).
+    never overwritten (a second conversion becomes the next version). The repository is the
+    spec's ``model_repository``, else ``repository`` (the converter service's ``--model-repository``),
+    else the one the inference service reads (:func:`model_repository`): resolved here, never
+    written into the spec, so a spec has one digest in process and through the service.
     """
-    from slimyolo.convert import convert
+    from slimyolo.convert import ConvertOptions, convert
 
-    repository = model_repository(spec.model_repository)
-    done = _converted(store, f"{repository}/{spec.name}", spec, progress)
+    repository = model_repository(spec.model_repository or repository)
+    done = _converted(store, repository, spec, progress)
     if done is not None:
         return done
     with Workspace(store) as ws:
-        version = spec.version or next_version(store, f"{repository}/{spec.name}")
+        versions = (tree.rsplit("/", 1)[1] for tree in store.list_trees(f"{repository}/{spec.name}"))
+        version = spec.version or next_version(versions)
         prefix = f"{repository}/{spec.name}/{version}"
         cfg, weights = _model_inputs(ws, spec)
         calib = ws.data(spec.calib_data, "calib_data") if spec.calib_data is not None else None
         shown = ws.progress(progress)  # the steps name store keys and fields, not the work folder's paths
-        result = convert(cfg, weights, ws.name(ws.root / "models", repository), name=spec.name, version=version,
-                         via=spec.via, precision=spec.precision, calib_data=calib, img_size=spec.img_size,
-                         names=list(spec.names) or None, ppp=spec.ppp, onnx=spec.onnx,
-                         accuracy_control=spec.accuracy_control, max_drop=spec.max_drop,
-                         calib_images=spec.calib_images, parity_images=spec.parity_images, tolerance=spec.tolerance,
-                         progress=shown)
+        result = convert(cfg, weights, ws.name(ws.root / "models", repository), ConvertOptions.taken_from(spec),
+                         name=spec.name, version=version, calib_data=calib, progress=shown)
         summary = result.summary
         metrics: dict[str, Any] = {"name": spec.name, "version": version, "precision": spec.precision,
                                    "via": spec.via, "parity": summary["parity"], "int8": summary["int8"],
@@ -283,22 +287,29 @@ def _ir_files(files: Mapping[str, Artifact]) -> dict[str, Artifact]:
     return {rel: a for rel, a in files.items() if rel != STAGE_FILE}
 
 
-def _converted(store: Store, model: str, spec: ConvertSpec, progress: Progress | None) -> StageResult | None:
-    """The result of a version of ``model`` converted from this very spec, if one was published.
+def _converted(store: Store, repository: str, spec: ConvertSpec, progress: Progress | None) -> StageResult | None:
+    """The result of a version of the model converted from this very spec, if one was published.
 
     A retried conversion (a restarted Job, a client retrying after UNAVAILABLE) returns that
     version instead of publishing another. With an explicit ``version`` that holds another
-    spec's model, FailedPrecondition names the fields that differ.
+    spec's model, FailedPrecondition names the fields that differ. A version that the converter
+    service of an earlier SlimYOLO published names the repository it resolved in its spec: the
+    spec without one, resolved to the same repository, is that spec.
     """
+    model = f"{repository}/{spec.name}"
+    alike = [spec] if spec.model_repository else [spec, dataclasses.replace(spec, model_repository=repository)]
     if spec.version:
-        done = finished(store, f"{model}/{spec.version}", spec, _ir_files, "version", progress)
+        prefix = f"{model}/{spec.version}"
+        found = store.exists(f"{prefix}/{MANIFEST}")
+        doc = read_stage_file(store, prefix, store.tree_files(prefix)) if found else None
+        match = next((s for s in alike if doc is not None and same_spec(doc, s)), spec)
+        done = finished(store, prefix, match, _ir_files, "version", progress)
         return None if done is None else StageResult(*done)
-    digest = spec_digest(spec)
     for prefix in reversed(store.list_trees(model)):
-        files = store.tree_files(prefix)
-        doc = read_stage_file(store, prefix, files)
-        if doc is not None and doc.get("digest") == digest:
-            done = finished(store, prefix, spec, _ir_files, "version", progress)
+        doc = read_stage_file(store, prefix, store.tree_files(prefix))
+        match = next((s for s in alike if doc is not None and same_spec(doc, s)), None)
+        if match is not None:
+            done = finished(store, prefix, match, _ir_files, "version", progress)
             return None if done is None else StageResult(*done)
     return None
 
@@ -329,12 +340,3 @@ def bench_ir(model_dir: Path, seconds: float, progress: Progress | None = None,
     return {"fps": result["fps"], "latency_ms": result["latency_ms"], "infer_fps": result["infer"]["fps"],
             "infer_latency_ms": result["infer"]["latency_ms"], "requests": result["requests"],
             "execution_precision": result["execution_precision"], "cpu": cpu_info()}
-
-
-RUNNERS: dict[str, Callable[[Store, Any, Progress | None], StageResult]] = {
-    "train": run_train, "eval": run_eval, "prune": run_prune, "sweep": run_sweep, "convert": run_convert}
-
-
-def run_stage(store: Store, spec: Spec, progress: Progress | None = None) -> StageResult:
-    """Run the stage ``spec`` describes."""
-    return RUNNERS[spec.kind](store, spec, progress)

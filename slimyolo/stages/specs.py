@@ -4,10 +4,10 @@ A spec is a frozen dataclass whose fields are declared once, with how each is re
 (:func:`param`). Everything else is derived from that declaration:
 
 - the **YAML spec** of ``slimyolo stage KIND --spec FILE`` (the Kubernetes batch Jobs) and the
-  pipeline's sections are read by :func:`parse_spec` (``from_dict``), field by field;
+  pipeline's sections are read by :func:`~slimyolo.stages.kinds.parse_spec` (``from_dict``), field by field;
 - the **gRPC request** of the stage's service carries the spec as one ``google.protobuf.Struct``
   (``Start...Request.spec``), written by ``to_dict`` and read back by the same
-  :func:`parse_spec` (:mod:`slimyolo.stages.messages`), so a request is checked exactly as a
+  :func:`~slimyolo.stages.kinds.parse_spec` (:mod:`slimyolo.rpc.messages`), so a request is checked exactly as a
   YAML spec is, with the same messages, and every legal value (zero included) arrives unchanged;
 - the **core call**: the stage's runner (:mod:`slimyolo.stages.runners`) passes the fields on;
   ``tests/test_stage_contract.py`` fails when a declared field is missing from any of the three.
@@ -30,13 +30,17 @@ also takes every key of the training configuration (``slimyolo train --config``)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from slimyolo import vocab
+from slimyolo.convert.options import ConvertOptions
 from slimyolo.errors import SlimYoloError
 from slimyolo.params import DataRef, Declared, Fields, FileRef, declared_fields, out_key, param, plain
+from slimyolo.prune.options import PruneOptions, SweepOptions
+from slimyolo.train.options import EvalOptions
 
 
 class SpecBase(Declared):
@@ -44,10 +48,21 @@ class SpecBase(Declared):
 
     kind: ClassVar[str]
     help_footer: ClassVar[str] = ""  # the last line of ``slimyolo stage KIND --help``
+    # The version of the fields' meaning, part of the spec's digest (slimyolo.stages.durable): raise it when a
+    # field comes to mean something else, so results stored before stop passing for this spec. Adding a field
+    # with a default needs no new version.
+    schema: ClassVar[int] = 1
 
     @classmethod
     def from_dict(cls, doc: Any, source: str | None = None, flags: bool = False) -> Any:
         return super().from_dict(doc, source or f"{cls.kind} spec", flags)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The YAML/JSON value of each field that has one by default: what a spec that leaves the field out means
+        (a field unset by default, None, ``to_dict`` leaves out). Durable stages identify a spec without them."""
+        return {fld.name: plain(fld.default) for fld in declared_fields(cls)
+                if fld.default is not dataclasses.MISSING and fld.default is not None}
 
 
 def store_fields(cls: type) -> tuple[str, ...]:
@@ -72,8 +87,9 @@ class TrainSpec(SpecBase):
     options: Mapping[str, Any] = field(default_factory=dict)
 
     kind: ClassVar[str] = "train"
-    help_footer: ClassVar[str] = ("Every other key is a training setting, as in slimyolo train --config (epochs, "
-                                  "batch_size, img_size, sr, s, finetune, ...).")
+    help_footer: ClassVar[str] = ("Every other key is a training setting, as in slimyolo train --config: the settings "
+                                  "slimyolo train --help lists as flags, with underscores (epochs, batch_size, "
+                                  "img_size, sr, s, finetune, ...), and the augment and loss sections.")
 
     @classmethod
     def _extra(cls, f: Fields) -> dict[str, Any]:
@@ -100,105 +116,72 @@ class TrainSpec(SpecBase):
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), **plain(dict(self.options))}
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The declared fields' defaults and the training settings' (TrainConfig's; its sections ``augment`` and
+        ``loss`` as mappings): a setting written out at its default is the same training spec."""
+        from slimyolo.train.config import TrainConfig
+
+        declared = super().defaults()
+        names = {fld.name for fld in declared_fields(cls)}
+        settings = {k: v for k, v in plain(TrainConfig(data="").to_dict()).items() if k not in names and v is not None}
+        return {**declared, **settings}
+
 
 @dataclass(frozen=True)
-class EvalSpec(SpecBase):
+class EvalSpec(SpecBase, EvalOptions):
     """P, R, mAP@0.5 and F1 of a model on a data set's validation split, with its size figures."""
 
     weights: FileRef = param("file", help="the model's weights (.weights, or a .pt holding its cfg)")
     data: DataRef = param("data", help="the data set whose validation split is evaluated")
     cfg: FileRef | None = param("file", None, help="the model's cfg; unset: the cfg inside weights (a .pt)")
-    img_size: int | None = param("img_size", None, help="square input size; unset: the cfg's")
-    batch_size: int = param("int", 8, low=1, help="images per forward pass")
-    conf_thres: float = param("float", 0.001, low=0, high=1, help="score threshold of the detections scored")
-    iou_thres: float = param("float", 0.6, low=0, high=1, help="NMS IoU threshold")
 
     kind: ClassVar[str] = "eval"
 
 
 @dataclass(frozen=True)
-class PruneSpec(SpecBase):
-    """Channel pruning, layer pruning or both, at one point; optionally mAP before and after."""
+class PruneSpec(SpecBase, EvalOptions, PruneOptions):
+    """Channel pruning, layer pruning or both, at one point; optionally mAP before and after.
+
+    The point is :class:`~slimyolo.prune.options.PruneOptions` (method, global_percent, shortcuts, what every
+    layer keeps) and the evaluation :class:`~slimyolo.train.options.EvalOptions`, embedded: their fields are
+    this spec's, flat, checked as they declare (the method's required fields included).
+    """
 
     weights: FileRef = param("file", help="the sparse model's weights (.weights, or a .pt holding its cfg)")
     out: str = param("out", help="the store prefix pruned.cfg, .weights, .pt and summary.json are published under")
     cfg: FileRef | None = param("file", None, help="the model's cfg; unset: the cfg inside weights (a .pt)")
-    method: str = param("choice", "channel", options=vocab.PRUNE_METHODS, help="what to prune")
-    global_percent: float | None = param("float", None, low=0, high=1, low_open=True, high_open=True,
-                                         help="fraction of the prunable channels below the global |γ| threshold "
-                                              "(channel and both: required)")
-    shortcuts: int = param("int", 0, low=0, help="residual units to remove (layer and both: at least 1)")
-    layer_keep: float = param("float", 0.01, low=0, high=1,
-                              help="every layer keeps at least this fraction of its channels")
-    round_to: int = param("int", 1, low=1, help="keep a multiple of this many channels per layer (1: no rounding)")
     data: DataRef | None = param("data", None, help="evaluate mAP@0.5 before and after on its validation split; "
                                  "unset: no evaluation")
-    img_size: int | None = param("img_size", None, help="evaluation size; unset: the cfg's")
-    batch_size: int = param("int", 8, low=1, help="evaluation images per forward pass")
-    max_images: int | None = param("int", None, low=1, help="evaluate at most this many images; unset: all")
 
     kind: ClassVar[str] = "prune"
 
-    def _validate(self, f: Fields) -> None:
-        if self.method != "layer" and self.global_percent is None:
-            raise SlimYoloError(f"{f.source}: 'global_percent' is required for {self.method} pruning")
-        if self.method != "channel" and self.shortcuts < 1:
-            raise SlimYoloError(f"{f.source}: 'shortcuts' (residual units to remove) must be at least 1 for "
-                                f"{self.method} pruning")
-
 
 @dataclass(frozen=True)
-class SweepSpec(SpecBase):
-    """The best-pruning-point sweep: coarse-then-fine search of channel (and layer) pruning."""
+class SweepSpec(SpecBase, EvalOptions, SweepOptions):
+    """The best-pruning-point sweep: coarse-then-fine search of channel (and layer) pruning.
+
+    The search is :class:`~slimyolo.prune.options.SweepOptions` and the scoring of each point
+    :class:`~slimyolo.train.options.EvalOptions`, embedded: their fields are this spec's, flat.
+    """
 
     weights: FileRef = param("file", help="the sparse model's weights (.weights, or a .pt holding its cfg)")
     data: DataRef = param("data", help="the data set whose validation split scores each point")
     out: str = param("out", help="the store prefix sweep.json, .csv, .png and best/ are published under")
     cfg: FileRef | None = param("file", None, help="the model's cfg; unset: the cfg inside weights (a .pt)")
-    percents: tuple[float, float, float] = param("frange", (0.5, 0.95, 0.05),
-                                                 help="global percents to try: low, high, coarse step")
-    shortcuts: tuple[int, int, int] | None = param("irange", None, help="residual units to try as well: low, high, "
-                                                   "coarse step; unset: channels only")
-    max_map_drop: float = param("float", 0.01, low=0, high=1,
-                                help="the best point keeps mAP@0.5 within this drop of the unpruned model's")
-    fine_percent: float = param("float", 0.01, low=0, high=1, low_open=True,
-                                help="the step of the fine search before the collapse")
-    layer_keep: float = param("float", 0.01, low=0, high=1,
-                              help="every layer keeps at least this fraction of its channels")
-    round_to: int = param("int", 1, low=1, help="keep a multiple of this many channels per layer (1: no rounding)")
-    img_size: int | None = param("img_size", None, help="evaluation size; unset: the cfg's")
-    batch_size: int = param("int", 8, low=1, help="evaluation images per forward pass")
-    max_images: int | None = param("int", None, low=1, help="evaluate at most this many images; unset: all")
-    latency_runs: int = param("int", 0, low=0, help="timed PyTorch CPU forward passes per point (0: not measured)")
-    objective: str = param("choice", "bflops", options=vocab.SWEEP_OBJECTIVES,
-                           help="the best point: the fewest BFLOPs, or the most OpenVINO FPS measured here")
-    precision: str = param("choice", "f32", options=vocab.FPS_PRECISIONS,
-                           help="inference precision of the FPS measurement")
-    fps_seconds: float = param("float", 1.0, low=0, high=60, low_open=True, help="length of one FPS measurement")
-    fps_repeats: int = param("int", 3, low=1, help="FPS measurements per point (the best counts)")
 
     kind: ClassVar[str] = "sweep"
 
-    def _validate(self, f: Fields) -> None:
-        lo, hi, step = self.percents
-        if not (0 < lo <= hi < 1 and step > 0):
-            raise SlimYoloError(f"{f.where('percents')}: need 0 < low <= high < 1 and a positive step, got "
-                                f"{list(self.percents)}")
-        if self.shortcuts is not None:
-            s_lo, s_hi, s_step = self.shortcuts
-            if not (0 <= s_lo <= s_hi and s_step >= 1):
-                raise SlimYoloError(f"{f.where('shortcuts')}: need 0 <= low <= high and a step of at least 1, got "
-                                    f"{list(self.shortcuts)}")
-
 
 @dataclass(frozen=True)
-class ConvertSpec(SpecBase):
+class ConvertSpec(SpecBase, ConvertOptions):
     """Conversion to an OpenVINO IR published as ``<model_repository>/<name>/<version>/`` in the store.
 
-    With ``evaluate`` the written IR is also evaluated on ``calib_data``'s validation split
-    (P, R, mAP@0.5 of what OpenVINO runs, INT8 included), and with ``bench_seconds`` its
-    OpenVINO throughput is measured on this machine at ``bench_precision`` (f32 by default, so
-    that figures from CPUs with and without bf16 compare; ``default``: the device's choice).
+    How the model is converted is :class:`~slimyolo.convert.options.ConvertOptions` (via, precision, ...),
+    embedded: its fields are this spec's, flat. With ``evaluate`` the written IR is also evaluated on
+    ``calib_data``'s validation split (P, R, mAP@0.5 of what OpenVINO runs, INT8 included), and with
+    ``bench_seconds`` its OpenVINO throughput is measured on this machine at ``bench_precision`` (f32 by
+    default, so that figures from CPUs with and without bf16 compare; ``default``: the device's choice).
     """
 
     weights: FileRef = param("file", help="the model's weights (.weights, or a .pt holding its cfg)")
@@ -207,23 +190,8 @@ class ConvertSpec(SpecBase):
     version: str | None = param("text", None, help="the version to publish; unset: one more than the newest")
     model_repository: str | None = param("key", None, help="the store prefix of the model repository; unset: "
                                          "$SLIMYOLO_MODEL_REPOSITORY, else models")
-    via: str = param("choice", "tf", options=vocab.CONVERSION_PATHS,
-                     help="tf: cfg, Keras/TensorFlow, IR; torch: the PyTorch module to IR")
-    precision: str = param("choice", "fp32", options=vocab.IR_PRECISIONS, help="the IR's precision")
     calib_data: DataRef | None = param("data", None, help="calibration (INT8), parity images, class names and "
                                        "evaluation; unset: a small synthetic set")
-    calib_images: int = param("int", 300, low=1, help="INT8 calibration images")
-    img_size: int | None = param("img_size", None, help="the IR's input size; unset: the cfg's")
-    names: tuple[str, ...] = param("strings", (), help="class names; unset: calib_data's, else class<i>")
-    accuracy_control: bool = param("bool", False, help="INT8: keep mAP@0.5 within max_drop of FP32")
-    max_drop: float = param("float", 0.01, low=0, high=1, low_open=True,
-                            help="the largest mAP@0.5 drop accuracy control accepts")
-    ppp: str | None = param("choice", None, options=vocab.PPP_MODES, help="u8 NHWC BGR input, letterboxed "
-                            "inside the IR (resize) or by the host (fixed); unset: f32 NCHW RGB")
-    onnx: bool = param("bool", False, help="also write model.onnx")
-    parity_images: int = param("int", 2, low=1, help="images of the parity checks against PyTorch")
-    tolerance: float = param("float", 1e-3, low=0, low_open=True,
-                             help="the largest |FP32 IR - PyTorch| on any head, as slimyolo convert --tolerance")
     evaluate: bool = param("bool", False, help="evaluate the IR on calib_data's validation split")
     bench_seconds: float = param("float", 0.0, low=0, help="measure the IR's OpenVINO FPS this long (0: not)")
     bench_precision: str = param("choice", "f32", options=vocab.BENCH_PRECISIONS,
@@ -248,16 +216,4 @@ class ConvertSpec(SpecBase):
                                 "plain f32 input (no 'ppp')")
 
 
-SPECS: dict[str, type] = {s.kind: s for s in (TrainSpec, EvalSpec, PruneSpec, SweepSpec, ConvertSpec)}
 Spec = TrainSpec | EvalSpec | PruneSpec | SweepSpec | ConvertSpec
-
-
-def parse_spec(kind: str, doc: Any, source: str | None = None) -> Spec:
-    """The spec of stage ``kind`` ("train", "eval", "prune", "sweep", "convert") from YAML/JSON data.
-
-    The one entry of every path (YAML file, gRPC request, pipeline), so all three accept the
-    same values and refuse the same ones with the same message.
-    """
-    if kind not in SPECS:
-        raise SlimYoloError(f"unknown stage {kind!r} (stages: {', '.join(SPECS)})")
-    return SPECS[kind].from_dict(doc if doc is not None else {}, source or f"{kind} spec")

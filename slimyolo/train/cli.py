@@ -15,61 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from slimyolo.errors import SlimYoloError
+from slimyolo.params import add_arguments, declared_fields, flag_name, from_args
 from slimyolo.progress import Event, TrainEpoch, TrainStep
-
-# flag → TrainConfig field, for the flags whose value is copied as it is
-_VALUE_FLAGS = ("cfg", "data", "weights", "weights_cfg", "out", "epochs", "batch_size", "img_size", "optimizer",
-                "lr0", "schedule", "warmup_epochs", "seed", "workers", "threads", "device", "eval_interval",
-                "checkpoint_steps", "max_eval_images", "teacher_cfg", "teacher_weights", "distill_weight", "s", "prune",
-                "s_schedule")
-_TRUE_FLAGS = ("bf16", "multi_scale", "save_weights", "finetune", "sr")
+from slimyolo.train.options import EvalOptions, TrainOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train, sparsity-train or fine-tune a model on a darknet data set")
     p.add_argument("--config", type=Path, help="YAML training config (flags override it)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder exactly")
-    p.add_argument("--cfg", help="model cfg file, a zoo name (yolov4-tiny, ...), or a .pt holding its cfg")
-    p.add_argument("--data", help=".data file or a data set folder holding one")
-    p.add_argument("--weights", help="initial weights (.weights or .pt). Base training also starts from a partial "
-                                     "darknet file (yolov4.conv.137, yolov4-tiny.conv.29) or another cfg's weights "
-                                     "(--weights-cfg): what they cover loads, the rest (e.g. the heads) starts fresh; "
-                                     "-sr and --finetune need the full weights of the cfg")
-    p.add_argument("--weights-cfg", help="the cfg of --weights when they are another cfg's darknet .weights (a file, "
-                                         "or a zoo name for its 80-class cfg), e.g. yolov4-tiny.weights for a "
-                                         "1-class model: convolutions load where layer index and shapes match")
-    p.add_argument("--out", help="run folder (default runs/train)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="total batch size over all processes (default 16)")
-    p.add_argument("--img-size", type=int, help="square training size, multiple of 32 (default: the cfg's)")
-    p.add_argument("--optimizer", choices=("sgd", "adam"))
-    p.add_argument("--lr0", type=float, help="initial learning rate (default 0.01 SGD, 0.001 Adam)")
-    p.add_argument("--schedule", choices=("cosine", "step"))
-    p.add_argument("--warmup-epochs", type=float, help="default 3; with --finetune a quarter of --epochs, at most 6")
-    p.add_argument("--no-ema", action="store_true", help="train without the EMA of weights")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--multi-scale", action="store_true", help="random input size per batch")
+    add_arguments(p, TrainOptions)  # one flag per setting, as TrainOptions declares it
+    p.add_argument("-sr", dest="sr", action="store_const", const=True, help=argparse.SUPPRESS)  # darknet's spelling
     p.add_argument("--no-mosaic", action="store_true", help="no mosaic augmentation")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="data loader processes (default 0)")
-    p.add_argument("--threads", type=int, help="torch threads per process")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--eval-interval", type=int, help="evaluate every N epochs (default 1)")
-    p.add_argument("--checkpoint-steps", type=int, metavar="N", help="also save the resumable last.pt every N steps "
-                                                                      "inside an epoch, for long epochs (default 0: "
-                                                                      "at epoch ends only)")
-    p.add_argument("--max-eval-images", type=int)
-    p.add_argument("--save-weights", action="store_true", help="also write best.weights (darknet)")
-    p.add_argument("--finetune", action="store_true",
-                   help="fine-tuning of a pruned model (warm-up: a quarter of the epochs, at most 6)")
-    p.add_argument("--teacher-cfg", help="distillation teacher cfg (default: the one in --teacher-weights)")
-    p.add_argument("--teacher-weights", help="distillation teacher weights")
-    p.add_argument("--distill-weight", type=float)
-    p.add_argument("-sr", "--sr", action="store_true", help="sparsity training (L1 on BN γ)")
-    p.add_argument("--s", type=float, help="sparsity rate (default 0.001)")
-    p.add_argument("--prune", type=int, choices=(0, 1),
-                   help="0: penalise every BN layer; 1: all but the convolutions feeding a shortcut")
-    p.add_argument("--s-schedule", choices=("constant", "step", "cosine"))
     p.add_argument("--quiet", action="store_true", help="no progress bar, only the epoch lines")
     p.set_defaults(func=_train)
 
@@ -77,12 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--cfg", type=Path, help="model cfg (default: the one inside a .pt --weights)")
     e.add_argument("--weights", type=Path, required=True)
     e.add_argument("--data", required=True, help=".data file or a data set folder")
-    e.add_argument("--img-size", type=int, help="square input size (default: the cfg's)")
-    e.add_argument("--conf", type=float, default=0.001, help="score threshold (default 0.001)")
-    e.add_argument("--iou", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
-    e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--split", default="valid", choices=("valid", "train"))
-    e.add_argument("--max-images", type=int)
+    add_arguments(e, EvalOptions)
+    for short, dest in (("--conf", "conf_thres"), ("--iou", "iou_thres")):  # the earlier spellings, still taken
+        e.add_argument(short, dest=dest, type=float, help=argparse.SUPPRESS)
+    e.add_argument("--split", default="valid", choices=("valid", "train"), help="the list scored (default valid)")
     e.add_argument("--json", action="store_true", help="print JSON")
     e.add_argument("--save-json", type=Path, metavar="FILE",
                    help="also write the detections scored as COCO results JSON (pycocotools' loadRes), "
@@ -99,15 +54,7 @@ def build_config(args: argparse.Namespace) -> Any:
     doc: dict[str, Any] = {}
     if args.config:
         doc = TrainConfig.from_yaml(args.config).to_dict()
-    for name in _VALUE_FLAGS:
-        value = getattr(args, name)
-        if value is not None:
-            doc[name] = value
-    for name in _TRUE_FLAGS:
-        if getattr(args, name):
-            doc[name] = True
-    if args.no_ema:
-        doc["ema"] = False
+    doc.update(_given(args))
     if args.no_mosaic:
         doc.setdefault("augment", {})["mosaic"] = 0.0
     if "data" not in doc:
@@ -115,7 +62,12 @@ def build_config(args: argparse.Namespace) -> Any:
     return TrainConfig.from_dict(doc, str(args.config or "command line"))
 
 
-class _Console:
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags (every flag's default is None: not given)."""
+    return {f.name: getattr(args, f.name) for f in declared_fields(TrainOptions) if getattr(args, f.name) is not None}
+
+
+class TrainConsole:
     """Renders trainer progress events: a tqdm bar per epoch and one line per finished epoch."""
 
     def __init__(self, quiet: bool) -> None:
@@ -156,13 +108,12 @@ def _train(args: argparse.Namespace) -> int:
     from slimyolo.train.trainer import resume, train
 
     if args.resume:
-        given = [n for n in _VALUE_FLAGS if getattr(args, n) is not None]
-        given += [n for n in (*_TRUE_FLAGS, "no_ema", "no_mosaic") if getattr(args, n)]
-        if args.config or given:
-            flags = ", ".join("--" + n.replace("_", "-") for n in (["config"] if args.config else []) + given)
+        given = [*(["config"] if args.config else []), *_given(args), *(["no_mosaic"] if args.no_mosaic else [])]
+        if given:
+            flags = ", ".join(flag_name(n) for n in given)
             raise SlimYoloError(f"--resume continues {args.resume} with its saved config.yaml; "
                                 f"it takes no other settings (got {flags})")
-    console = _Console(args.quiet)
+    console = TrainConsole(args.quiet)
     try:
         result = resume(args.resume, console) if args.resume else train(build_config(args), console)
     finally:
@@ -181,14 +132,15 @@ def _eval(args: argparse.Namespace) -> int:
     from slimyolo.data.dataset import read_data_file
     from slimyolo.train.evaluate import evaluate
 
+    options = from_args(EvalOptions, args)  # checked as an eval spec's fields are, before the model loads
     for flag, path in (("--save-json", args.save_json), ("--save-gt-json", args.save_gt_json)):
         if path is not None:
             check_writable(path, flag)  # before the model loads and the evaluation runs
     cfg = args.cfg if args.cfg else checkpoint_cfg(args.weights)
-    model = load_model(cfg, args.weights, args.img_size)
+    model = load_model(cfg, args.weights, options.img_size)
     spec = read_data_file(args.data)
-    result = evaluate(model, spec, args.img_size, args.batch_size, args.conf, args.iou, args.split,
-                      args.max_images, save_json=args.save_json, save_gt_json=args.save_gt_json)
+    result = evaluate(model, spec, options.img_size, options.batch_size, options.conf_thres, options.iou_thres,
+                      args.split, options.max_images, save_json=args.save_json, save_gt_json=args.save_gt_json)
     for what, path in (("detections (COCO results)", args.save_json), ("ground truth (COCO)", args.save_gt_json)):
         if path is not None:
             print(f"wrote the {what} to {path}", file=sys.stderr)

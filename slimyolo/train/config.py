@@ -22,15 +22,15 @@ from slimyolo.darknet.weights import is_checkpoint
 from slimyolo.data.augment import AugmentConfig
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import read_yaml
+from slimyolo.params import Fields, declared_fields
 from slimyolo.train.loss import LossGains
+from slimyolo.train.options import TrainOptions
 
-OPTIMIZERS = ("sgd", "adam")
 # Why sparsity training and fine-tuning take only the full weights of their cfg.
 CONTINUES_A_TRAINED_MODEL = ("sparsity training and fine-tuning continue a trained model, so they need the full "
                              "weights of its cfg; start base training (without sr or finetune) from a partial file or "
                              "another cfg's weights, then continue from its best.pt")
 RECORD_KEYS = ("pretrained",)  # what config.yaml records beside the settings (read back, not settings)
-LR_SCHEDULES = ("cosine", "step")
 
 
 def default_warmup(stage: str, epochs: int) -> float:
@@ -47,49 +47,14 @@ def _holds_cfg(weights: str) -> bool:
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs (see the README's ``slimyolo train`` section)."""
+class TrainConfig(TrainOptions):
+    """Everything a training run needs (see the README's ``slimyolo train`` section): the declared settings
+    (:class:`~slimyolo.train.options.TrainOptions`) and the two nested sections, ``augment`` and ``loss``.
 
-    data: str  # darknet .data file or a folder holding one
-    cfg: str | None = None  # cfg file, a zoo name (sized for the data's classes), or None: the cfg inside a .pt
-    weights: str | None = None  # initial weights (.weights or .pt); None trains from scratch. Base training also takes
-    # a partial darknet file (yolov4.conv.137) or another cfg's weights (see weights_cfg): what they cover loads
-    weights_cfg: str | None = None  # the cfg of ``weights`` when they are another cfg's .weights (base training)
-    out: str = "runs/train"  # run directory
-    epochs: int = 30
-    batch_size: int = 16  # total over all DDP processes
-    img_size: int | None = None  # square training size (multiple of 32); None: the cfg's width
-    optimizer: str = "sgd"
-    lr0: float | None = None  # None: 0.01 for SGD, 0.001 for Adam
-    lrf: float = 0.01  # final learning rate as a fraction of lr0 (cosine); step: ×0.1 at 80% and 90%
-    momentum: float = 0.937  # SGD momentum / Adam beta1
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float | None = None  # None: default_warmup() (3; fine-tuning: a quarter of the epochs, ≤ 6)
-    warmup_bias_lr: float | None = None  # lr the biases warm up from; None: 10·lr0 (0.1 for SGD, as yolov5)
-    warmup_momentum: float = 0.8
-    ema: bool = True
-    bf16: bool = False  # bfloat16 autocast (on CPU it needs AMX/AVX512-BF16 to pay off)
-    multi_scale: bool = False  # each batch at a random size in [0.67, 1.5]·img_size
-    seed: int = 0
-    workers: int = 0  # DataLoader worker processes (0: load in the training process)
-    threads: int | None = None  # torch intra-op threads (None: torch's default, divided among DDP processes)
-    device: str = "auto"  # auto, cpu, cuda
-    eval_interval: int = 1  # evaluate every N epochs (and always after the last)
-    checkpoint_steps: int = 0  # also save the resumable last.pt every N steps inside an epoch (long epochs); 0: no
-    max_eval_images: int | None = None
-    conf_thres: float = 0.001
-    iou_thres: float = 0.6
-    save_weights: bool = False  # also write best.weights (darknet layout)
-    finetune: bool = False  # fine-tuning of a pruned model: warm-up defaults to a quarter of the epochs, ≤ 6
-    teacher_cfg: str | None = None
-    teacher_weights: str | None = None  # distillation from this (unpruned) teacher
-    distill_weight: float = 1.0
-    sr: bool = False  # sparsity training
-    s: float = 0.001
-    prune: int = 0  # 0: every BN layer; 1: all but the convolutions feeding a shortcut
-    s_schedule: str = "constant"
-    grad_clip: float = 10.0
+    YAML is read by :meth:`from_dict` from the type hints (its messages: ``unknown setting``, ``must be
+    float``); :meth:`check` applies the declared bounds and choices.
+    """
+
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossGains = field(default_factory=LossGains)
 
@@ -116,28 +81,17 @@ class TrainConfig:
         return out
 
     def check(self, source: str = "training config") -> None:
-        """Every field in range; errors name ``source`` (the file or spec section) and the field."""
+        """Every field in range, as its declaration says, and the settings that need each other; errors name
+        ``source`` (the file or spec section) and the field."""
+        declared = declared_fields(type(self))
+        values = Fields({f.name: getattr(self, f.name) for f in declared}, source)
+        for fld in declared:
+            if getattr(self, fld.name) is not None:
+                fld.metadata["check"].read(values, fld.name, None, False)
+
         def bad(name: str, why: str) -> SlimYoloError:
             return SlimYoloError(f"{source}: '{name}' {why}")
 
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in LR_SCHEDULES:
-            raise bad("schedule", f"must be one of {', '.join(LR_SCHEDULES)}, got {self.schedule!r}")
-        if self.epochs < 1:
-            raise bad("epochs", f"must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise bad("batch_size", f"must be at least 1, got {self.batch_size}")
-        if self.img_size is not None and (self.img_size < 32 or self.img_size % 32):
-            raise bad("img_size", f"must be a multiple of 32, got {self.img_size}")
-        if self.prune not in (0, 1):
-            raise bad("prune", f"must be 0 or 1, got {self.prune}")
-        if self.eval_interval < 1:
-            raise bad("eval_interval", f"must be at least 1, got {self.eval_interval}")
-        if self.checkpoint_steps < 0:
-            raise bad("checkpoint_steps", f"must not be negative, got {self.checkpoint_steps}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise bad("device", f"must be auto, cpu or cuda, got {self.device!r}")
         if self.teacher_cfg and not self.teacher_weights:
             raise bad("teacher_cfg", "needs teacher_weights")
         if self.weights_cfg and not self.weights:

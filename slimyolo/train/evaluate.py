@@ -38,6 +38,7 @@ from slimyolo.data.letterbox import letterbox, unletterbox_boxes
 from slimyolo.errors import SlimYoloError
 from slimyolo.infer.decode import box_iou, detect
 from slimyolo.progress import Count, Progress
+from slimyolo.train.options import EvalOptions
 
 if TYPE_CHECKING:
     from slimyolo.darknet.model import Darknet
@@ -165,8 +166,9 @@ def preprocess(img: np.ndarray, height: int, width: int) -> tuple[np.ndarray, An
 
 
 def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], heads: Sequence[Head],
-                       data: DataSpec | str | Path, img_size: int | tuple[int, int], batch_size: int = 8,
-                       conf_thres: float = 0.001, iou_thres: float = 0.6, split: str = "valid",
+                       data: DataSpec | str | Path, img_size: int | tuple[int, int],
+                       batch_size: int = EvalOptions.batch_size, conf_thres: float = EvalOptions.conf_thres,
+                       iou_thres: float = EvalOptions.iou_thres, split: str = "valid",
                        max_images: int | None = None, progress: Progress | None = None,
                        save_json: str | Path | None = None, save_gt_json: str | Path | None = None) -> EvalResult:
     """Evaluate any runtime on a split of a data set.
@@ -248,7 +250,8 @@ def evaluate_predictor(predict: Callable[[np.ndarray], Sequence[np.ndarray]], he
 
 
 def evaluate(model: Darknet, data: DataSpec | str | Path, img_size: int | tuple[int, int] | None = None,
-             batch_size: int = 8, conf_thres: float = 0.001, iou_thres: float = 0.6, split: str = "valid",
+             batch_size: int = EvalOptions.batch_size, conf_thres: float = EvalOptions.conf_thres,
+             iou_thres: float = EvalOptions.iou_thres, split: str = "valid",
              max_images: int | None = None, progress: Progress | None = None,
              save_json: str | Path | None = None, save_gt_json: str | Path | None = None) -> EvalResult:
     """Evaluate a PyTorch model (see :func:`evaluate_predictor`, also for ``save_json`` and
@@ -270,3 +273,16 @@ def evaluate(model: Darknet, data: DataSpec | str | Path, img_size: int | tuple[
                                   max_images, progress, save_json, save_gt_json)
     finally:
         model.train(was_training)
+
+
+def evaluator(data: DataSpec | str | Path, options: EvalOptions,
+              progress: Progress | None = None) -> Callable[[Darknet], EvalResult]:
+    """``model -> EvalResult`` on ``data``'s validation split as ``options`` say: how ``slimyolo eval``, the eval
+    stage and the prune and sweep stages score a model, every setting passed through without naming one here
+    and there."""
+
+    def score(model: Darknet) -> EvalResult:
+        return evaluate(model, data, options.img_size, options.batch_size, options.conf_thres, options.iou_thres,
+                        max_images=options.max_images, progress=progress)
+
+    return score

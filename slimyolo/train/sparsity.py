@@ -27,8 +27,9 @@ from slimyolo.darknet.graph import Conv, Shortcut
 from slimyolo.darknet.model import Darknet
 from slimyolo.errors import SlimYoloError
 from slimyolo.fsutil import atomic_path
+from slimyolo.prune.importance import bn_gammas
+from slimyolo.train.options import SPARSITY_SCHEDULES
 
-SCHEDULES = ("constant", "step", "cosine")
 SMALL_GAMMA = 0.01
 
 
@@ -48,11 +49,12 @@ def prunable_bn_layers(model: Darknet, mode: int = 0) -> list[int]:
     return out
 
 
-def bn_gammas(model: Darknet, layers: list[int]) -> np.ndarray:
-    """|γ| of the given layers' BN, concatenated (float32)."""
+def layer_gammas(model: Darknet, layers: list[int]) -> np.ndarray:
+    """|γ| of the given layers' BN, concatenated (float32), as the pruner reads them (:func:`bn_gammas`)."""
     if not layers:
         return np.zeros(0, np.float32)
-    return torch.cat([model.module_list[i].bn.weight.detach().abs().float().cpu() for i in layers]).numpy()
+    gammas = bn_gammas(model)
+    return np.concatenate([gammas[i] for i in layers]).astype(np.float32)
 
 
 def fraction_below(gammas: np.ndarray, threshold: float = SMALL_GAMMA) -> float:
@@ -65,8 +67,9 @@ class Sparsity:
     def __init__(self, model: Darknet, s: float, mode: int = 0, schedule: str = "constant") -> None:
         if s < 0:
             raise SlimYoloError(f"sparsity rate s must not be negative, got {s}")
-        if schedule not in SCHEDULES:
-            raise SlimYoloError(f"unknown sparsity schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if schedule not in SPARSITY_SCHEDULES:
+            raise SlimYoloError(f"unknown sparsity schedule {schedule!r}; choose one of "
+                                f"{', '.join(SPARSITY_SCHEDULES)}")
         self.s, self.schedule = s, schedule
         self.layers = prunable_bn_layers(model, mode)
         self.weights = [model.module_list[i].bn.weight for i in self.layers]

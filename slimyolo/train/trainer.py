@@ -52,7 +52,7 @@ from slimyolo.train.curves import plot_results
 from slimyolo.train.ema import ModelEMA
 from slimyolo.train.evaluate import EvalResult, evaluate
 from slimyolo.train.loss import YoloLoss, init_head_biases
-from slimyolo.train.sparsity import Sparsity, bn_gammas, fraction_below, plot_gammas, prunable_bn_layers
+from slimyolo.train.sparsity import Sparsity, fraction_below, layer_gammas, plot_gammas, prunable_bn_layers
 
 log = logging.getLogger(__name__)
 
@@ -238,16 +238,102 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     :class:`~slimyolo.errors.Cancelled` from it stops the run after the last complete epoch,
     which :func:`resume` can continue. ``resume=True`` continues ``config.out`` from its
     ``last.pt``; otherwise ``config.out`` must not already hold a run.
+
+    The loop is torchvision's reference one: :func:`_setup` (the model, data, optimizer and files),
+    then per epoch :func:`_train_one_epoch` (every rank) and :func:`_end_epoch` (rank 0: evaluate,
+    record, checkpoint), then :func:`_finish`.
     """
     started = time.monotonic()
-    config = config.resolved()
+    run = _setup(config.resolved(), resume)
+    bad_images: set[str] = set()
+    metrics: dict[str, Any] = {}
+    images_per_s = 0.0
+    try:
+        for epoch in range(run.start.epoch, run.config.epochs):
+            totals = _train_one_epoch(run, epoch, progress, bad_images)
+            images_per_s = totals.seen / max(time.monotonic() - totals.started, 1e-9)
+            if run.ddp.main:
+                result = _end_epoch(run, epoch, totals, images_per_s, progress, bad_images)
+                metrics = result.as_dict() if result is not None else metrics
+            run.ddp.barrier()
+        weights_path = _finish(run)
+    finally:
+        if run.writer is not None:
+            run.writer.close()
+    return TrainResult(run_dir=run.run_dir, last=run.last_path, best=run.best_path,
+                       results_csv=run.run_dir / RESULTS_FILE, config=run.run_dir / CONFIG_FILE, weights=weights_path,
+                       epochs=run.config.epochs, best_map50=max(run.best_fitness, 0.0), metrics=metrics,
+                       images_per_s=images_per_s, elapsed_s=time.monotonic() - started, pretrained=run.pretrained)
+
+
+@dataclass
+class _Run:
+    """A training run once set up (:func:`_setup`): what every epoch uses, and what it carries to the next
+    (``best_fitness``, ``rows``: rank 0's)."""
+
+    config: TrainConfig  # resolved, ``img_size`` filled in (config.yaml records the size trained at)
+    ddp: _Dist
+    device: torch.device
+    run_dir: Path
+    spec: DataSpec
+    model: Darknet
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    teacher: Darknet | None
+    loss_fn: YoloLoss
+    optimizer: torch.optim.Optimizer
+    ema: ModelEMA | None
+    sparsity: Sparsity | None
+    gamma_layers: list[int]
+    dataset: YoloDataset
+    sampler: _SkippingSampler
+    loader: DataLoader
+    autocast: Any  # bfloat16 autocast, or a context that does nothing
+    start: _Start
+    pretrained: dict[str, Any] | None
+    writer: Any  # TensorBoard's, on rank 0
+    best_fitness: float
+    rows: list[dict[str, Any]]
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def steps(self) -> int:
+        return len(self.loader)
+
+    @property
+    def final_model(self) -> Darknet:
+        """What is evaluated and saved: the EMA weights (the raw ones without EMA)."""
+        return self.ema.ema if self.ema else self.model
+
+
+@dataclass
+class _EpochTotals:
+    """What one epoch's steps add up to (the loss sums over its steps, the images of every process)."""
+
+    started: float  # time.monotonic() at its start
+    sums: dict[str, float]
+    seen: int
+    lr: float
+    s_rate: float
+
+
+def _setup(config: TrainConfig, resume: bool) -> _Run:
+    """Everything the epochs need, from a resolved config: processes and threads, the data set, the model (its
+    initial weights, or the state of ``last.pt`` when resuming), the teacher, the optimizer, EMA and sparsity, the
+    loader; on rank 0 the run folder's config.yaml and TensorBoard writer."""
     ddp, device = _setup_distributed(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     elif ddp.world > 1 and device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", ddp.world))))
     run_dir = Path(config.out)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path = run_dir / "last.pt"
     if not resume and last_path.exists():
         raise SlimYoloError(f"{run_dir} already holds a training run; resume it (--resume {run_dir}) "
                             f"or choose another --out")
@@ -261,19 +347,7 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     torch.manual_seed(config.seed)
     model = Darknet(cfg, img_size)
     _check_classes(model, spec, str(config.cfg or config.weights))
-    pretrained: dict[str, Any] | None = None
-    if not config.weights or config.stage == "train":
-        init_head_biases(model)  # also for the heads that a partial file or another cfg's weights leave out
-    if config.weights and not resume:
-        # Base training takes what a partial file or another cfg's weights cover; the later stages continue a
-        # trained model and take only the full weights of its cfg.
-        report = load_pretrained(model, config.weights, config.weights_cfg, refuse_incomplete=None
-                                 if config.stage == "train" else CONTINUES_A_TRAINED_MODEL)
-        pretrained = report.as_dict()
-        if ddp.main and config.stage == "train":  # the later stages load all of their cfg's weights or nothing
-            log.info("%s", report.line())
-    elif resume:
-        pretrained = _recorded_pretrained(run_dir / CONFIG_FILE)
+    pretrained = _initial_weights(config, model, run_dir, resume, ddp.main)
     teacher = None
     if config.teacher_weights:
         teacher_cfg = config.teacher_cfg or checkpoint_cfg(config.teacher_weights)
@@ -287,23 +361,11 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
     ema = ModelEMA(model) if config.ema else None
     sparsity = Sparsity(model, config.s, config.prune, config.s_schedule) if config.sr else None
     gamma_layers = sparsity.layers if sparsity else prunable_bn_layers(model, config.prune)
-    start = _Start()
-    if resume:
-        start = _restore(last_path, model, optimizer, ema, config)
-    best_fitness, rows = start.best_fitness, start.rows
+    start = _restore(last_path, model, optimizer, ema, config) if resume else _Start()
 
-    dataset = YoloDataset(spec.train, spec.classes, img_size, config.augment, config.seed)
-    if dataset.labels_report.bad_lines and ddp.main:
-        log.warning("%s: %s", spec.path, dataset.labels_report.summary())
-    sampler = _SkippingSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size // ddp.world, sampler=sampler,
-                        num_workers=config.workers, collate_fn=YoloDataset.collate,
-                        persistent_workers=False, pin_memory=device.type == "cuda")
+    dataset, sampler, loader = _training_data(config, spec, ddp, device)
     net: nn.Module = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                          else None) if ddp.world > 1 else model
-    steps = len(loader)
-    warmup_iters = round(config.warmup_epochs * steps)
-    stage = config.stage
     writer = None
     if ddp.main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -311,117 +373,166 @@ def train(config: TrainConfig, progress: Progress | None = None, *,
             {"pretrained": pretrained}, sort_keys=False) if pretrained else ""))
         writer = _summary_writer(run_dir / "tensorboard", start.epoch)
         if sparsity and start.epoch == 0 and start.step == 0:
-            plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_start.png", "before sparsity training")
+            plot_gammas(layer_gammas(model, gamma_layers), run_dir / "gamma_start.png", "before sparsity training")
     if config.bf16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         log.warning("bf16 autocast on a CPU without native bfloat16 (AVX512-BF16/AMX; this one has %s): "
                     "expect training to be far slower than in fp32", torch.backends.cpu.get_cpu_capability())
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
-    bad_images: set[str] = set()
-    metrics: dict[str, Any] = {}
-    images_per_s = 0.0
-    try:
-        for epoch in range(start.epoch, config.epochs):
-            epoch_start = time.monotonic()
-            dataset.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            net.train()
-            s_rate = sparsity.rate(epoch, config.epochs) if sparsity else 0.0
-            sums = {"box": 0.0, "obj": 0.0, "cls": 0.0, "distill": 0.0, "loss": 0.0}
-            seen, lr, first = 0, 0.0, 0
-            if epoch == start.epoch and start.step:  # resumed inside this epoch: its first steps are done
-                first, sums, seen = start.step, dict(start.sums), start.seen
-            sampler.skip = first * (config.batch_size // ddp.world)
-            for step, (imgs, targets, failed) in enumerate(loader, start=first):
-                bad_images.update(failed)
-                lr = _set_lr(config, optimizer, epoch, epoch * steps + step, warmup_iters)
-                imgs = imgs.to(device, non_blocking=True).float() / 255.0
-                targets = targets.to(device)
-                if config.multi_scale:
-                    imgs = _rescale(imgs, img_size, model.max_stride, np.random.default_rng((config.seed, epoch, step)))
-                with autocast:
-                    outputs = net(imgs)
-                loss, items = loss_fn(outputs, targets)
-                if teacher is not None:
-                    with torch.no_grad(), autocast:
-                        teacher_out = teacher(imgs)
-                    distill = loss_fn.distillation(outputs, teacher_out) * config.distill_weight
-                    loss = loss + distill
-                    items["distill"] = float(distill.detach()) / imgs.shape[0]
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise SlimYoloError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {value}); "
-                                        f"lower lr0 (now {config.lr0}) or check the data")
-                if ddp.world > 1:
-                    loss = loss * ddp.world  # DDP averages gradients over processes; the loss is a sum
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if sparsity:
-                    sparsity.apply(s_rate)
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                if ema:
-                    ema.update(model)
-                seen += imgs.shape[0] * ddp.world
-                items["loss"] = sum(items[k] for k in ("box", "obj", "cls")) + items.get("distill", 0.0)
-                for k in sums:
-                    sums[k] += items.get(k, 0.0)
-                images_per_s = seen / max(time.monotonic() - epoch_start, 1e-9)
-                if ddp.main and config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 \
-                        and step + 1 < steps:
-                    _save(last_path, ema.ema if ema else model, model, optimizer, ema, epoch, best_fitness, rows,
-                          config, step=step + 1, sums=sums, seen=seen)
-                if ddp.main:
-                    _emit(progress, TrainStep(stage, epoch + 1, config.epochs, step + 1, steps,
-                                              {k: v / (step + 1) for k, v in sums.items()}, lr,
-                                              round(images_per_s, 2)))
-            train_time = time.monotonic() - epoch_start
-            images_per_s = seen / max(train_time, 1e-9)
-            final_model = ema.ema if ema else model
-            is_last = epoch + 1 == config.epochs
-            if ddp.main:
-                result: EvalResult | None = None
-                if spec.valid and ((epoch + 1) % config.eval_interval == 0 or is_last):
-                    result = evaluate(final_model, spec, img_size, config.batch_size, config.conf_thres,
-                                      config.iou_thres, max_images=config.max_eval_images)
-                    metrics = result.as_dict()
-                gammas = bn_gammas(model, gamma_layers)
-                row = {"epoch": epoch + 1, "stage": stage, "lr": lr, **{k: v / steps for k, v in sums.items()},
-                       "precision": result.precision if result else "", "recall": result.recall if result else "",
-                       "map50": result.map50 if result else "", "f1": result.f1 if result else "",
-                       "gamma_below_0.01": fraction_below(gammas), "s": s_rate,
-                       "images_per_s": images_per_s, "time_s": time.monotonic() - epoch_start}
-                rows.append(row)
-                fitness = result.map50 if result else best_fitness
-                improved = fitness > best_fitness or not best_path.exists() or (not spec.valid and is_last)
-                best_fitness = max(best_fitness, fitness)
-                _save(last_path, final_model, model, optimizer, ema, epoch + 1, best_fitness, rows, config)
-                if improved:
-                    save_checkpoint(final_model, best_path, epoch=epoch + 1, map50=fitness)
-                _write_results(run_dir / RESULTS_FILE, rows)
-                _log_epoch(writer, row, gammas, epoch)
-                if bad_images:
-                    log.warning("epoch %d: %d unreadable images were replaced: %s", epoch + 1, len(bad_images),
-                                ", ".join(sorted(bad_images)[:5]))
-                _emit(progress, _epoch_event(row, config.epochs, result, len(bad_images),
-                                             len(dataset.labels_report.bad_lines)))
-            ddp.barrier()
-        if ddp.main and sparsity:
-            plot_gammas(bn_gammas(model, gamma_layers), run_dir / "gamma_end.png", "after sparsity training")
+    return _Run(config, ddp, device, run_dir, spec, model, net, teacher, loss_fn, optimizer, ema, sparsity,
+                gamma_layers, dataset, sampler, loader, autocast, start, pretrained, writer, start.best_fitness,
+                start.rows)
+
+
+def _initial_weights(config: TrainConfig, model: Darknet, run_dir: Path, resume: bool,
+                     main: bool) -> dict[str, Any] | None:
+    """Initialise the heads' biases and load ``weights`` into a new model; the record of what they loaded (for
+    config.yaml), or a resumed run's record."""
+    if not config.weights or config.stage == "train":
+        init_head_biases(model)  # also for the heads that a partial file or another cfg's weights leave out
+    if config.weights and not resume:
+        # Base training takes what a partial file or another cfg's weights cover; the later stages continue a
+        # trained model and take only the full weights of its cfg.
+        report = load_pretrained(model, config.weights, config.weights_cfg, refuse_incomplete=None
+                                 if config.stage == "train" else CONTINUES_A_TRAINED_MODEL)
+        if main and config.stage == "train":  # the later stages load all of their cfg's weights or nothing
+            log.info("%s", report.line())
+        return report.as_dict()
+    if resume:
+        return _recorded_pretrained(run_dir / CONFIG_FILE)
+    return None
+
+
+def _training_data(config: TrainConfig, spec: DataSpec, ddp: _Dist,
+                   device: torch.device) -> tuple[YoloDataset, _SkippingSampler, DataLoader]:
+    """The training split (its unreadable label lines logged once), this process's sampler of it (resumable
+    inside an epoch) and its loader of ``batch_size / processes`` images a batch."""
+    dataset = YoloDataset(spec.train, spec.classes, config.img_size, config.augment, config.seed)
+    if dataset.labels_report.bad_lines and ddp.main:
+        log.warning("%s: %s", spec.path, dataset.labels_report.summary())
+    sampler = _SkippingSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=config.seed)
+    loader = DataLoader(dataset, batch_size=config.batch_size // ddp.world, sampler=sampler,
+                        num_workers=config.workers, collate_fn=YoloDataset.collate,
+                        persistent_workers=False, pin_memory=device.type == "cuda")
+    return dataset, sampler, loader
+
+
+def _train_one_epoch(run: _Run, epoch: int, progress: Progress | None, bad_images: set[str]) -> _EpochTotals:
+    """The training steps of 0-based ``epoch`` on this process's share of the data (a run resumed inside the
+    epoch starts at its next step); on rank 0 ``last.pt`` every ``checkpoint_steps`` and a TrainStep per step."""
+    config, ddp = run.config, run.ddp
+    totals = _EpochTotals(time.monotonic(), {"box": 0.0, "obj": 0.0, "cls": 0.0, "distill": 0.0, "loss": 0.0}, 0,
+                          0.0, run.sparsity.rate(epoch, config.epochs) if run.sparsity else 0.0)
+    run.dataset.set_epoch(epoch)
+    run.sampler.set_epoch(epoch)
+    run.net.train()
+    first = 0
+    if epoch == run.start.epoch and run.start.step:  # resumed inside this epoch: its first steps are done
+        first, totals.sums, totals.seen = run.start.step, dict(run.start.sums), run.start.seen
+    run.sampler.skip = first * (config.batch_size // ddp.world)
+    warmup_iters = round(config.warmup_epochs * run.steps)
+    for step, (imgs, targets, failed) in enumerate(run.loader, start=first):
+        bad_images.update(failed)
+        totals.lr = _set_lr(config, run.optimizer, epoch, epoch * run.steps + step, warmup_iters)
+        items, images = _train_step(run, imgs, targets, epoch, step, totals.s_rate)
+        totals.seen += images * ddp.world
+        for k in totals.sums:
+            totals.sums[k] += items.get(k, 0.0)
+        images_per_s = totals.seen / max(time.monotonic() - totals.started, 1e-9)
+        if ddp.main and config.checkpoint_steps and (step + 1) % config.checkpoint_steps == 0 \
+                and step + 1 < run.steps:
+            _save(run.last_path, run.final_model, run.model, run.optimizer, run.ema, epoch, run.best_fitness,
+                  run.rows, config, step=step + 1, sums=totals.sums, seen=totals.seen)
         if ddp.main:
-            plot_results(run_dir / RESULTS_FILE, run_dir / CURVE_FILE, STAGE_TITLES[stage])
-        weights_path = None
-        if ddp.main and config.save_weights:
-            weights_path = run_dir / "best.weights"
-            load_model(checkpoint_cfg(best_path), best_path).save_darknet_weights(weights_path)
-        ddp.barrier()
-    finally:
-        if writer is not None:
-            writer.close()
-    return TrainResult(run_dir=run_dir, last=last_path, best=best_path, results_csv=run_dir / RESULTS_FILE,
-                       config=run_dir / CONFIG_FILE, weights=weights_path, epochs=config.epochs,
-                       best_map50=max(best_fitness, 0.0), metrics=metrics, images_per_s=images_per_s,
-                       elapsed_s=time.monotonic() - started, pretrained=pretrained)
+            _emit(progress, TrainStep(config.stage, epoch + 1, config.epochs, step + 1, run.steps,
+                                      {k: v / (step + 1) for k, v in totals.sums.items()}, totals.lr,
+                                      round(images_per_s, 2)))
+    return totals
+
+
+def _train_step(run: _Run, imgs: torch.Tensor, targets: torch.Tensor, epoch: int, step: int,
+                s_rate: float) -> tuple[dict[str, float], int]:
+    """One optimizer step on a batch: its losses per image (box, obj, cls, distill, loss) and its images."""
+    config, model = run.config, run.model
+    imgs = imgs.to(run.device, non_blocking=True).float() / 255.0
+    targets = targets.to(run.device)
+    if config.multi_scale:
+        imgs = _rescale(imgs, config.img_size, model.max_stride, np.random.default_rng((config.seed, epoch, step)))
+    with run.autocast:
+        outputs = run.net(imgs)
+    loss, items = run.loss_fn(outputs, targets)
+    if run.teacher is not None:
+        with torch.no_grad(), run.autocast:
+            teacher_out = run.teacher(imgs)
+        distill = run.loss_fn.distillation(outputs, teacher_out) * config.distill_weight
+        loss = loss + distill
+        items["distill"] = float(distill.detach()) / imgs.shape[0]
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise SlimYoloError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {value}); "
+                            f"lower lr0 (now {config.lr0}) or check the data")
+    if run.ddp.world > 1:
+        loss = loss * run.ddp.world  # DDP averages gradients over processes; the loss is a sum
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.sparsity:
+        run.sparsity.apply(s_rate)
+    if config.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    run.optimizer.step()
+    if run.ema:
+        run.ema.update(model)
+    items["loss"] = sum(items[k] for k in ("box", "obj", "cls")) + items.get("distill", 0.0)
+    return items, imgs.shape[0]
+
+
+def _end_epoch(run: _Run, epoch: int, totals: _EpochTotals, images_per_s: float, progress: Progress | None,
+               bad_images: set[str]) -> EvalResult | None:
+    """Rank 0 after the steps of ``epoch``: evaluate (every ``eval_interval`` epochs and after the last), add the
+    results.csv row, save last.pt (and best.pt when the fitness improved), log; the evaluation, if one ran."""
+    config, spec = run.config, run.spec
+    is_last = epoch + 1 == config.epochs
+    result: EvalResult | None = None
+    if spec.valid and ((epoch + 1) % config.eval_interval == 0 or is_last):
+        result = evaluate(run.final_model, spec, config.img_size, config.batch_size, config.conf_thres,
+                          config.iou_thres, max_images=config.max_eval_images)
+    gammas = layer_gammas(run.model, run.gamma_layers)
+    row = {"epoch": epoch + 1, "stage": config.stage, "lr": totals.lr,
+           **{k: v / run.steps for k, v in totals.sums.items()},
+           "precision": result.precision if result else "", "recall": result.recall if result else "",
+           "map50": result.map50 if result else "", "f1": result.f1 if result else "",
+           "gamma_below_0.01": fraction_below(gammas), "s": totals.s_rate,
+           "images_per_s": images_per_s, "time_s": time.monotonic() - totals.started}
+    run.rows.append(row)
+    fitness = result.map50 if result else run.best_fitness
+    improved = fitness > run.best_fitness or not run.best_path.exists() or (not spec.valid and is_last)
+    run.best_fitness = max(run.best_fitness, fitness)
+    _save(run.last_path, run.final_model, run.model, run.optimizer, run.ema, epoch + 1, run.best_fitness, run.rows,
+          config)
+    if improved:
+        save_checkpoint(run.final_model, run.best_path, epoch=epoch + 1, map50=fitness)
+    _write_results(run.run_dir / RESULTS_FILE, run.rows)
+    _log_epoch(run.writer, row, gammas, epoch)
+    if bad_images:
+        log.warning("epoch %d: %d unreadable images were replaced: %s", epoch + 1, len(bad_images),
+                    ", ".join(sorted(bad_images)[:5]))
+    _emit(progress, _epoch_event(row, config.epochs, result, len(bad_images), len(run.dataset.labels_report.bad_lines)))
+    return result
+
+
+def _finish(run: _Run) -> Path | None:
+    """After the last epoch, on rank 0: the γ plot of sparsity training, results.png and with ``save_weights``
+    best.weights (returned)."""
+    weights_path = None
+    if run.ddp.main:
+        if run.sparsity:
+            plot_gammas(layer_gammas(run.model, run.gamma_layers), run.run_dir / "gamma_end.png",
+                        "after sparsity training")
+        plot_results(run.run_dir / RESULTS_FILE, run.run_dir / CURVE_FILE, STAGE_TITLES[run.config.stage])
+        if run.config.save_weights:
+            weights_path = run.run_dir / "best.weights"
+            load_model(checkpoint_cfg(run.best_path), run.best_path).save_darknet_weights(weights_path)
+    run.ddp.barrier()
+    return weights_path
 
 
 def _recorded_pretrained(path: Path) -> dict[str, Any] | None:

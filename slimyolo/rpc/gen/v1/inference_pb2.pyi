@@ -188,3 +188,71 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class BenchmarkModelRequest(_message.Message):
+    __slots__ = ("name", "version", "seconds", "mosaic")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MOSAIC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    seconds: float
+    mosaic: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., seconds: _Optional[float] = ..., mosaic: _Optional[int] = ...) -> None: ...
+
+class CpuInfo(_message.Message):
+    __slots__ = ("model", "cores", "isa")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CORES_FIELD_NUMBER: _ClassVar[int]
+    ISA_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    cores: int
+    isa: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., cores: _Optional[int] = ..., isa: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LatencyPercentiles(_message.Message):
+    __slots__ = ("p50", "p90", "p99")
+    P50_FIELD_NUMBER: _ClassVar[int]
+    P90_FIELD_NUMBER: _ClassVar[int]
+    P99_FIELD_NUMBER: _ClassVar[int]
+    p50: float
+    p90: float
+    p99: float
+    def __init__(self, p50: _Optional[float] = ..., p90: _Optional[float] = ..., p99: _Optional[float] = ...) -> None: ...
+
+class BenchmarkModelResponse(_message.Message):
+    __slots__ = ("name", "version", "fps", "latency_ms", "inferences", "seconds", "execution_precision", "precision", "input_size", "device", "requests", "cpu", "host", "concurrent_frames", "hint", "mosaic")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCES_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    MOSAIC_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    fps: float
+    latency_ms: LatencyPercentiles
+    inferences: int
+    seconds: float
+    execution_precision: str
+    precision: _common_pb2.Precision
+    input_size: _common_pb2.ImageSize
+    device: str
+    requests: int
+    cpu: CpuInfo
+    host: str
+    concurrent_frames: int
+    hint: str
+    mosaic: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., fps: _Optional[float] = ..., latency_ms: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., inferences: _Optional[int] = ..., seconds: _Optional[float] = ..., execution_precision: _Optional[str] = ..., precision: _Optional[_Union[_common_pb2.Precision, str]] = ..., input_size: _Optional[_Union[_common_pb2.ImageSize, _Mapping]] = ..., device: _Optional[str] = ..., requests: _Optional[int] = ..., cpu: _Optional[_Union[CpuInfo, _Mapping]] = ..., host: _Optional[str] = ..., concurrent_frames: _Optional[int] = ..., hint: _Optional[str] = ..., mosaic: _Optional[int] = ...) -> None: ...

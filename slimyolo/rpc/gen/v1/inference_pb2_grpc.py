@@ -60,6 +60,11 @@ class InferenceStub:
                 request_serializer=slimyolo_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=slimyolo_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.BenchmarkModel = channel.unary_unary(
+                '/slimyolo.v1.Inference/BenchmarkModel',
+                request_serializer=slimyolo_dot_v1_dot_inference__pb2.BenchmarkModelRequest.SerializeToString,
+                response_deserializer=slimyolo_dot_v1_dot_inference__pb2.BenchmarkModelResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -103,6 +108,20 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BenchmarkModel(self, request, context):
+        """Times a loaded model version on the server itself: inference only (one prepared tensor through
+        the version's own compiled model and its pool of asynchronous requests, throughput-style, after
+        a few warm-up inferences), for the given seconds, with no network and no client in the figures.
+        The server's other calls share the CPU meanwhile (concurrent_frames says how many frames they
+        ran). One benchmark at a time per server: another call meanwhile is RESOURCE_EXHAUSTED at once
+        (two would each measure half a machine). A call cancelled by its client, or past its deadline,
+        ends its benchmark at once. INVALID_ARGUMENT for seconds outside (0, 60]; NOT_FOUND for a model
+        (or version) that is not loaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +149,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=slimyolo_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=slimyolo_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'BenchmarkModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.BenchmarkModel,
+                    request_deserializer=slimyolo_dot_v1_dot_inference__pb2.BenchmarkModelRequest.FromString,
+                    response_serializer=slimyolo_dot_v1_dot_inference__pb2.BenchmarkModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +292,33 @@ class Inference:
             '/slimyolo.v1.Inference/ListModels',
             slimyolo_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             slimyolo_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BenchmarkModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slimyolo.v1.Inference/BenchmarkModel',
+            slimyolo_dot_v1_dot_inference__pb2.BenchmarkModelRequest.SerializeToString,
+            slimyolo_dot_v1_dot_inference__pb2.BenchmarkModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

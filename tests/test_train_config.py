@@ -1,0 +1,62 @@
+"""TrainOptions, declared once: ``slimyolo train``'s flags are generated from it (names, defaults, help and bounds),
+and TrainConfig checks the declared bounds and choices, whether it was read from YAML or built in Python."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from slimyolo.errors import SlimYoloError
+from slimyolo.params import declared_fields, flag_name
+from slimyolo.train.cli import build_config, register
+from slimyolo.train.config import TrainConfig
+from slimyolo.train.options import TrainOptions
+
+# The flags `slimyolo train` had before they were generated: every one is still there.
+FLAGS = ("--config", "--resume", "--cfg", "--data", "--weights", "--weights-cfg", "--out", "--epochs", "--batch-size",
+         "--img-size", "--optimizer", "--lr0", "--schedule", "--warmup-epochs", "--no-ema", "--bf16", "--multi-scale",
+         "--no-mosaic", "--seed", "--workers", "--threads", "--device", "--eval-interval", "--checkpoint-steps",
+         "--max-eval-images", "--save-weights", "--finetune", "--teacher-cfg", "--teacher-weights", "--distill-weight",
+         "-sr", "--sr", "--s", "--prune", "--s-schedule", "--quiet")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser
+
+
+def test_every_setting_has_a_flag_and_every_old_flag_stays():
+    train = _parser()._subparsers._group_actions[0].choices["train"]
+    flags = {s for a in train._actions for s in a.option_strings}
+    assert set(FLAGS) <= flags
+    assert {flag_name(f.name) for f in declared_fields(TrainOptions)} <= flags
+
+
+def test_no_flag_means_the_declared_default_and_flags_win_over_the_file(tmp_path):
+    args = _parser().parse_args(["train", "--data", "d.data", "--cfg", "yolov4-tiny"])
+    assert build_config(args) == TrainConfig(data="d.data", cfg="yolov4-tiny")
+    config = tmp_path / "train.yaml"
+    config.write_text("data: d.data\ncfg: yolov4-tiny\nepochs: 5\nema: false\nsr: true\n")
+    args = _parser().parse_args(["train", "--config", str(config), "--epochs", "2", "-sr", "--ema", "--no-mosaic"])
+    built = build_config(args)
+    assert (built.epochs, built.ema, built.sr, built.augment.mosaic) == (2, True, True, 0.0)
+    assert (built.data, built.cfg) == ("d.data", "yolov4-tiny")
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"epochs": 0}, "'epochs' must be at least 1, got 0"),
+    ({"optimizer": "lion"}, "'optimizer' must be one of sgd, adam, got 'lion'"),
+    ({"img_size": 100}, "'img_size' must be a multiple of 32, got 100"),
+    ({"checkpoint_steps": -1}, "'checkpoint_steps' must be at least 0, got -1"),
+    ({"prune": 2}, "'prune' must be at most 1, got 2"),
+    ({"s_schedule": "linear"}, "'s_schedule' must be one of constant, step, cosine"),
+])
+def test_the_declared_bounds_are_checked_from_yaml_and_in_python(setting, message):
+    doc = {"data": "d.data", "cfg": "yolov4-tiny", **setting}
+    with pytest.raises(SlimYoloError, match=f"spec: {message}"):
+        TrainConfig.from_dict(doc, "spec").check("spec")
+    with pytest.raises(SlimYoloError, match=message):
+        dataclasses.replace(TrainConfig(data="d.data", cfg="yolov4-tiny"), **setting).resolved()
