@@ -82,10 +82,13 @@ def benchmark_app(xml: Path, size: int, hint: str, seconds: float) -> dict[str, 
 
 
 @contextmanager
-def services(models: Path, replicas: int, logs: Path) -> Iterator[str]:
-    """``replicas`` processes of ``slimyolo serve inference`` on free ports of 127.0.0.1; yields their
-    ``ipv4:`` target once all are SERVING. Each logs to ``logs/serve-<i>.log``, which names its port."""
-    env = {**os.environ, "SLIMYOLO_MODEL_REPOSITORY": str(models)}
+def services(models: Path | str, replicas: int, logs: Path, env: dict[str, str] | None = None,
+             ready: str = "") -> Iterator[str]:
+    """``replicas`` processes of ``slimyolo serve inference`` on free ports of 127.0.0.1 serving the model
+    repository ``models`` (a folder, or a store prefix with ``env``'s SLIMYOLO_STORE); yields their ``ipv4:``
+    target once all are SERVING (``ready``: the health service name, "liveness" for a server without models
+    yet). Each logs to ``logs/serve-<i>.log``, which names its port."""
+    env = {**os.environ, **(env or {}), "SLIMYOLO_MODEL_REPOSITORY": str(models)}
     procs, paths = [], [logs / f"serve-{i}.log" for i in range(replicas)]
     for path in paths:
         with path.open("wb") as log:
@@ -97,7 +100,7 @@ def services(models: Path, replicas: int, logs: Path) -> Iterator[str]:
         ports = [_port(proc, path) for proc, path in zip(procs, paths, strict=True)]
         for port in ports:
             with connect(f"127.0.0.1:{port}") as channel:
-                wait_ready(channel, "", timeout=300)
+                wait_ready(channel, ready, timeout=300)
         yield "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
     finally:
         for proc in procs:
