@@ -201,8 +201,9 @@ def data_ref(value: Any, where: str) -> DataRef:
 
 
 def _is_number(value: Any, kind: type) -> bool:
-    """A YAML/JSON number usable as ``kind`` (an integral float is an int; a bool is neither)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    """A YAML/JSON number usable as ``kind`` (an integral float is an int; a bool, NaN or an infinity is neither:
+    a NaN passes every bound, since every comparison with it is false)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return False
     return kind is not int or float(value).is_integer()
 

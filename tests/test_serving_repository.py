@@ -266,3 +266,22 @@ def test_a_local_repository_path_may_pass_through_hidden_folders(tmp_path, monke
         server.stop(0)
         plane.close()
     assert json.loads(Path(".slimyolo/store/models/mini/1/conversion.json").read_text())["name"] == "mini"
+
+
+def test_a_sweeps_temporary_model_is_served_only_where_it_was_loaded_and_until_its_tree_goes(plane, mini_ir,
+                                                                                             tmp_path):
+    """Every replica polls the shared repository; a sweep's point (``_sweep-…``) must not be compiled by all of
+    them, only by the one its meter sent LoadModel to, and must go when the meter deletes its tree."""
+    manager, repo = plane.manager, tmp_path / "repo"
+    _add(repo, mini_ir, "1", name="_sweep-0123456789ab")
+    manager.poll()  # another replica's view: available, never loaded by the poll
+    assert not manager.is_ready("_sweep-0123456789ab")
+    assert _states(plane)[("_sweep-0123456789ab", "1")] == ModelState.AVAILABLE
+    assert manager.load("_sweep-0123456789ab", "1").version == "1"  # the meter's replica
+    _add(repo, mini_ir, "2", name="_sweep-0123456789ab")  # the next point, not yet loaded
+    manager.poll()
+    assert manager.is_ready("_sweep-0123456789ab", "1") and not manager.is_ready("_sweep-0123456789ab", "2")
+    shutil.rmtree(repo / "_sweep-0123456789ab" / "1")  # the meter deletes the point it timed (killed: no unload)
+    manager.poll()
+    assert not manager.is_ready("_sweep-0123456789ab")  # gone with its tree, not replaced by version 2
+    assert manager.is_ready("mini", "1")

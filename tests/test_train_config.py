@@ -60,3 +60,11 @@ def test_the_declared_bounds_are_checked_from_yaml_and_in_python(setting, messag
         TrainConfig.from_dict(doc, "spec").check("spec")
     with pytest.raises(SlimYoloError, match=message):
         dataclasses.replace(TrainConfig(data="d.data", cfg="yolov4-tiny"), **setting).resolved()
+
+
+@pytest.mark.parametrize("setting", [{"lr0": float("nan")}, {"s": float("inf")}, {"momentum": float("-inf")}])
+def test_nan_and_infinities_are_refused_naming_the_setting(setting):
+    """A NaN passes every bound (each comparison with it is false), so the engine refuses it as a number."""
+    (name, value), = setting.items()
+    with pytest.raises(SlimYoloError, match=rf"'{name}' must be a number, got {value}"):
+        TrainConfig.from_dict({"data": "d", "cfg": "c.cfg", **setting}).resolved()

@@ -252,8 +252,8 @@ def _check_options(opts: ConvertOptions) -> None:
         vocab.choose(opts.ppp, vocab.PPP_MODES, "ppp")
     if opts.accuracy_control and opts.precision != "int8":
         raise SlimYoloError("accuracy control applies to INT8 quantization: add --precision int8")
-    if not 0.0 < opts.max_drop < 1.0:
-        raise SlimYoloError(f"max drop is an absolute mAP@0.5 drop between 0 and 1, got {opts.max_drop}")
+    if not 0.0 < opts.max_drop <= 1.0:  # as ConvertOptions declares it: (0, 1]
+        raise SlimYoloError(f"max drop is an absolute mAP@0.5 drop in (0, 1], got {opts.max_drop}")
     if opts.calib_images < 1 or opts.parity_images < 1:
         raise SlimYoloError(f"calibration and parity need at least one image (got {opts.calib_images}, "
                             f"{opts.parity_images})")

@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "weights conversion.json records, if still there unchanged)")
     p.add_argument("--onnx", type=Path, help="with --compare: the ONNX file (default: model.onnx beside the IR)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_bench, bench_parser=p)
 
 
 def _model(model: str) -> Path:
@@ -129,6 +129,11 @@ def _bench_remote(args: argparse.Namespace) -> int:
     return 0
 
 
+# The bench settings of a client-side or local measurement, which --server-side (the service's own) does not take.
+_CLIENT_SIDE = ("concurrency", "rate", "api", "warmup", "image", "compare", "cfg", "weights", "onnx", "device",
+                "precision", "hint")
+
+
 def _bench_server_side(args: argparse.Namespace) -> int:
     from slimyolo.cpuinfo import describe
     from slimyolo.errors import SlimYoloError
@@ -137,11 +142,8 @@ def _bench_server_side(args: argparse.Namespace) -> int:
 
     if not args.remote:
         raise SlimYoloError("--server-side: give --remote TARGET, the inference service that times the model")
-    other = {"--concurrency": args.concurrency != 1, "--rate": args.rate, "--api": args.api != "infer",
-             "--warmup": args.warmup != 2.0, "--image": args.image, "--compare": args.compare, "--cfg": args.cfg,
-             "--weights": args.weights, "--onnx": args.onnx, "--device": args.device != "CPU",
-             "--precision": args.precision, "--hint": args.hint != "throughput"}
-    given = [flag for flag, value in other.items() if value]
+    given = [f"--{dest.replace('_', '-')}" for dest in _CLIENT_SIDE
+             if getattr(args, dest) != args.bench_parser.get_default(dest)]  # set to other than its default
     if given:
         raise SlimYoloError(f"--server-side: the service times the model as it serves it (its own device, hint and "
                             f"precision, inference only, no client): {', '.join(given)} do not apply")

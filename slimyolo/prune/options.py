@@ -128,7 +128,7 @@ class SweepOptions(KeepOptions):
     @property
     def mosaic_k(self) -> int:
         """K of the KxK mosaic each point is timed as (1: none)."""
-        return int(self.mosaic.split("x")[0])
+        return vocab.parse_grid(self.mosaic)
 
     def budget(self) -> float | None:
         """The frames per second a point must reach (the accuracy objective's budget); None when there is none.

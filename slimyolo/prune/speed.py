@@ -245,6 +245,7 @@ class RemoteFpsMeter(_PointMeter):
         loaded = False
         try:
             self.store.put_tree(prefix, ir)
+            loaded = True  # from here on unload, even when the load failed half-way (a deadline, Ctrl-C)
             try:
                 client.load_model(self.name, version)
             except NotFoundError as exc:
@@ -253,12 +254,13 @@ class RemoteFpsMeter(_PointMeter):
                     f"({self.store.uri_of(prefix)}): the pruner and the inference service must share the store "
                     f"(the same SLIMYOLO_STORE and, for S3, SLIMYOLO_S3_* settings) and the model repository "
                     f"prefix (SLIMYOLO_MODEL_REPOSITORY, here {self.repository!r}) ({exc})") from exc
-            loaded = True
             return [self._benchmark(client, version) for _ in range(self.repeats)]
         finally:
             if loaded:
                 try:
                     client.unload_model(self.name, version)
+                except NotFoundError:
+                    pass  # it never got loaded
                 except SlimYoloError as exc:
                     log.warning("could not unload the temporary model %s version %s from %s: %s", self.name,
                                 version, self.target, exc)

@@ -2,8 +2,9 @@
 
 Nothing in ``slimyolo`` outside this package and the servicers (:mod:`slimyolo.services`) imports
 gRPC; servicers only translate between protobuf messages and the core library. Both sides of the
-stage services (the generic Start... servicer, and the client that ``stage --remote`` and
-``pipeline run --remote`` use) are :mod:`slimyolo.rpc.stages`.
+stage services are :mod:`slimyolo.rpc.stage_service` (the one Start... servicer, built from the registry
+of stage kinds) and :mod:`slimyolo.rpc.stages` (the client that ``stage --remote`` and ``pipeline run
+--remote`` use).
 """
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -54,7 +54,8 @@ def service_parser(service: str) -> tuple[ModuleType, argparse.ArgumentParser]:
             raise  # a dependency of the service is missing: its own message says which
         raise SlimYoloError(f"serve {service}: this slimyolo installation has no slimyolo.services.{service} "
                             f"module ({exc}); reinstall the project (pip install .)") from None
-    parser = argparse.ArgumentParser(prog=f"slimyolo serve {service}", description=plain_text(module.__doc__))
+    parser = argparse.ArgumentParser(prog=f"slimyolo serve {service}", description=plain_text(module.__doc__),
+                                     allow_abbrev=False)
     add_arguments(parser)
     if hasattr(module, "add_arguments"):
         module.add_arguments(parser)

@@ -131,17 +131,20 @@ def served_detection(runner: RemoteRunner) -> Callable[[str, str, Path], dict]:
     def detect(name: str, version: str, image: Path) -> dict[str, Any]:
         import grpc
 
-        from slimyolo.rpc.client import remote_error
+        from slimyolo.rpc.client import connect, remote_error
         from slimyolo.rpc.gen.v1 import inference_pb2, inference_pb2_grpc
 
-        stub = inference_pb2_grpc.InferenceStub(runner.channel("inference"))
-        try:
-            stub.LoadModel(inference_pb2.LoadModelRequest(name=name, version=version), timeout=300)
-            answer = stub.Detect(inference_pb2.DetectRequest(
-                model_name=name, model_version=version, image=inference_pb2.Image(encoded=image.read_bytes())),
-                timeout=60)
-        except grpc.RpcError as exc:
-            raise remote_error(exc) from exc
+        runner.channel("inference")  # the service is live
+        # LoadModel and Detect on one replica: the replica that loaded the version is the one that serves it
+        with connect(runner.addresses["inference"], lb_policy="pick_first") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            try:
+                stub.LoadModel(inference_pb2.LoadModelRequest(name=name, version=version), timeout=300)
+                answer = stub.Detect(inference_pb2.DetectRequest(
+                    model_name=name, model_version=version, image=inference_pb2.Image(encoded=image.read_bytes())),
+                    timeout=60)
+            except grpc.RpcError as exc:
+                raise remote_error(exc) from exc
         return {"address": runner.addresses["inference"], "model": name, "version": answer.model_version,
                 "image": str(image), "detections": [
                     {"class": d.class_name, "score": round(d.score, 3),

@@ -323,6 +323,13 @@ class ModelManager:
 
     def _target(self, name: str, versions: list[str]) -> str | None:
         """The version ``name`` should serve given the repository's ``versions`` (under the lock)."""
+        if is_temporary(name):  # a sweep's point: served only where its meter loaded it, until its tree goes
+            served = self._served(name)
+            if served not in versions:
+                self._held.discard(name)
+                self._pins.pop(name, None)
+                return None
+            return served
         if name in self._held:
             return self._served(name)
         latest = newest(versions)
