@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 EXTRAS ?= train,convert,serve,dev
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean protos images test-images
+.PHONY: demo test lint venv clean protos images test-images certs
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# A private CA and a certificate per service (certs/<service>/{tls.crt,tls.key,ca.crt}, their Kubernetes
+# names, localhost and 127.0.0.1) for TLS without cert-manager: README "Security". Kept if certs/ca.key exists.
+certs: $(STAMP)
+	$(BIN)/python deploy/certs.py services certs
 
 # The gRPC stubs in slimyolo/rpc/gen, from protos/ (committed; tests/test_rpc_protos.py fails when stale).
 protos: $(STAMP)

@@ -73,7 +73,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store_dir = Path(tmp) / "store"
         store_dir.mkdir()
-        with services("models", 1, Path(tmp), env={"SLIMYOLO_STORE": str(store_dir)}, ready="liveness") as target:
+        # Model control on: the sweep loads each point it times.
+        env = {"SLIMYOLO_STORE": str(store_dir), "SLIMYOLO_MODEL_CONTROL": "explicit"}
+        with services("models", 1, Path(tmp), env=env, ready="liveness") as target:
             remote = run(args.weights, args.data, SweepOptions(**common, measure_on=target), LocalStore(store_dir))
     rows = [[name, r["measured_on"], r["baseline_fps"],
              "-" if r["best"] is None else f"{r['best']['global_percent']:.3f}",

@@ -38,6 +38,12 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(latencies_s) * 1000.0
     return {f"p{q}": round(float(np.percentile(ms, q)), 2) for q in (50, 90, 99)} if len(ms) else {}

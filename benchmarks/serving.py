@@ -99,7 +99,7 @@ def services(models: Path | str, replicas: int, logs: Path, env: dict[str, str] 
     try:
         ports = [_port(proc, path) for proc, path in zip(procs, paths, strict=True)]
         for port in ports:
-            with connect(f"127.0.0.1:{port}") as channel:
+            with connect(f"127.0.0.1:{port}", health_service=ready) as channel:
                 wait_ready(channel, ready, timeout=300)
         yield "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
     finally:

@@ -168,7 +168,7 @@ def wait_live(address: str, container: str, timeout: float = LIVE_TIMEOUT) -> No
         state = docker("inspect", "-f", "{{.State.Status}}", container).strip()
         if state != "running":
             raise RuntimeError(f"{container} is {state}:\n{docker('logs', '--tail', '60', container, check=False)}")
-        with connect(address) as channel:
+        with connect(address, health_service="liveness") as channel:
             try:
                 wait_ready(channel, "liveness", timeout=5)
                 return
@@ -181,8 +181,9 @@ def wait_live(address: str, container: str, timeout: float = LIVE_TIMEOUT) -> No
 def run_service(stage: str, store: Path, name: str) -> str:
     """Start ``stage``'s image as a hardened container with ``store`` as its artifact store; its gRPC address."""
     # The store at the same path as here: artifacts carry file:// URIs, which must mean the same inside.
+    # Model control on: the Detect check loads the version it converted (LoadModel), as the pipeline's does.
     env = {"SLIMYOLO_STORE": str(store), "SLIMYOLO_MODEL_REPOSITORY": "models", "SLIMYOLO_MODEL_POLL_SECONDS": "1",
-           "OMP_NUM_THREADS": "1"}
+           "SLIMYOLO_MODEL_CONTROL": "explicit", "OMP_NUM_THREADS": "1"}
     docker("run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/work:uid=10001,gid=10001",
            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-v", f"{store}:{store}",
            "-p", "127.0.0.1::50051", *(a for k, v in env.items() for a in ("-e", f"{k}={v}")),
@@ -310,7 +311,7 @@ def test_compose(report: Report, work: Path) -> None:
         if proc.returncode != 0:
             raise RuntimeError(f"compose up failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
         for port in COMPOSE_PORTS.values():
-            with connect(f"127.0.0.1:{port}") as channel:
+            with connect(f"127.0.0.1:{port}", health_service="liveness") as channel:
                 wait_ready(channel, "liveness", timeout=LIVE_TIMEOUT)
         row.live = f"{time.monotonic() - t0:.1f} s (all 4 services)"
         say(f"compose: services live after {row.live}")

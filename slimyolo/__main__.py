@@ -4,4 +4,5 @@ import sys
 
 from slimyolo.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned process (bench --remote --processes) imports the parent's main
+    sys.exit(main())

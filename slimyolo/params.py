@@ -211,10 +211,11 @@ def _is_number(value: Any, kind: type) -> bool:
 class Fields:
     """Reads the fields of a spec (or a config) out of a mapping, each checked and named in errors."""
 
-    def __init__(self, doc: Any, source: str, flags: bool = False) -> None:
+    def __init__(self, doc: Any, source: str, flags: bool = False, prefix: str = "") -> None:
         if not isinstance(doc, Mapping):
-            raise SlimYoloError(f"{source}: expected a mapping of fields, got {type(doc).__name__}")
-        self.doc, self.source, self.used, self.flags = doc, source, set(), flags
+            where = f"{source}: '{prefix[:-1]}'" if prefix else source
+            raise SlimYoloError(f"{where}: expected a mapping of fields, got {type(doc).__name__}")
+        self.doc, self.source, self.used, self.flags, self.prefix = doc, source, set(), flags, prefix
 
     def _get(self, name: str, required: bool) -> Any:
         self.used.add(name)
@@ -225,7 +226,7 @@ class Fields:
 
     def where(self, name: str) -> str:
         """The field as the user wrote it: ``source: 'name'``, or ``--name`` on a command line (``flags``)."""
-        return flag_name(name) if self.flags else f"{self.source}: '{name}'"
+        return flag_name(name) if self.flags else f"{self.source}: '{self.prefix}{name}'"
 
     def raw(self, name: str) -> Any:
         """The value as it is (None when absent), for fields a caller checks itself."""
@@ -275,8 +276,13 @@ class Fields:
         return default if value is None else vocab.choose(value, options, self.where(name))
 
     def text(self, name: str, default: str | None = None) -> str | None:
+        """Text; a number is taken as written (``name: 2``), a list, a mapping or a bool is an error."""
         value = self._get(name, False)
-        return default if value is None else str(value)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise SlimYoloError(f"{self.where(name)} must be text, got {value!r}")
+        return str(value)
 
     def number_range(self, name: str, kind: type, default: Any) -> Any:
         """(low, high, step): a range of coarse points, given as its three numbers (not as the points)."""
@@ -312,7 +318,8 @@ class Fields:
         """No key may be left unread: a misspelt key is an error, not a silently ignored setting."""
         unknown = sorted(self.rest())
         if unknown:
-            raise SlimYoloError(f"{self.source}: unknown field '{unknown[0]}' (known: {', '.join(sorted(self.used))})")
+            raise SlimYoloError(f"{self.source}: unknown field '{self.prefix}{unknown[0]}' (known: "
+                                f"{', '.join(sorted(self.used))})")
 
 
 
@@ -420,12 +427,13 @@ class Declared:
     """``from_dict``/``to_dict`` of a class of declared settings, derived from its :func:`param` fields."""
 
     @classmethod
-    def from_dict(cls, doc: Any, source: str | None = None, flags: bool = False) -> Any:
+    def from_dict(cls, doc: Any, source: str | None = None, flags: bool = False, prefix: str = "") -> Any:
         """The settings in ``doc`` (a mapping of flat keys), each checked; errors name ``source`` and the field
-        (as ``--flag`` with ``flags``: the values came from a command line, :func:`from_args`)."""
+        (as ``--flag`` with ``flags``: the values came from a command line, :func:`from_args`; as
+        ``'augment.mosaic'`` with ``prefix="augment."``: a section of a larger mapping)."""
         source = source or cls.__name__
-        check_values(doc, source)
-        f = Fields(doc, source, flags)
+        check_values(doc, source, prefix.rstrip("."))
+        f = Fields(doc, source, flags, prefix)
         values = {}
         for fld in declared_fields(cls):
             required = fld.default is dataclasses.MISSING

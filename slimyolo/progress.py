@@ -33,7 +33,8 @@ class TrainStep:
     """One optimizer step of training (rank 0 reports)."""
 
     type: ClassVar[str] = "train_step"
-    stage: str  # the training stage: train, sparsity, finetune
+    renamed: ClassVar[Mapping[str, str]] = {"stage": "phase"}  # an event of a server before the phase was named so
+    phase: str  # the training phase: train (base training), sparsity, finetune
     epoch: int  # 1-based
     epochs: int
     step: int  # 1-based, within the epoch
@@ -61,7 +62,8 @@ class TrainEpoch:
     """One finished epoch: its row of ``results.csv``; the evaluation fields are None when it was not evaluated."""
 
     type: ClassVar[str] = "train_epoch"
-    stage: str
+    renamed: ClassVar[Mapping[str, str]] = {"stage": "phase"}
+    phase: str  # as TrainStep's
     epoch: int
     epochs: int
     lr: float

@@ -231,6 +231,11 @@ class Store(abc.ABC):
         self._upload(key, path)
         return Artifact(self.uri_of(key), sha, size)
 
+    def delete(self, key: str) -> None:
+        """Remove the object at a named key (nothing when there is none): for small records whose life ends,
+        such as a job's handover note; trees go with :meth:`delete_tree`."""
+        self._delete(validate_key(key))
+
     def get(self, key: str, dest: str | Path) -> Path:
         """Download the object at a named key (:meth:`put`) to ``dest``; NotFoundError when there is none."""
         validate_key(key)

@@ -30,6 +30,9 @@ BENCH_PRECISIONS = (*EXEC_PRECISIONS, "default")
 # What the sweep measures FPS at: an execution precision of the f32 IR, or the INT8 IR.
 FPS_PRECISIONS = ("f32", "bf16", "int8")
 SWEEP_OBJECTIVES = ("bflops", "fps", "accuracy")
+# The inference service's --model-control: LoadModel/UnloadModel refused (none, as Triton's default) or served.
+MODEL_CONTROL = ("none", "explicit")
+MAX_BENCHMARK_SECONDS = 60.0  # the inference service's BenchmarkModel holds a worker and the CPU: bounded
 # OpenVINO performance hints, by the name the settings use.
 PERFORMANCE_HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT", "cumulative_throughput": "CUMULATIVE_THROUGHPUT"}
 # The IR precision's enum value in the protos (slimyolo.v1.Precision), by name.

@@ -69,6 +69,22 @@ def mini_cfg(size: int) -> str:
 MINI_CFG = mini_cfg(96)
 
 
+@pytest.fixture
+def stage_env(seaweed, tmp_path) -> dict[str, str]:
+    """The environment of a stage service on a fresh bucket of the session's S3 server holding the store trees
+    ``inputs/mini.cfg`` (MINI_CFG) and ``inputs/synth`` (48 training and 8 validation images, 2 classes, 96 px)."""
+    from slimyolo.data.synth import write_synthetic
+    from slimyolo.store import open_store
+
+    env = dict(os.environ, **seaweed.env(seaweed.new_bucket()), SLIMYOLO_WORK_DIR=str(tmp_path / "work"),
+               OMP_NUM_THREADS="1")
+    inputs = tmp_path / "inputs"
+    write_synthetic(inputs / "synth", classes=2, train=48, val=8, size=96, seed=0)
+    (inputs / "mini.cfg").write_text(MINI_CFG)
+    open_store(env=env).put_tree("inputs", inputs)
+    return env
+
+
 @dataclass(frozen=True)
 class Trained:
     cfg: Path  # the cfg trained
@@ -118,9 +134,10 @@ def mini_ir(trained_mini, tmp_path_factory) -> Path:
 def start_inference():
     """``start(repo, server=None, **serving)`` → (Server, DataPlane): the inference service on 127.0.0.1.
 
-    Free gRPC and metrics ports, f32 inference, the repository folder ``repo``; ``server`` holds
-    ServerConfig fields (``max_message_bytes``, ``max_connection_age``...) and ``serving`` the
-    ServingConfig ones. The caller stops what it started: ``server.stop(0)``, then ``plane.close()``.
+    Free gRPC and metrics ports, f32 inference, the repository folder ``repo``, model control on
+    (``--model-control explicit``: the tests load and unload models by call); ``server`` holds
+    ServerConfig fields (``max_message_bytes``, ``max_connection_age``, ``tls_cert``...) and ``serving``
+    the ServingConfig ones. The caller stops what it started: ``server.stop(0)``, then ``plane.close()``.
     """
     from slimyolo.rpc.server import Server, ServerConfig
     from slimyolo.services.inference import build
@@ -129,8 +146,60 @@ def start_inference():
     def start(repo: Path, server: dict | None = None, **serving):
         config = ServerConfig(bind="127.0.0.1", port=0, metrics_port=0, **(server or {}))
         instance = Server("inference", config)
-        plane = build(instance, ServingConfig(model_repository=str(repo), precision="f32", **serving))
+        plane = build(instance, ServingConfig(model_repository=str(repo), precision="f32",
+                                              **{"model_control": "explicit", **serving}))
         instance.start()
         return instance, plane
 
     return start
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Certificates and tokens made by deploy/certs.py for 127.0.0.1 (see the ``tls`` fixture)."""
+
+    root: Path
+    ca: Path  # the CA that signed both certificates
+    server: Path  # folder: tls.crt, tls.key (names localhost and 127.0.0.1)
+    client: Path  # folder: tls.crt, tls.key of the client certificate "robot", mapped to operate
+    stranger: Path  # folder: a client certificate "stranger" the tokens file does not map
+    tokens: Path  # the server's tokens file: infer "camera", operate "alice" and "bob", admin "root"
+    token: dict[str, str]  # name → the token itself
+
+    def token_file(self, name: str) -> Path:
+        """A client's --token-file holding ``name``'s token."""
+        return self.root / f"{name}.token"
+
+    def server_config(self, mutual: bool = False, tokens: bool = True) -> dict[str, str]:
+        """ServerConfig fields: TLS with this server certificate; mTLS; the tokens file."""
+        return {"tls_cert": str(self.server / "tls.crt"), "tls_key": str(self.server / "tls.key"),
+                **({"tls_client_ca": str(self.ca)} if mutual else {}),
+                **({"auth_tokens": str(self.tokens)} if tokens else {})}
+
+
+def load_certs_module():
+    """deploy/certs.py as a module (deploy/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("certs", Path(__file__).parent.parent / "deploy" / "certs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory) -> Tls:
+    """A CA, a server certificate for 127.0.0.1 and two client certificates, and a tokens file of four tokens,
+    each made as a user makes them (deploy/certs.py)."""
+    certs = load_certs_module()
+    root = tmp_path_factory.mktemp("tls")
+    certs.make_ca(root)
+    server = certs.make_cert(root, "server", ["localhost"], ["127.0.0.1"])
+    client = certs.make_cert(root, "robot", [], [], client=True)
+    stranger = certs.make_cert(root, "stranger", [], [], client=True)
+    lines, token = ["# role name sha256 of the token", "operate robot cert:robot"], {}
+    for role, name in (("infer", "camera"), ("operate", "alice"), ("operate", "bob"), ("admin", "root")):
+        lines.append(certs.make_token(role, name, root / f"{name}.token"))
+        token[name] = (root / f"{name}.token").read_text()
+    (root / "tokens").write_text("\n".join(lines) + "\n")
+    return Tls(root, root / "ca.crt", server, client, stranger, root / "tokens", token)

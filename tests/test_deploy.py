@@ -118,8 +118,29 @@ def test_services_use_native_grpc_probes():
     for doc in render("k8s/base"):
         if doc["kind"] == "Deployment" and doc["metadata"]["name"] in STAGES:
             (c,) = doc["spec"]["template"]["spec"]["containers"]
-            assert c["readinessProbe"]["grpc"] == {"port": 50051}  # overall health: all services SERVING
-            assert c["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
+            # The plaintext health port (SLIMYOLO_HEALTH_PORT): the kubelet presents no certificate to the TLS port.
+            assert c["readinessProbe"]["grpc"] == {"port": 8081}  # overall health: all services SERVING
+            assert c["livenessProbe"]["grpc"] == {"port": 8081, "service": "liveness"}
+            assert {"name": "health", "containerPort": 8081} in c["ports"]
+    config = next(d for d in render("k8s/base") if d["kind"] == "ConfigMap" and d["metadata"]["name"] ==
+                  "slimyolo-config")
+    assert config["data"]["SLIMYOLO_HEALTH_PORT"] == "8081"
+
+
+def test_network_policies_deny_by_default_and_open_each_door_by_label():
+    policies = {d["metadata"]["name"]: d["spec"] for d in render("k8s/base") if d["kind"] == "NetworkPolicy"}
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for k in KUSTOMIZATIONS
+            for d in render(k) if d["kind"] in WORKLOADS}
+
+    def admitted(policy: str, labels: dict) -> bool:
+        return any(all(labels.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+                   for rule in policies[policy]["ingress"] for peer in rule["from"])
+
+    assert all(admitted("store", pods[name]) for name in (*STAGES, "slimyolo-train", "slimyolo-sweep"))
+    assert admitted("inference", pods["pruner"]) and admitted("inference", pods["slimyolo-sweep"])
+    assert not admitted("stage-services", pods["inference"]) and not admitted("store", pods["prometheus"])
+    assert admitted("metrics", pods["prometheus"])
 
 
 def test_no_literal_secret_anywhere():
@@ -372,3 +393,16 @@ def test_inference_image_probes_its_own_port_and_declines_openvino_telemetry(tmp
                           text=True, timeout=120)
     assert done.returncode == 0 and "telemetry" not in done.stderr.lower() + done.stdout.lower(), done.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["intel", "openvino_telemetry"]  # nothing written
+
+
+def test_no_entry_point_runs_openvino_telemetry():
+    """Importing slimyolo (every entry point: the CLI, the services, torchrun -m slimyolo) hides the
+    openvino_telemetry package, so OpenVINO's converter and NNCF use their stubs: no network call, and no child
+    forked from a thread during a conversion (which died with "Fatal Python error" in the test logs)."""
+    code = ("import slimyolo.cli, openvino.tools.ovc.convert_impl as ovc, nncf.telemetry.wrapper as nncf; "
+            "import sys, unittest.mock; print(ovc.tm.__name__, isinstance(nncf.telemetry, unittest.mock.MagicMock), "
+            "sys.modules['openvino_telemetry'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if not k.startswith(("NNCF_", "CI"))})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "True", "None"], done.stdout

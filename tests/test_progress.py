@@ -35,7 +35,7 @@ contract = test_stage_contract.contract  # the fixture: the stage services over 
 
 ROW = SweepRow("both", 0.5, 2, 1.0, 0.5, 0.25, 1000, 4000, 2.0, 3.0, True, 0.4375, 1.0, 30.0)
 BASELINE = SweepRow("baseline", None, 0, 0.5, 0.5, 0.5, 2000, 8000, 4.0, None, True)
-EPOCH = dict(stage="sparsity", epoch=3, epochs=10, lr=0.001, box=1.0, obj=2.0, cls=0.0, distill=0.0, loss=3.0,
+EPOCH = dict(phase="sparsity", epoch=3, epochs=10, lr=0.001, box=1.0, obj=2.0, cls=0.0, distill=0.0, loss=3.0,
              gamma_below_001=0.25, s=0.0, images_per_s=12.0, time_s=4.0)
 # Every kind, with the values a Struct is hard on: whole floats (2.0 → 2), zeros, None, empty and ordered maps.
 EVENTS = {
@@ -148,9 +148,9 @@ def test_the_trainer_gauges_read_the_events():
     metrics = TrainMetrics(registry)
 
     def value(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(f"slimyolo_train_{name}", {"stage": "sparsity", **labels})
+        return registry.get_sample_value(f"slimyolo_train_{name}", {"phase": "sparsity", **labels})
 
-    metrics.observe(dataclasses.replace(EVENTS["train step"], stage="sparsity", lr=0.01))
+    metrics.observe(dataclasses.replace(EVENTS["train step"], phase="sparsity", lr=0.01))
     assert value("learning_rate") == 0.01 and value("loss", component="obj") == 0.5 and value("epochs") == 2
     metrics.observe(EVENTS["epoch not evaluated"])
     assert value("epoch") == 3 and value("gamma_below_001_ratio") == 0.25 and value("map50") is None
@@ -220,3 +220,14 @@ def test_a_sweep_row_written_before_stage_was_renamed_method_still_reads():
     assert event_from_dict(old) == SweepPoint(ROW)
     assert event_from_dict(struct_to_dict(dict_to_struct(old))) == SweepPoint(ROW)
     assert sweep_row_method({"stage": "both"}) == sweep_row_method({"method": "both"}) == "both"
+
+
+@pytest.mark.parametrize("name", ["train step", "epoch evaluated"])
+def test_a_training_event_of_a_server_before_phase_was_named_so_still_reads(name):
+    """A trainer of an earlier version sends the training phase as ``stage``: a client reads it as ``phase``."""
+    event = EVENTS[name]
+    doc = event_to_dict(event)
+    assert doc["phase"] == event.phase and "stage" not in doc
+    old = {("stage" if k == "phase" else k): v for k, v in doc.items()}
+    assert event_from_dict(old) == event
+    assert event_from_dict(struct_to_dict(dict_to_struct(old))) == event

@@ -14,9 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import test_prune_sweep
 import yaml
-from test_prune_cli import sparse_model
-from test_prune_exact import mini_res_cfg
 
 from slimyolo.errors import Cancelled, FailedPrecondition, SlimYoloError
 from slimyolo.progress import StageStep, SweepBest, SweepPoint
@@ -27,9 +26,8 @@ from slimyolo.stages.specs import SweepSpec
 PERCENTS = (0.1, 0.9, 0.2)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return sparse_model(mini_res_cfg(), seed=1)
+model = test_prune_sweep.model  # the fixtures: the sweep tests' sparse model, and its cfg, weights and data
+inputs = test_prune_sweep.inputs
 
 
 def params(m) -> int:
@@ -306,16 +304,8 @@ def test_the_pruner_service_runs_the_budget_sweep_and_fails_it_when_nothing_reac
 # -- the command, with real FPS ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def inputs(model, tmp_path_factory) -> list:
-    from slimyolo.data.synth import write_synthetic
-
-    tmp = tmp_path_factory.mktemp("budget-inputs")
-    model.cfg.write(tmp / "m.cfg")
-    model.save_darknet_weights(tmp / "m.weights")
-    data = write_synthetic(tmp / "data", classes=2, train=1, val=3, size=64)
-    return ["--cfg", tmp / "m.cfg", "--weights", tmp / "m.weights", "--data", data, "--max-images", "1",
-            "--fps-seconds", "0.05", "--fps-repeats", "1", "--objective", "accuracy"]
+# the sweep's tests' inputs (cfg, weights, data), with the settings that keep a measured sweep short
+FAST = ["--max-images", "1", "--fps-seconds", "0.05", "--fps-repeats", "1", "--objective", "accuracy"]
 
 
 def test_the_budget_command_with_real_fps(run_cli, inputs, tmp_path):
@@ -324,7 +314,7 @@ def test_the_budget_command_with_real_fps(run_cli, inputs, tmp_path):
     from slimyolo.cpuinfo import cpu_info
 
     out = tmp_path / "met"
-    code, stdout, stderr = run_cli("prune", "sweep", *inputs, "--percents", "0.5:0.7:0.2", "--streams", "2",
+    code, stdout, stderr = run_cli("prune", "sweep", *inputs, *FAST, "--percents", "0.5:0.7:0.2", "--streams", "2",
                                    "--stream-fps", "0.5", "--out", out)
     assert code == 0, stderr
     saved = json.loads((out / "sweep.json").read_text())
@@ -341,7 +331,7 @@ def test_the_budget_command_with_real_fps(run_cli, inputs, tmp_path):
     assert "(the unpruned model reaches the budget too" in stdout and "the budget needs no pruning)" in stdout
 
     out = tmp_path / "unmet"
-    code, stdout, stderr = run_cli("prune", "sweep", *inputs, "--percents", "0.7:0.7", "--min-fps", "1e7",
+    code, stdout, stderr = run_cli("prune", "sweep", *inputs, *FAST, "--percents", "0.7:0.7", "--min-fps", "1e7",
                                    "--out", out)
     assert code == 2
     (error,) = [line for line in stderr.splitlines() if line.startswith("slimyolo: error:")]
@@ -367,7 +357,7 @@ def service(tmp_path, monkeypatch, start_inference):
     monkeypatch.setenv("SLIMYOLO_STORE", str(tmp_path / "store"))
     monkeypatch.delenv("SLIMYOLO_MODEL_REPOSITORY", raising=False)
     server, plane = start_inference("models", poll_seconds=0.3)
-    channel = connect(f"127.0.0.1:{server.port}")
+    channel = connect(f"127.0.0.1:{server.port}", health_service="liveness")  # calls reach it before it is ready
     try:
         wait_ready(channel, "liveness", timeout=120)  # serving nothing, it is live but not ready
         yield server, inference_pb2_grpc.InferenceStub(channel)

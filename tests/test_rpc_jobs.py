@@ -355,3 +355,78 @@ def test_an_unfinished_job_runs_again_once_its_owner_is_gone_not_before(tmp_path
     assert replica.get(record["id"]).outcome.metrics["size"] == 256
     replica.shutdown(time.monotonic() + 5)
     assert JobJournal(store, "test").load(record["id"])["state"] == "SUCCEEDED"
+
+
+def test_a_start_repeated_with_its_request_id_returns_the_same_job_on_any_replica(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    one, other = _journaled(store), _journaled(store)  # two replicas sharing the store
+    first = one.submit("flops", lambda progress: zoo_flops(progress, 320), spec={"size": 320}, request_id="r-1")
+    again = one.submit("flops", lambda progress: zoo_flops(progress, 320), spec={"size": 320}, request_id="r-1")
+    elsewhere = other.submit("flops", lambda progress: zoo_flops(progress, 320), spec={"size": 320},
+                             request_id="r-1")  # a retry that another replica received: the record is there already
+    assert first.id == again.id == elsewhere.id and [j.id for j in one.list()] == [first.id]
+    assert len(JobJournal(store, "test").records()) == 1
+    with pytest.raises(SlimYoloError, match="request_id: 'r-1' started another job before"):
+        one.submit("flops", lambda progress: zoo_flops(progress, 256), spec={"size": 256}, request_id="r-1")
+    someone = one.submit("flops", lambda progress: zoo_flops(progress, 320), spec={"size": 320}, request_id="r-1",
+                         started_by="someone-else")  # request ids are the caller's own
+    assert someone.id != first.id
+    for manager in (one, other):
+        manager.shutdown(time.monotonic() + 10)
+
+
+def test_a_draining_manager_hands_its_job_over_at_a_checkpoint_and_another_takes_it_at_once(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    draining, taking = _journaled(store), _journaled(store)
+
+    def checkpointing(progress) -> StageResult:  # a long job: a checkpoint every third report, until stopped
+        for i in range(100_000):
+            progress(StageStep("flops", "checkpoint" if i % 3 == 2 else "step", {"i": i}))
+            time.sleep(0.01)
+        return StageResult()
+
+    job = draining.submit("flops", checkpointing, spec={"size": 320})
+    seen: list = []
+
+    def watch() -> None:
+        try:
+            seen.extend(draining.watch(job.id))
+        except UnavailableError as exc:  # what a watcher of the draining replica is told once the job left
+            seen.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    wait_for(lambda: draining.get(job.id).progress is not None, what="the job's first report")
+    draining.shutdown(time.monotonic() + 30)
+    watcher.join(30)
+    assert isinstance(seen[-1], UnavailableError) and "handed over" in str(seen[-1])
+    handed = seen[-2]
+    assert handed.state == JobState.QUEUED and handed.progress.step == "handed_over"
+    assert seen[-3].progress.step == "checkpoint"  # it stopped at its next checkpoint, well before the deadline
+    wait_for(lambda: taking.get(job.id).state == JobState.SUCCEEDED, what="the other replica to finish the job")
+    events = list(taking.watch(job.id))
+    assert [e.seq for e in events] == list(range(len(events)))  # one history, across both replicas
+    assert [e.progress for e in events[:len(seen) - 1]] == [e.progress for e in seen[:-1]]
+    assert JobState.FAILED not in {e.state for e in events}
+    assert taking.get(job.id).outcome.metrics["size"] == 320  # run again from its spec (the stage resumes)
+    assert JobJournal(store, "test").offered() == []
+    taking.shutdown(time.monotonic() + 10)
+
+
+def test_a_live_replica_takes_over_a_job_whose_owner_died_once_its_lease_runs_out(tmp_path):
+    """No restart needed: the owner's pod was replaced by one of another name, or lost."""
+    store = LocalStore(tmp_path / "store")
+    record = {"id": "b" * 32, "kind": "flops", "spec": {"size": 256}, "state": "RUNNING",
+              "events": [{"seq": 0, "time": 1.0, "state": "QUEUED", "progress": None}],
+              "outcome": None, "error": None, "create_time": 1.0, "start_time": 2.0, "end_time": None}
+    dead = JobJournal(store, "test", lease_seconds=1.5)
+    dead.owner = {**dead.owner, "host": "a-pod-that-is-gone"}
+    dead.save(record)  # its lease runs 1.5 s more, then nobody renews it
+    replica = JobManager(journal=JobJournal(store, "test", lease_seconds=1.0, offers_seconds=0.1),
+                         rebuild=lambda kind, spec: lambda progress: zoo_flops(progress, spec["size"]))
+    assert replica.recover() == []  # the lease still runs
+    wait_for(lambda: JobJournal(store, "test").load(record["id"])["state"] == "SUCCEEDED", 30,
+             "the live replica to take the job over and finish it")
+    events = list(replica.watch(record["id"]))
+    assert events[1].progress == StageStep("flops", "recovered", {"after": "its owner's lease ran out"})
+    replica.shutdown(time.monotonic() + 5)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
+import threading
+import time
 import urllib.request
 
 import grpc
@@ -22,7 +25,7 @@ from slimyolo.darknet.zoo import make_cfg
 from slimyolo.errors import Cancelled, NotFoundError, SlimYoloError, UnavailableError
 from slimyolo.rpc.client import connect, remote_error, wait_ready
 from slimyolo.rpc.gen.v1 import jobs_pb2, jobs_pb2_grpc
-from slimyolo.rpc.server import LIVENESS, Server, ServerConfig, add_arguments
+from slimyolo.rpc.server import LIVENESS, SERVED_BY, Server, ServerConfig, add_arguments
 from slimyolo.store import Artifact, LocalStore, S3Store
 
 
@@ -92,6 +95,8 @@ def _make_server(tmp_path, **config) -> Server:
 
 @pytest.fixture
 def server(tmp_path):
+    """A server whose test.Probe is not ready: its clients connect with health_service=None (no health checking),
+    since a channel that watches health (the default) sends nothing to a replica that is not SERVING."""
     server = _make_server(tmp_path)
     server.start()
     yield server
@@ -114,7 +119,7 @@ def _health(channel, service: str) -> int:
 
 def test_health_is_not_serving_until_the_servicer_is_ready(server):
     S = health_pb2.HealthCheckResponse
-    with connect(f"127.0.0.1:{server.port}") as channel:
+    with connect(f"127.0.0.1:{server.port}", health_service=None) as channel:  # a probe: it must see NOT_SERVING
         assert _health(channel, LIVENESS) == S.SERVING
         assert _health(channel, "slimyolo.v1.Jobs") == S.SERVING
         assert _health(channel, "test.Probe") == S.NOT_SERVING
@@ -134,7 +139,7 @@ def test_health_is_not_serving_until_the_servicer_is_ready(server):
 
 
 def test_reflection_lists_services_and_serves_their_descriptors(server):
-    with connect(f"127.0.0.1:{server.port}") as channel:
+    with connect(f"127.0.0.1:{server.port}", health_service=None) as channel:
         db = ProtoReflectionDescriptorDatabase(channel)
         assert set(db.get_services()) == {"slimyolo.v1.Jobs", "test.Probe", "grpc.health.v1.Health",
                                           "grpc.reflection.v1alpha.ServerReflection"}
@@ -149,7 +154,7 @@ def test_reflection_lists_services_and_serves_their_descriptors(server):
 
 
 def test_exceptions_become_status_codes_and_metrics(server, caplog):
-    with connect(f"127.0.0.1:{server.port}") as channel:
+    with connect(f"127.0.0.1:{server.port}", health_service=None) as channel:
         def call(method: str, request: bytes, **kw) -> grpc.RpcError:
             with pytest.raises(grpc.RpcError) as err:
                 channel.unary_unary(f"/test.Probe/{method}")(request, timeout=60, **kw)
@@ -217,7 +222,7 @@ def test_exceptions_become_status_codes_and_metrics(server, caplog):
 
 
 def test_jobs_service_errors_are_statuses(server):
-    with connect(f"127.0.0.1:{server.port}") as channel:
+    with connect(f"127.0.0.1:{server.port}", health_service=None) as channel:
         stub = jobs_pb2_grpc.JobsStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             stub.GetJob(jobs_pb2.GetJobRequest(id="no-such-job"), timeout=30)
@@ -239,7 +244,7 @@ def test_message_size_limits(tmp_path):
     server = _make_server(tmp_path, max_message_bytes=4096)
     server.start()
     try:
-        with connect(f"127.0.0.1:{server.port}") as channel:
+        with connect(f"127.0.0.1:{server.port}", health_service=None) as channel:
             echo = channel.unary_unary("/test.Probe/Echo")
             assert echo(b"x" * 3000, timeout=30) == b"x" * 3000
             with pytest.raises(grpc.RpcError) as err:  # request over the server's receive limit
@@ -261,7 +266,7 @@ def test_servers_have_their_own_registries_and_ports(tmp_path, server):
     other.start()
     try:
         assert {other.port, other.metrics_port}.isdisjoint({server.port, server.metrics_port})
-        with connect(f"127.0.0.1:{other.port}") as channel:
+        with connect(f"127.0.0.1:{other.port}", health_service=None) as channel:
             channel.unary_unary("/test.Probe/Echo")(b"hi", timeout=30)
         assert _sample(_metrics(other), "grpc_server_handled_total", grpc_type="unary", grpc_service="test.Probe",
                        grpc_method="Echo", grpc_code="OK") == 1
@@ -282,7 +287,7 @@ def test_stop_refuses_new_calls_and_reports_not_serving(tmp_path):
     server = _make_server(tmp_path)
     server.start()
     server.set_serving("test.Probe")
-    channel = connect(f"127.0.0.1:{server.port}")
+    channel = connect(f"127.0.0.1:{server.port}", health_service=None)
     assert _health(channel, "") == health_pb2.HealthCheckResponse.SERVING
     server.stop(5)
     assert server.wait(0)
@@ -312,3 +317,55 @@ def test_config_from_environment_and_flags():
         ServerConfig.from_env({"SLIMYOLO_METRICS_PORT": "50051"})
     with pytest.raises(SlimYoloError, match="--job-workers / SLIMYOLO_JOB_WORKERS: must be at least 1"):
         ServerConfig.from_args(parser.parse_args(["--job-workers", "0"]), {})
+
+
+def _served_by(channel) -> str:
+    """Which replica answered a health check on ``channel`` (its ``slimyolo-server`` trailing metadata)."""
+    _, call = health_pb2_grpc.HealthStub(channel).Check.with_call(health_pb2.HealthCheckRequest(service=LIVENESS),
+                                                                    timeout=30)
+    return dict(call.trailing_metadata())[SERVED_BY]
+
+
+def test_a_channel_sends_nothing_to_a_replica_that_is_not_serving(tmp_path):
+    """connect()'s service config watches each replica's health: one that reports NOT_SERVING (draining, or not
+    ready) gets no call, and gets calls again once it is SERVING."""
+    servers = [_make_server(tmp_path / str(i)) for i in range(2)]
+    for server in servers:
+        server.start()
+    try:
+        servers[1].set_serving("test.Probe")
+        names = [f"{socket.gethostname()}:{s.port}" for s in servers]  # how each replica names itself
+        with connect("ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers)) as channel:
+            assert {_served_by(channel) for _ in range(20)} == {names[1]}
+            servers[0].set_serving("test.Probe")
+            deadline = time.monotonic() + 30
+            while {_served_by(channel) for _ in range(10)} != set(names):
+                assert time.monotonic() < deadline, "the replica that became SERVING got no call"
+    finally:
+        for server in servers:
+            server.stop(0)
+
+
+def test_a_drain_reports_not_serving_and_serves_on_for_the_drain_delay(tmp_path):
+    server = _make_server(tmp_path, drain_delay=2.0)
+    server.start()
+    server.set_serving("test.Probe")
+    S = health_pb2.HealthCheckResponse
+    with connect(f"127.0.0.1:{server.port}", health_service=None) as channel:
+        assert _health(channel, "") == S.SERVING
+        t0 = time.monotonic()
+        stopping = threading.Thread(target=server.stop, args=(1.0,))
+        stopping.start()
+        time.sleep(0.5)
+        assert _health(channel, "") == S.NOT_SERVING  # still answering: the delay lets load balancers catch up
+        assert _health(channel, LIVENESS) == S.NOT_SERVING
+        stopping.join(30)
+        assert time.monotonic() - t0 >= 2.0
+    with connect(f"127.0.0.1:{server.port}", health_service=None) as channel, pytest.raises(grpc.RpcError) as err:
+        _health(channel, "")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert ServerConfig.from_env({"SLIMYOLO_DRAIN_DELAY_SECONDS": "5"}).drain_delay == 5.0
+    assert ServerConfig().drain_delay == 0.0
+    with pytest.raises(SlimYoloError, match="--drain-delay / SLIMYOLO_DRAIN_DELAY_SECONDS: must not be negative"):
+        ServerConfig.from_env({"SLIMYOLO_DRAIN_DELAY_SECONDS": "-1"})
+

@@ -4,21 +4,17 @@ and answers GetJob/WatchJob of that id with the whole history."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import MINI_CFG
-from seaweed import SeaweedServer
+from service_procs import serve
 
 from slimyolo.progress import StageStep, TrainEpoch, event_from_dict
-from slimyolo.rpc.client import connect, follow_job, wait_ready
+from slimyolo.rpc.client import connect, follow_job
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc, trainer_pb2_grpc
 from slimyolo.rpc.journal import JobJournal
 from slimyolo.rpc.messages import struct_to_dict
@@ -26,47 +22,15 @@ from slimyolo.rpc.stages import spec_to_request
 from slimyolo.stages.specs import TrainSpec
 from slimyolo.store import open_store
 
-SERVING_LINE = re.compile(r"serving gRPC on 127\.0\.0\.1:(\d+), metrics")
 EPOCHS = 6
 OPTIONS = {"epochs": EPOCHS, "batch_size": 8, "img_size": 96, "threads": 1, "seed": 5, "eval_interval": 3,
            "max_eval_images": 8, "augment": {"mosaic": 0.0}}
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = SeaweedServer(tmp_path_factory.mktemp("s3")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def env(s3, tmp_path):
-    """The environment of a trainer service on a fresh bucket holding the mini cfg and a data set."""
-    from slimyolo.data.synth import write_synthetic
-
-    env = dict(os.environ, **s3.env(s3.new_bucket()), SLIMYOLO_WORK_DIR=str(tmp_path / "work"), OMP_NUM_THREADS="1")
-    inputs = tmp_path / "inputs"
-    write_synthetic(inputs / "synth", classes=2, train=48, val=8, size=96, seed=0)
-    (inputs / "mini.cfg").write_text(MINI_CFG)
-    open_store(env=env).put_tree("inputs", inputs)
-    return env
-
-
 def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
     """``slimyolo serve trainer`` on a free port, logging to ``log``: (process, address), once ready."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "slimyolo", "serve", "trainer", "--bind", "127.0.0.1",
-                                 "--port", "0", "--metrics-port", "0", "--grace-seconds", "5"], env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out)
-    deadline = time.monotonic() + 240
-    while not (found := SERVING_LINE.search(log.read_text(errors="replace"))):
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.1)
-    address = f"127.0.0.1:{found.group(1)}"
-    with connect(address) as channel:
-        wait_ready(channel, timeout=120)
-    return proc, address
+    service = serve("trainer", ["--grace-seconds", "5"], env, log)
+    return service.proc, service.address
 
 
 def _start(address: str, out: str) -> str:
@@ -80,7 +44,8 @@ def _history(address: str, job_id: str) -> list[common_pb2.JobEvent]:
         return [r.event for r in jobs_pb2_grpc.JobsStub(channel).WatchJob(jobs_pb2.WatchJobRequest(id=job_id))]
 
 
-def test_a_killed_trainer_service_runs_its_job_again_under_the_same_id(env, tmp_path):
+def test_a_killed_trainer_service_runs_its_job_again_under_the_same_id(stage_env, tmp_path):
+    env = stage_env
     store, journal = open_store(env=env), JobJournal(open_store(env=env), "trainer")
     log = tmp_path / "trainer-1.log"
     proc, address = _serve(env, log)
@@ -132,8 +97,8 @@ def test_a_killed_trainer_service_runs_its_job_again_under_the_same_id(env, tmp_
         proc.wait(60)
 
 
-def test_an_unknown_job_id_is_not_found_and_a_hostile_one_reads_nothing(env, tmp_path):
-    proc, address = _serve(env, tmp_path / "trainer.log")
+def test_an_unknown_job_id_is_not_found_and_a_hostile_one_reads_nothing(stage_env, tmp_path):
+    proc, address = _serve(stage_env, tmp_path / "trainer.log")
     try:
         with connect(address) as channel:
             stub = jobs_pb2_grpc.JobsStub(channel)

@@ -96,7 +96,8 @@ def cluster(s3, tmp_path_factory):
     try:
         for stage in STAGES:
             logs[stage] = root / f"{stage}.log"
-            extra = ["--poll-seconds", "1"] if stage == "inference" else []
+            # Model control on: the pipeline's Detect check loads the version it made (LoadModel).
+            extra = ["--poll-seconds", "1", "--model-control", "explicit"] if stage == "inference" else []
             with open(logs[stage], "wb") as log:
                 procs[stage] = subprocess.Popen(
                     [sys.executable, "-m", "slimyolo", "serve", stage, "--bind", "127.0.0.1", "--port", "0",
@@ -110,8 +111,9 @@ def cluster(s3, tmp_path_factory):
                 assert time.monotonic() < deadline, f"{stage} did not start: {logs[stage].read_text()[-3000:]}"
                 time.sleep(0.2)
             address[stage], metrics_port[stage] = f"127.0.0.1:{found.group(1)}", int(found.group(2))
-            with connect(address[stage]) as channel:  # inference is ready only once a model is (the pipeline's)
-                wait_ready(channel, "liveness" if stage == "inference" else "", timeout=120)
+            ready = "liveness" if stage == "inference" else ""  # inference is ready only once a model is
+            with connect(address[stage], health_service=ready) as channel:
+                wait_ready(channel, ready, timeout=120)
         yield Cluster(env, address, metrics_port, procs, logs)
     finally:
         for proc in procs.values():
@@ -221,16 +223,16 @@ def _value(metrics, name: str, **labels: str) -> float:
 
 def test_metrics_show_training_jobs_and_inference_series(pipeline_run, cluster):
     trainer = cluster.metrics("trainer")
-    assert _value(trainer, "slimyolo_train_epoch", stage="train") == 1  # the last one: the 1-epoch reference
-    assert _value(trainer, "slimyolo_train_epoch", stage="sparsity") == 2
-    assert _value(trainer, "slimyolo_train_epochs_completed_total", stage="finetune") == 2
-    assert _value(trainer, "slimyolo_train_epochs_completed_total", stage="train") == 4 + 1  # base + reference
-    assert 0 <= _value(trainer, "slimyolo_train_map50", stage="finetune") <= 1
-    assert ("slimyolo_train_map50", frozenset({("stage", "finetune")})) in trainer
-    assert _value(trainer, "slimyolo_train_images_per_second", stage="train") > 0
-    assert _value(trainer, "slimyolo_train_loss", stage="sparsity", component="box") > 0
+    assert _value(trainer, "slimyolo_train_epoch", phase="train") == 1  # the last one: the 1-epoch reference
+    assert _value(trainer, "slimyolo_train_epoch", phase="sparsity") == 2
+    assert _value(trainer, "slimyolo_train_epochs_completed_total", phase="finetune") == 2
+    assert _value(trainer, "slimyolo_train_epochs_completed_total", phase="train") == 4 + 1  # base + reference
+    assert 0 <= _value(trainer, "slimyolo_train_map50", phase="finetune") <= 1
+    assert ("slimyolo_train_map50", frozenset({("phase", "finetune")})) in trainer
+    assert _value(trainer, "slimyolo_train_images_per_second", phase="train") > 0
+    assert _value(trainer, "slimyolo_train_loss", phase="sparsity", component="box") > 0
     assert _value(trainer, "slimyolo_jobs_finished_total", kind="train", state="succeeded") == 4  # and the reference
-    assert _value(trainer, "slimyolo_jobs_finished_total", kind="evaluate", state="succeeded") >= 4
+    assert _value(trainer, "slimyolo_jobs_finished_total", kind="eval", state="succeeded") >= 4
     assert _value(trainer, "grpc_server_handled_total", grpc_type="unary", grpc_service="slimyolo.v1.Trainer",
                   grpc_method="StartTraining", grpc_code="OK") == 4  # base, sparse, finetune, reference
     pruner = cluster.metrics("pruner")

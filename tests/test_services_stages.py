@@ -87,7 +87,7 @@ def test_bad_specs_name_the_field(kind, doc, message):
 
 
 def test_train_settings_are_checked_as_the_training_config():
-    with pytest.raises(SlimYoloError, match="unknown setting 'epoch'"):
+    with pytest.raises(SlimYoloError, match="unknown field 'epoch'"):
         parse_spec("train", {"cfg": "a/b.cfg", "data": "d", "out": "runs/x", "epoch": 3})
     parse_spec("train", {"cfg": "a/b.cfg", "data": "d", "out": "runs/x", "epochs": 3, "sr": True}).check()
 

@@ -500,7 +500,9 @@ def test_ready_while_at_least_one_model_is_loaded(mini_ir, tmp_path, start_infer
     server, plane = start_inference(repo, SERVER, poll_seconds=0.2)
     status = health_pb2.HealthCheckResponse
     try:
-        with connect(f"127.0.0.1:{server.port}") as channel:
+        # A probe: without health checking, since a channel that watches health sends nothing to a replica
+        # that is not ready.
+        with connect(f"127.0.0.1:{server.port}", health_service=None) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             ks = kserve_pb2_grpc.GRPCInferenceServiceStub(channel)
             stub = inference_pb2_grpc.InferenceStub(channel)

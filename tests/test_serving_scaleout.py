@@ -156,7 +156,8 @@ def test_losing_a_replica_mid_run_fails_only_its_calls_in_flight(replicas, repo,
 def test_a_full_queue_answers_resource_exhausted_at_once_and_recovers(repo, start_inference):
     server, plane = start_inference(repo, poll_seconds=0, mosaic="1x1", max_queue=2)
     try:
-        with connect(f"127.0.0.1:{server.port}") as channel:
+        # What the server answers, seen without the retries of slimyolo's channels (connect retries RESOURCE_EXHAUSTED).
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.enable_retries", 0)]) as channel:
             wait_ready(channel, "", timeout=120)
             infer = kserve_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer
             # Batches of 64 keep every inference request busy, so that the 16 clients' calls queue.
@@ -239,6 +240,7 @@ def test_a_maximum_connection_age_makes_clients_reconnect_without_failing_calls(
         "Peer": grpc.unary_unary_rpc_method_handler(lambda request, context: context.peer().encode())})
     server.add_service("test.Peer", lambda servicer, g: g.add_generic_rpc_handlers((servicer,)), peer)
     server.start()
+    server.set_serving("test.Peer")
     try:
         with connect(f"127.0.0.1:{server.port}") as channel:
             call = channel.unary_unary("/test.Peer/Peer")
@@ -282,6 +284,8 @@ def test_a_burst_of_unavailable_answers_stops_the_load():
 
     class Unavailable(grpc.GenericRpcHandler):
         def service(self, details):
+            if details.method.startswith("/grpc.health.v1.Health/"):
+                return None  # no health service (UNIMPLEMENTED): the clients' health checks let calls through
             return grpc.unary_unary_rpc_method_handler(
                 lambda request, context: context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy upstream"),
                 request_deserializer=lambda b: b, response_serializer=lambda b: b)
@@ -299,3 +303,21 @@ def test_a_burst_of_unavailable_answers_stops_the_load():
         assert "(no healthy upstream)" in str(err.value) and "the load was stopped" in str(err.value)
     finally:
         server.stop(0)
+
+
+def test_bench_spreads_its_clients_over_processes_and_reports_its_own_cpu(replicas, run_cli):
+    """--processes 2: the clients in two processes measuring over the same seconds, one result for all of them."""
+    code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--concurrency", "4",
+                             "--processes", "2", "--seconds", "2", "--warmup", "0.2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["processes"], result["concurrency"], result["errors"]) == (2, 4, {}), result
+    assert result["ok"] >= 50 and set(result["by_server"]) == {_name(s) for s in replicas}
+    assert 1.9 <= result["elapsed_s"] <= 4.0  # both processes measured over the same 2 seconds
+    assert result["client_cpu_s"] > 0 and result["client_cpu_ms_per_call"] > 0
+    code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--concurrency", "1",
+                             "--processes", "2", "--seconds", "1")
+    assert code == 2 and "--processes: must be at least 1 and at most --concurrency (1), got 2" in err
+    code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--seconds", "1",
+                             "--warmup", "0")
+    assert code == 0 and "  client: 1 process, " in out and " ms a call answered)" in out, err

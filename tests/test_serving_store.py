@@ -48,7 +48,7 @@ def image(trained_mini) -> bytes:
 
 def _start(**config) -> tuple[Server, object]:
     server = Server("inference", ServerConfig(bind="127.0.0.1", port=0, metrics_port=0))
-    plane = build(server, ServingConfig(model_repository="models", precision="f32", **config))
+    plane = build(server, ServingConfig(model_repository="models", precision="f32", model_control="explicit", **config))
     server.start()
     return server, plane
 
@@ -119,7 +119,9 @@ def test_load_unload_list_and_a_version_that_fails_to_load(store, mini_ir, image
     store.put_tree("models/mini/2", mini_ir)
     server, plane = _start(poll_seconds=0)  # no background polling: the test scans with manager.poll()
     try:
-        channel = connect(f"127.0.0.1:{server.port}")
+        # Without health checking: the replica's own answers once it serves no model (a channel that watches
+        # health would send nothing to it then).
+        channel = connect(f"127.0.0.1:{server.port}", health_service=None)
         wait_ready(channel, "", timeout=120)
         stub = inference_pb2_grpc.InferenceStub(channel)
         assert _models(stub) == {("mini", "1"): "MODEL_STATE_AVAILABLE", ("mini", "2"): "MODEL_STATE_READY"}

@@ -294,17 +294,23 @@ def test_illegal_values_are_the_same_invalid_argument_in_process_and_remotely(co
     assert err.value.details() == str(local.value)
 
 
+def _prune_by_cli(run_cli, tmp_path, path: str, extra: tuple) -> dict:
+    """``slimyolo stage prune`` of the thinned mini model at 0.5 into ``runs/cli-<path>``: its result JSON."""
+    spec = tmp_path / f"{path}.yaml"
+    spec.write_text(yaml.safe_dump({"cfg": "inputs/mini.cfg", "weights": "inputs/thin.weights",
+                                    "out": f"runs/cli-{path}", "global_percent": 0.5, "layer_keep": 0}))
+    code, out, err = run_cli("stage", "prune", "--spec", spec, *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
 def test_slimyolo_stage_remote_prints_what_the_run_in_process_prints(contract, run_cli, tmp_path):
     """``slimyolo stage prune --spec F --remote HOST:PORT``: the same result JSON, errors and exit status."""
     _, remote = contract
     outputs = {}
     for path, extra in (("local", ()), ("remote", ("--remote", remote.addresses["pruner"]))):
+        outputs[path] = _prune_by_cli(run_cli, tmp_path, path, extra)
         spec = tmp_path / f"{path}.yaml"
-        spec.write_text(yaml.safe_dump({"cfg": "inputs/mini.cfg", "weights": "inputs/thin.weights",
-                                        "out": f"runs/cli-{path}", "global_percent": 0.5, "layer_keep": 0}))
-        code, out, err = run_cli("stage", "prune", "--spec", spec, *extra)
-        assert code == 0, err
-        outputs[path] = json.loads(out)
         spec.write_text(yaml.safe_dump({"weights": "inputs/thin.weights", "out": "runs/x", "layer_keep": -1}))
         code, _, err = run_cli("stage", "prune", "--spec", spec, *extra)
         assert code == 2 and f"{spec}: 'layer_keep' must be at least 0, got -1" in err, err
@@ -321,3 +327,31 @@ def test_slimyolo_stage_remote_prints_what_the_run_in_process_prints(contract, r
     assert [e[0] for e in errors] == [2, 2] and "has no file 'none.weights'" in errors[0][2]
     # The same message; the remote one also says which job failed ("prune job <id>: ...").
     assert errors[1][2].endswith(errors[0][2].removeprefix("slimyolo: error: ")) and "prune job " in errors[1][2]
+
+
+def test_slimyolo_stage_remote_over_tls_with_a_token_gives_the_bytes_of_the_plaintext_run(contract, run_cli, tls,
+                                                                                          tmp_path, monkeypatch):
+    """``stage prune --remote HOST:PORT --tls-ca ca.pem --token-file t`` against a pruner with TLS and tokens over the
+    same store: the same files (sha256) and metrics as the plaintext service gives."""
+    import slimyolo.services.pruner as pruner
+    from slimyolo.rpc.server import Server, ServerConfig
+
+    store, remote = contract
+    monkeypatch.setenv("SLIMYOLO_STORE", str(store.root))
+    monkeypatch.setenv("SLIMYOLO_WORK_DIR", str(tmp_path / "work"))
+    secure = Server("pruner", ServerConfig(bind="127.0.0.1", port=0, metrics_port=0, **tls.server_config()))
+    pruner.build(secure, argparse.Namespace(model_repository=None))
+    secure.start()
+    outputs = {}
+    try:
+        for path, extra in (("plain", ("--remote", remote.addresses["pruner"])),
+                            ("tls", ("--remote", f"127.0.0.1:{secure.port}", "--tls-ca", tls.ca,
+                                     "--token-file", tls.token_file("alice")))):
+            outputs[path] = _prune_by_cli(run_cli, tmp_path, path, extra)
+    finally:
+        secure.stop(5)
+    plain, over_tls = outputs["plain"], outputs["tls"]
+    assert plain["artifacts"].keys() == over_tls["artifacts"].keys()
+    for role in plain["artifacts"].keys() - TIMED:
+        assert plain["artifacts"][role]["sha256"] == over_tls["artifacts"][role]["sha256"], role
+    assert _normal(plain["metrics"], "cli-plain") == _normal(over_tls["metrics"], "cli-tls")

@@ -191,6 +191,16 @@ def test_another_schema_version_is_another_spec(tmp_path):
         check_same_spec(store, "runs/pruned", doc, spec, "out", "a complete tree")
 
 
+def test_stage_json_takes_the_metrics_a_runner_returns_numpy_scalars_included(tmp_path):
+    """The work is done when stage.json is written: a NumPy scalar or array among the metrics must not fail it."""
+    import numpy as np
+
+    write_stage_file(tmp_path, parse_spec("prune", PRUNE), {"map50": np.float32(0.5), "kept": np.int64(7),
+                                                             "per_layer": np.arange(3), "folder": tmp_path})
+    metrics = json.loads((tmp_path / STAGE_FILE).read_text())["metrics"]
+    assert metrics == {"map50": 0.5, "kept": 7, "per_layer": [0, 1, 2], "folder": str(tmp_path)}
+
+
 @pytest.mark.parametrize("kind", ["prune", "convert"])
 def test_a_result_of_this_version_is_returned_untouched_for_a_default_written_out(stored, run_cli, tmp_path, kind):
     """``slimyolo stage KIND --spec A``, then A with a default written out, in process and with ``--remote``."""

@@ -29,13 +29,13 @@ def test_every_stage_kind_has_a_start_method_of_its_service_and_its_runner():
 
 
 def test_the_wire_names_stay_those_clients_call():
-    """Renaming one breaks every deployed client: the table keeps the protos' names (and ``evaluate`` for eval)."""
-    wire = {name: (k.service, k.grpc_service, k.start, k.job_kind) for name, k in KINDS.items()}
-    assert wire == {"train": ("trainer", "slimyolo.v1.Trainer", "StartTraining", "train"),
-                    "eval": ("trainer", "slimyolo.v1.Trainer", "StartEvaluation", "evaluate"),
-                    "prune": ("pruner", "slimyolo.v1.Pruner", "StartPrune", "prune"),
-                    "sweep": ("pruner", "slimyolo.v1.Pruner", "StartSweep", "sweep"),
-                    "convert": ("converter", "slimyolo.v1.Converter", "StartConversion", "convert")}
+    """Renaming one breaks every deployed client: the table keeps the protos' names."""
+    wire = {name: (k.service, k.grpc_service, k.start) for name, k in KINDS.items()}
+    assert wire == {"train": ("trainer", "slimyolo.v1.Trainer", "StartTraining"),
+                    "eval": ("trainer", "slimyolo.v1.Trainer", "StartEvaluation"),
+                    "prune": ("pruner", "slimyolo.v1.Pruner", "StartPrune"),
+                    "sweep": ("pruner", "slimyolo.v1.Pruner", "StartSweep"),
+                    "convert": ("converter", "slimyolo.v1.Converter", "StartConversion")}
     assert STAGE_SERVICES == ("trainer", "pruner", "converter")
     assert SERVICES == ("trainer", "pruner", "converter", "inference")
 

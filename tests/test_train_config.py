@@ -66,5 +66,30 @@ def test_the_declared_bounds_are_checked_from_yaml_and_in_python(setting, messag
 def test_nan_and_infinities_are_refused_naming_the_setting(setting):
     """A NaN passes every bound (each comparison with it is false), so the engine refuses it as a number."""
     (name, value), = setting.items()
-    with pytest.raises(SlimYoloError, match=rf"'{name}' must be a number, got {value}"):
+    with pytest.raises(SlimYoloError, match=rf"'{name}' must be a finite number, got {value}"):
         TrainConfig.from_dict({"data": "d", "cfg": "c.cfg", **setting}).resolved()
+    with pytest.raises(SlimYoloError, match=rf"'{name}' must be a finite number, got {value}"):  # built in Python
+        dataclasses.replace(TrainConfig(data="d", cfg="c.cfg"), **setting).resolved()
+
+
+@pytest.mark.parametrize(("doc", "message"), [
+    ({"augment": {"mosaic": 1.5}}, r"'augment.mosaic' must be at most 1"),
+    ({"augment": {"mosiac": 0.5}}, r"unknown field 'augment.mosiac'"),
+    ({"augment": {"scale": 1}}, r"'augment.scale' must be below 1"),
+    ({"augment": {"fliplr": float("nan")}}, r"'augment.fliplr' must be a finite number"),
+    ({"augment": [0.5]}, r"'augment': expected a mapping"),
+    ({"loss": {"iou_loss": "l2"}}, r"'loss.iou_loss' must be one of ciou, diou, giou, iou, mse"),
+    ({"loss": {"box": -0.1}}, r"'loss.box' must be at least 0"),
+    ({"loss": {"iou_t": 0}}, r"'loss.iou_t' must be above 0"),
+    ({"cfg": ["a.cfg"]}, r"'cfg' must be text, got \['a.cfg'\]"),
+    ({"out": True}, r"'out' must be text, got True"),
+])
+def test_the_augment_and_loss_sections_are_read_by_their_declarations(doc, message):
+    """The nested sections are declared like every other setting: bounds, choices and misspelt keys are errors
+    naming the key as the YAML nests it."""
+    with pytest.raises(SlimYoloError, match=rf"my\.yaml: {message}"):
+        TrainConfig.from_dict({"data": "d", "cfg": "c.cfg", **doc}, "my.yaml")
+    built = TrainConfig.from_dict({"data": "d", "cfg": "c.cfg", "augment": {"mosaic": 0, "degrees": 10},
+                                   "loss": {"iou_loss": "diou", "iou_t": 0.3}})
+    assert (built.augment.mosaic, built.augment.degrees, built.augment.fliplr) == (0.0, 10.0, 0.5)
+    assert (built.loss.iou_loss, built.loss.iou_t, built.loss.box) == ("diou", 0.3, 0.05)

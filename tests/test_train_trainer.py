@@ -88,7 +88,7 @@ def test_training_learns(work, base_run):
     assert len(steps) == 15 * 6 and {"box", "obj", "cls"} <= set(steps[0].losses) and steps[0].lr >= 0
     epochs = [e for e in events if isinstance(e, TrainEpoch)]
     assert len(steps) + len(epochs) == len(events)
-    assert epochs[4].map50 > 0 and epochs[4].stage == "train" and epochs[4].bad_images == 0
+    assert epochs[4].map50 > 0 and epochs[4].phase == "train" and epochs[4].bad_images == 0
     assert [e.evaluated for e in epochs] == [(e % 5 == 0) for e in range(1, 16)]
     assert epochs[0].map50 is None and epochs[0].per_class == () and len(epochs[4].per_class) == 2
     assert epochs[-1].gamma_below_001 == pytest.approx(float(rows[-1]["gamma_below_0.01"]), rel=1e-5)
@@ -203,7 +203,7 @@ def test_sparsity_training_pushes_gammas_to_zero(work):
 
     assert below(sparse) > below(plain) + 0.1
     rows = list(csv.DictReader(sparse.results_csv.open()))
-    assert rows[-1]["stage"] == "sparsity" and float(rows[-1]["s"]) == 0.05
+    assert rows[-1]["phase"] == "sparsity" and float(rows[-1]["s"]) == 0.05
     assert (sparse.run_dir / "gamma_start.png").read_bytes()[:4] == b"\x89PNG"
     assert (sparse.run_dir / "gamma_end.png").stat().st_size > 1000
     assert not (plain.run_dir / "gamma_end.png").exists()
@@ -220,9 +220,9 @@ def test_finetune_with_teacher_bf16_multiscale(work, base_run):
     result = train(_config(work, "ft", weights=str(teacher), teacher_weights=str(teacher), finetune=True,
                            epochs=1, bf16=True, multi_scale=True, save_weights=True, cfg=None))
     saved = TrainConfig.from_yaml(result.config)
-    assert saved.warmup_epochs == 0.25 and saved.stage == "finetune"  # a quarter of its one epoch
+    assert saved.warmup_epochs == 0.25 and saved.phase == "finetune"  # a quarter of its one epoch
     row = next(csv.DictReader(result.results_csv.open()))
-    assert row["stage"] == "finetune" and float(row["distill"]) > 0
+    assert row["phase"] == "finetune" and float(row["distill"]) > 0
     model = load_model(checkpoint_cfg(result.best), result.best)
     darknet = Darknet(model.cfg)
     darknet.load_darknet_weights(result.weights)  # best.weights holds the same numbers
@@ -265,7 +265,7 @@ def test_cli_config_file_flags_and_errors(run_cli, work, tmp_path):
     assert code == 2 and f"{bad}:" in err and "not valid YAML" in err
     bad.write_text(f"data: {data}\ncfg: {cfg}\nepoch: 3\n")
     code, _, err = run_cli("train", "--config", bad)
-    assert code == 2 and "unknown setting 'epoch'" in err
+    assert code == 2 and "unknown field 'epoch'" in err
     code, _, err = run_cli("train", "--resume", out, "--epochs", "3")
     assert code == 2 and "takes no other settings (got --epochs)" in err
     code, _, err = run_cli("train", "--data", data, "--cfg", "yolov3-tiny", "--img-size", "100")

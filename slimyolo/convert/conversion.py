@@ -47,6 +47,7 @@ from slimyolo.data.letterbox import PAD_VALUE, letterbox
 from slimyolo.errors import NotFoundError, SlimYoloError
 from slimyolo.fsutil import atomic_dir, atomic_write_text
 from slimyolo.infer.meta import InputSpec, ModelMeta, attach_meta
+from slimyolo.params import Fields
 from slimyolo.progress import Progress, StageStep
 from slimyolo.store import hash_file, next_version
 
@@ -250,8 +251,7 @@ def _check_options(opts: ConvertOptions) -> None:
     vocab.choose(opts.precision, vocab.IR_PRECISIONS, "precision")
     if opts.ppp is not None:
         vocab.choose(opts.ppp, vocab.PPP_MODES, "ppp")
-    if opts.accuracy_control and opts.precision != "int8":
-        raise SlimYoloError("accuracy control applies to INT8 quantization: add --precision int8")
+    opts._validate(Fields({}, "convert options"))
     if not 0.0 < opts.max_drop <= 1.0:  # as ConvertOptions declares it: (0, 1]
         raise SlimYoloError(f"max drop is an absolute mAP@0.5 drop in (0, 1], got {opts.max_drop}")
     if opts.calib_images < 1 or opts.parity_images < 1:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slimyolo import vocab
-from slimyolo.params import Declared, param
+from slimyolo.errors import SlimYoloError
+from slimyolo.params import Declared, Fields, param
 
 TOLERANCE = 1e-3  # the largest |FP32 IR - PyTorch| on any head, before the float64 judgement
 
@@ -49,3 +50,10 @@ class ConvertOptions(Declared):
     tolerance: float = param("float", TOLERANCE, low=0, low_open=True,
                              help="the largest |FP32 IR - PyTorch| on any head; beyond it the IR must be within "
                                   "4x PyTorch's own float32 error, measured against a float64 run")
+
+    def _validate(self, f: Fields) -> None:
+        """The combination no single field's bounds catch; the stage's spec (which embeds these options), the
+        command line and :func:`~slimyolo.convert.convert` itself all check it here."""
+        if self.accuracy_control and self.precision != "int8":
+            raise SlimYoloError(f"{f.where('accuracy_control')}: accuracy control applies to INT8 quantization "
+                                "(precision int8)")

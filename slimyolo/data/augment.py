@@ -19,22 +19,26 @@ import cv2
 import numpy as np
 
 from slimyolo.data.letterbox import PAD_VALUE, letterbox
+from slimyolo.params import Declared, param
 
 
-@dataclass
-class AugmentConfig:
-    """Probabilities and ranges; the defaults are the ultralytics (yolov5 'scratch') values."""
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig(Declared):
+    """Probabilities and ranges; the defaults are the ultralytics (yolov5 'scratch') values. Declared with
+    :func:`~slimyolo.params.param`, so a training config's ``augment`` section is read and checked by the same
+    engine as every other setting (``'augment.mosaic' must be at most 1``)."""
 
-    mosaic: float = 1.0  # probability of a mosaic sample
-    degrees: float = 0.0  # rotation, ± degrees
-    translate: float = 0.1  # ± fraction of the image size
-    scale: float = 0.5  # ± gain
-    shear: float = 0.0  # ± degrees
-    hsv_h: float = 0.015  # hue gain (fraction)
-    hsv_s: float = 0.7
-    hsv_v: float = 0.4
-    fliplr: float = 0.5
-    flipud: float = 0.0
+    mosaic: float = param("float", 1.0, low=0, high=1, help="probability of a mosaic sample")
+    degrees: float = param("float", 0.0, low=0, high=180, help="rotation, ± degrees")
+    translate: float = param("float", 0.1, low=0, high=1, help="translation, ± fraction of the image size")
+    scale: float = param("float", 0.5, low=0, high=1, high_open=True, help="scale gain, ± (1 would allow a "
+                         "zero-sized image)")
+    shear: float = param("float", 0.0, low=0, high=90, high_open=True, help="shear, ± degrees")
+    hsv_h: float = param("float", 0.015, low=0, high=1, help="hue gain (fraction)")
+    hsv_s: float = param("float", 0.7, low=0, high=1, help="saturation gain (fraction)")
+    hsv_v: float = param("float", 0.4, low=0, high=1, help="value gain (fraction)")
+    fliplr: float = param("float", 0.5, low=0, high=1, help="probability of a left-right flip")
+    flipud: float = param("float", 0.0, low=0, high=1, help="probability of an up-down flip")
 
 
 def resize_long_side(img: np.ndarray, size: int) -> np.ndarray:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+from slimyolo.security import add_client_arguments, client_security
+from slimyolo.vocab import MAX_BENCHMARK_SECONDS
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -49,12 +53,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     remote.add_argument("--api", choices=["infer", "detect"], default="infer",
                         help="KServe ModelInfer with a raw tensor, or Detect with a JPEG frame (default infer)")
     remote.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
+    remote.add_argument("--processes", type=int, default=1,
+                        help="client processes the clients (or the rate) are spread over, so that the load generator "
+                             "is not the bottleneck it measures (default 1; its own CPU is printed either way)")
     remote.add_argument("--server-side", action="store_true",
                         help="have the service time the model itself, inference only, on its own CPU (no network, "
-                             "no client; at most 60 seconds); --model is NAME or NAME/VERSION of a loaded model")
+                             f"no client; at most {MAX_BENCHMARK_SECONDS:g} seconds); --model is NAME or NAME/VERSION "
+                             "of a loaded model")
     remote.add_argument("--mosaic", metavar="KxK",
                         help="with --server-side: time the KxK mosaic the service runs for video streams (one "
                              "inference serves K*K frames) instead of the model at its own input size")
+    add_client_arguments(remote)
     p.add_argument("--hint", choices=["latency", "throughput"], default="throughput",
                    help="OpenVINO PERFORMANCE_HINT (default throughput)")
     p.add_argument("--seconds", type=float, default=10.0, help="duration of each measurement (default 10)")
@@ -108,13 +117,13 @@ def _bench_remote(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SlimYoloError(f"--image {args.image}: {exc.strerror}") from None
     spec = LoadSpec(args.remote, args.model, args.api, args.concurrency, args.rate, args.seconds, args.warmup,
-                    image=image)
+                    image=image, processes=args.processes)
 
     def show(r: dict) -> None:
         print(f"\r{r['elapsed_s']:6.1f} s  {r['ok']} ok  {sum(r['errors'].values())} errors  {r['fps']:.1f} FPS  "
               f"p50 {r['latency_ms']['p50']:.1f} ms", end="", file=sys.stderr, flush=True)
 
-    result = run_load(spec, progress=show)
+    result = run_load(spec, progress=show, security=client_security(args, os.environ))
     print(file=sys.stderr)
     if args.json:
         print(json.dumps(result))
@@ -124,14 +133,16 @@ def _bench_remote(args: argparse.Namespace) -> int:
     print(f"{result['api']} {result['model']} on {result['target']} ({load}, {result['elapsed_s']:.1f} s): "
           f"{result['fps']:.1f} FPS, p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  p99 {lat['p99']:.2f} ms")
     print(f"  errors: {', '.join(f'{k} {v}' for k, v in result['errors'].items()) or 'none'}")
+    print(f"  client: {result['processes']} process{'es' if result['processes'] > 1 else ''}, "
+          f"{result['client_cpu_s']:.1f} CPU s ({result['client_cpu_ms_per_call']:.2f} ms a call answered)")
     for server, n in result["by_server"].items():
         print(f"  {server}: {n} calls ({100 * n / max(result['ok'], 1):.0f} %)")
     return 0
 
 
 # The bench settings of a client-side or local measurement, which --server-side (the service's own) does not take.
-_CLIENT_SIDE = ("concurrency", "rate", "api", "warmup", "image", "compare", "cfg", "weights", "onnx", "device",
-                "precision", "hint")
+_CLIENT_SIDE = ("concurrency", "rate", "api", "warmup", "processes", "image", "compare", "cfg", "weights", "onnx",
+                "device", "precision", "hint")
 
 
 def _bench_server_side(args: argparse.Namespace) -> int:
@@ -152,7 +163,7 @@ def _bench_server_side(args: argparse.Namespace) -> int:
         raise SlimYoloError(f"--model {args.model!r}: with --server-side, NAME or NAME/VERSION of a model the service "
                             "has loaded")
     mosaic = parse_grid(args.mosaic) if args.mosaic else 0
-    with InferenceClient(args.remote) as client:
+    with InferenceClient(args.remote, security=client_security(args, os.environ)) as client:
         r = client.benchmark(name, version, args.seconds, mosaic)
     if args.json:
         print(json.dumps(r))

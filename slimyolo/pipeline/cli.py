@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slimyolo.cpuinfo import cpu_info, describe
 from slimyolo.errors import NotFoundError
 from slimyolo.pipeline.config import PipelineConfig, remote_addresses
 from slimyolo.pipeline.run import run_pipeline
 from slimyolo.pipeline.runners import LocalRunner
+from slimyolo.security import add_client_arguments, client_security
 
 if TYPE_CHECKING:
     from slimyolo.rpc.stages import RemoteRunner
@@ -34,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--remote", action="store_true", help="run the stages as jobs of the services (addresses from "
                                                          "the config's remote section or SLIMYOLO_<SERVICE>_ADDRESS)")
     r.add_argument("--out", type=Path, help="folder for the run folder (default: the config's out, else runs)")
+    add_client_arguments(r.add_argument_group("with --remote: TLS and token for every service"))
     name = r.add_mutually_exclusive_group()
     name.add_argument("--name", help="a stable run name (default: the config's name and the time); running the "
                                      "config again under it continues the run: finished stages return their results, "
@@ -64,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.remote:  # the one place the pipeline reaches the transport
         from slimyolo.rpc.stages import RemoteRunner, served_detection
 
-        runner = RemoteRunner(remote_addresses(config, os.environ))
+        runner = RemoteRunner(remote_addresses(config, os.environ), security=client_security(args, os.environ))
         detect = served_detection(runner) if "inference" in runner.addresses else None
         say(f"remote: {', '.join(f'{s} {a}' for s, a in runner.addresses.items())}; store {store.uri}")
     else:
@@ -85,5 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\n{result.table()}\n")
     for note in result.notes():
         print(f"- {note}")
-    print(f"\n{result.run_dir}: results.json, results.md, stages.json ({result.seconds:.0f} s)")
+    # the elapsed time beside the CPU it ran on: a pipeline's time is only comparable on the same kind of CPU
+    print(f"\n{result.run_dir}: results.json, results.md, stages.json ({result.seconds:.0f} s on "
+          f"{describe(cpu_info())})")
     return 0

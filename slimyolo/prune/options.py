@@ -89,7 +89,8 @@ class SweepOptions(KeepOptions):
                                 "evaluated)")
     precision: str = param("choice", "f32", options=vocab.FPS_PRECISIONS,
                            help="inference precision of the FPS measurement")
-    fps_seconds: float = param("float", 1.0, low=0, high=60, low_open=True, help="length of one FPS measurement")
+    fps_seconds: float = param("float", 1.0, low=0, high=vocab.MAX_BENCHMARK_SECONDS, low_open=True,
+                               help="length of one FPS measurement")
     fps_repeats: int = param("int", 3, low=1, help="FPS measurements per point (the best counts)")
     min_fps: float | None = param("float", None, low=0, low_open=True,
                                   help="the speed budget of the accuracy objective: the frames per second a point "

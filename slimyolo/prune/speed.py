@@ -212,7 +212,6 @@ class RemoteFpsMeter(_PointMeter):
 
     def __post_init__(self) -> None:
         from slimyolo.rpc.inference_client import InferenceClient
-        from slimyolo.serving.dataplane import MAX_BENCHMARK_SECONDS
         from slimyolo.serving.repository import TEMPORARY_PREFIX, store_prefix
         from slimyolo.store import open_store
 
@@ -220,9 +219,9 @@ class RemoteFpsMeter(_PointMeter):
             raise SlimYoloError("measure on: give the inference service to measure on (HOST:PORT, dns:///NAME:PORT "
                                 "or ipv4:ADDRESS:PORT)")
         self._check()
-        if self.seconds > MAX_BENCHMARK_SECONDS:
-            raise SlimYoloError(f"the inference service benchmarks for at most {MAX_BENCHMARK_SECONDS:g} seconds "
-                                f"at a time, got {self.seconds:g}")
+        if self.seconds > vocab.MAX_BENCHMARK_SECONDS:
+            raise SlimYoloError(f"the inference service benchmarks for at most "
+                                f"{vocab.MAX_BENCHMARK_SECONDS:g} seconds at a time, got {self.seconds:g}")
         self.repository = store_prefix(self.repository, os.environ)
         self.store = self.store or open_store()
         self.name = f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:12]}"

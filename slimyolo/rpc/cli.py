@@ -22,6 +22,7 @@ from types import ModuleType
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.helptext import plain_text
+from slimyolo.security import add_client_arguments, client_security
 from slimyolo.stages.kinds import SERVICES
 
 
@@ -40,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--service", default="", help="a service name (default: the whole server); 'liveness' for "
                                                 "liveness")
     h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default 5)")
+    add_client_arguments(h.add_argument_group("TLS (the gRPC port of a server with --tls-cert; a --health-port is "
+                                              "plaintext)"))
     h.set_defaults(func=_health)
 
 
@@ -79,7 +82,9 @@ def _health(args: argparse.Namespace) -> int:
 
     from slimyolo.rpc.client import connect
 
-    with connect(args.address) as channel:
+    security = client_security(args, os.environ)
+    # health_service=None: the probe itself, which must reach a server that reports NOT_SERVING
+    with connect(args.address, health_service=None, security=security) as channel:
         try:
             status = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout).status

@@ -13,7 +13,9 @@ class JobMetrics:
 
         self.submitted = Counter("slimyolo_jobs_submitted_total", "Jobs submitted, by kind.", ["kind"],
                                  registry=registry)
-        self.finished = Counter("slimyolo_jobs_finished_total", "Jobs that reached a final state, by kind and state.",
+        self.finished = Counter("slimyolo_jobs_finished_total",
+                                "Jobs that reached a final state (or were handed over to another replica: state "
+                                "handed_over), by kind and state.",
                                 ["kind", "state"], registry=registry)
         self.active = Gauge("slimyolo_jobs_active", "Jobs queued or running now.", ["state"], registry=registry)
         self.duration = Histogram("slimyolo_job_duration_seconds", "Running time of finished jobs, by kind.",

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from slimyolo.progress import event_to_dict
+from slimyolo.rpc.auth import jobs_visible_to
 from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 from slimyolo.rpc.jobs import JobEvent, JobManager, JobSnapshot
 from slimyolo.rpc.messages import artifact_to_proto, dict_to_struct
@@ -49,25 +50,31 @@ def job_to_proto(job: JobSnapshot) -> common_pb2.Job:
 
 
 class JobsServicer(jobs_pb2_grpc.JobsServicer):
-    """``slimyolo.v1.Jobs`` over a JobManager; errors become statuses in the server's interceptor."""
+    """``slimyolo.v1.Jobs`` over a JobManager; errors become statuses in the server's interceptor.
+
+    With tokens on the server, each caller sees the jobs it started; an admin sees all
+    (:func:`slimyolo.rpc.auth.jobs_visible_to`).
+    """
 
     def __init__(self, manager: JobManager) -> None:
         self.manager = manager
 
     def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.GetJobResponse:
-        return jobs_pb2.GetJobResponse(job=job_to_proto(self.manager.get(request.id)))
+        return jobs_pb2.GetJobResponse(job=job_to_proto(self.manager.get(request.id, jobs_visible_to(context))))
 
     def WatchJob(self, request: jobs_pb2.WatchJobRequest,
                  context: grpc.ServicerContext) -> Iterator[jobs_pb2.WatchJobResponse]:
-        for event in self.manager.watch(request.id, request.from_seq, active=context.is_active):
+        viewer = jobs_visible_to(context)
+        for event in self.manager.watch(request.id, request.from_seq, active=context.is_active, viewer=viewer):
             response = jobs_pb2.WatchJobResponse(event=event_to_proto(event))
             if event.state.final:
-                response.job.CopyFrom(job_to_proto(self.manager.get(request.id)))
+                response.job.CopyFrom(job_to_proto(self.manager.get(request.id, viewer)))
             yield response
 
     def CancelJob(self, request: jobs_pb2.CancelJobRequest,
                   context: grpc.ServicerContext) -> jobs_pb2.CancelJobResponse:
-        return jobs_pb2.CancelJobResponse(job=job_to_proto(self.manager.cancel(request.id)))
+        return jobs_pb2.CancelJobResponse(job=job_to_proto(self.manager.cancel(request.id,
+                                                                               viewer=jobs_visible_to(context))))
 
     def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
-        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in self.manager.list()])
+        return jobs_pb2.ListJobsResponse(jobs=[job_to_proto(j) for j in self.manager.list(jobs_visible_to(context))])

@@ -11,6 +11,11 @@ throughput, latency percentiles, errors by status code and the calls each replic
 ``slimyolo-server`` trailing metadata every answer carries), and calls ``progress`` about once a
 second while it runs.
 
+A Python client costs CPU per call too, and on a small machine the load generator can be what it
+measures: ``processes`` spreads the clients (or the rate) over that many processes, each with its
+own channel and GIL, all measuring over the same seconds; and every run reports the client side's
+own CPU (``client_cpu_s``, and per answered call), to be read beside the figures.
+
 It fails fast with one sentence naming the target: before any load, when no connection to the
 target is ready within ``connect_timeout`` seconds (nothing listens there, or it does not speak
 HTTP/2); during the load, when :data:`UNAVAILABLE_BURST` calls in a row fail with UNAVAILABLE
@@ -23,7 +28,7 @@ import collections
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import grpc
@@ -36,9 +41,12 @@ from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
 from slimyolo.rpc.gen.v1 import inference_pb2, inference_pb2_grpc
 from slimyolo.rpc.server import SERVED_BY
+from slimyolo.security import ClientSecurity
 
 APIS = ("infer", "detect")
-UNAVAILABLE_BURST = 100  # UNAVAILABLE answers in a row, none OK, that stop a run: the service is gone
+# UNAVAILABLE answers in a row, none OK, that stop a run: the service is gone (each one is a call that the
+# channel's retry policy already sent up to 5 times, over about 1.5 s).
+UNAVAILABLE_BURST = 20
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class LoadSpec:
     version: str = ""
     image: bytes = b""  # Detect: this encoded image (default: a 640x480 JPEG frame)
     timeout: float = 30.0  # deadline of each call
+    processes: int = 1  # client processes the clients (or the rate) are spread over
     connect_timeout: float = 5.0  # seconds for a connection to the target to be ready before any call
 
     def check(self) -> None:
@@ -66,6 +75,9 @@ class LoadSpec:
             raise SlimYoloError(f"--rate: must not be negative, got {self.rate:g}")
         if self.seconds <= 0:
             raise SlimYoloError(f"--seconds: must be positive, got {self.seconds:g}")
+        if self.processes < 1 or (self.rate <= 0 and self.processes > self.concurrency):
+            raise SlimYoloError(f"--processes: must be at least 1 and at most --concurrency ({self.concurrency}), "
+                                f"got {self.processes}")
 
 
 @dataclass
@@ -190,10 +202,14 @@ def _open_loop(method: Callable[..., Any], request: Any, spec: LoadSpec, stop: f
         all_done.wait_for(lambda: not pending, timeout=spec.timeout + 5)
 
 
-def run_load(spec: LoadSpec, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Warm up, then load ``spec.target`` for ``spec.seconds``; the figures of the module docstring."""
+def run_load(spec: LoadSpec, progress: Callable[[dict[str, Any]], None] | None = None,
+             security: ClientSecurity | None = None) -> dict[str, Any]:
+    """Warm up, then load ``spec.target`` for ``spec.seconds``; the figures of the module docstring. ``security``:
+    TLS and token (default: from the environment, see :func:`slimyolo.rpc.client.connect`)."""
     spec.check()
-    with connect(spec.target) as channel:
+    if spec.processes > 1:
+        return _run_processes(spec, security)
+    with connect(spec.target, security=security) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=spec.connect_timeout)
         except grpc.FutureTimeoutError:
@@ -207,18 +223,93 @@ def run_load(spec: LoadSpec, progress: Callable[[dict[str, Any]], None] | None =
             drive(method, request, spec, time.perf_counter() + spec.warmup, warm)
             _check_burst(warm, spec, "the warm-up")
         rec = _Recorder()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         runner = threading.Thread(target=drive, args=(method, request, spec, t0 + spec.seconds, rec), daemon=True)
         runner.start()
         while runner.is_alive():
             runner.join(1.0)
             if progress is not None and runner.is_alive():
                 progress(_summary(rec.snapshot(), time.perf_counter() - t0))
-        result = _summary(rec.snapshot(), time.perf_counter() - t0)
+        result = _summary(rec.snapshot(), time.perf_counter() - t0, time.process_time() - cpu0)
         _check_burst(rec, spec, f"{result['elapsed_s']:.1f} s of load ({result['ok']} calls answered)")
+    return _described(spec, result)
+
+
+def _described(spec: LoadSpec, result: dict[str, Any]) -> dict[str, Any]:
     mode = {"rate": spec.rate} if spec.rate > 0 else {"concurrency": spec.concurrency}
-    return {**{k: v for k, v in asdict(spec).items() if k in ("target", "model", "api", "seconds")}, **mode,
-            **result}
+    return {**{k: v for k, v in asdict(spec).items() if k in ("target", "model", "api", "seconds", "processes")},
+            **mode, **result}
+
+
+STARTUP_S = 5.0  # for the client processes to start, import and connect before the common warm-up begins
+
+
+def _run_processes(spec: LoadSpec, security: ClientSecurity | None) -> dict[str, Any]:
+    """``spec.processes`` client processes, the clients (or the rate) shared out, warming up together and
+    measuring over the same seconds; their outcomes summarised as one run's."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fork would copy this process's gRPC threads' state
+    n = spec.processes
+    shares = [replace(spec, processes=1, concurrency=spec.concurrency // n + (i < spec.concurrency % n),
+                      rate=spec.rate / n) for i in range(n)]
+    start_at = time.time() + STARTUP_S + spec.warmup  # wall clock: the one clock the processes share
+    pipes, procs = [], []
+    for share in shares:
+        parent, child = context.Pipe(duplex=False)
+        proc = context.Process(target=_child_load, args=(share, start_at, security, child), daemon=True)
+        proc.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(proc)
+    answers = []
+    patience = STARTUP_S + spec.warmup + spec.seconds + spec.timeout + 30  # a call started last may take timeout
+    for pipe, proc in zip(pipes, procs, strict=True):
+        try:
+            if not pipe.poll(max(1.0, start_at - time.time() + patience - spec.warmup - STARTUP_S)):
+                proc.kill()
+                raise EOFError
+            answers.append(pipe.recv())
+        except EOFError:
+            proc.join(5)
+            answers.append(SlimYoloError(f"a load generator process died (exit code {proc.exitcode})"))
+    for proc in procs:
+        proc.join(10)
+    failed = next((a for a in answers if isinstance(a, BaseException)), None)
+    if failed is not None:
+        raise failed
+    outcomes = [_Outcome(*o) for answer in answers for o in answer["outcomes"]]
+    elapsed = max(answer["elapsed"] for answer in answers)
+    return _described(spec, _summary(outcomes, elapsed, sum(answer["cpu"] for answer in answers)))
+
+
+def _child_load(spec: LoadSpec, start_at: float, security: ClientSecurity | None, pipe: Any) -> None:
+    """One client process of :func:`_run_processes`: warm up until ``start_at``, measure ``spec.seconds``, send the
+    outcomes (or the error) back."""
+    try:
+        with connect(spec.target, security=security) as channel:
+            try:
+                grpc.channel_ready_future(channel).result(timeout=spec.connect_timeout)
+            except grpc.FutureTimeoutError:
+                raise UnavailableError(f"{spec.target}: nothing answers there (no connection within "
+                                       f"{spec.connect_timeout:g} s)") from None
+            method, request = _request(channel, spec)
+            drive = _open_loop if spec.rate > 0 else _closed_loop
+            warm = _Recorder()
+            drive(method, request, spec, time.perf_counter() + max(0.0, start_at - time.time()), warm)
+            _check_burst(warm, spec, "the warm-up")
+            rec = _Recorder()
+            t0, cpu0 = time.perf_counter(), time.process_time()
+            drive(method, request, spec, t0 + spec.seconds, rec)
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            _check_burst(rec, spec, f"{elapsed:.1f} s of load")
+        pipe.send({"outcomes": [(o.latency, o.code, o.server) for o in rec.snapshot()], "elapsed": elapsed,
+                   "cpu": cpu})
+    except Exception as exc:  # every failure goes back to the parent, which raises it
+        try:
+            pipe.send(exc)
+        except Exception:  # an exception that does not pickle
+            pipe.send(SlimYoloError(f"{type(exc).__name__}: {exc}"))
 
 
 def _check_burst(rec: _Recorder, spec: LoadSpec, when: str) -> None:
@@ -228,10 +319,13 @@ def _check_burst(rec: _Recorder, spec: LoadSpec, when: str) -> None:
                                "answering, so the load was stopped")
 
 
-def _summary(outcomes: list[_Outcome], elapsed: float) -> dict[str, Any]:
+def _summary(outcomes: list[_Outcome], elapsed: float, cpu: float | None = None) -> dict[str, Any]:
+    """The figures of a run; ``cpu``: the client side's own CPU seconds over it (None while it runs)."""
     ok = [o.latency for o in outcomes if o.code == "OK"]
     errors = collections.Counter(o.code for o in outcomes if o.code != "OK")
     servers = collections.Counter(o.server or "(unnamed)" for o in outcomes if o.code == "OK")
     return {"requests": len(outcomes), "ok": len(ok), "elapsed_s": round(elapsed, 3),
             "fps": round(len(ok) / elapsed, 2) if elapsed > 0 else 0.0, "latency_ms": percentiles(ok),
-            "errors": dict(sorted(errors.items())), "by_server": dict(sorted(servers.items()))}
+            "errors": dict(sorted(errors.items())), "by_server": dict(sorted(servers.items())),
+            **({} if cpu is None else {"client_cpu_s": round(cpu, 3),
+                                       "client_cpu_ms_per_call": round(1000 * cpu / max(len(ok), 1), 3)})}

@@ -25,8 +25,11 @@ translation between its protobuf messages and the core library:
   to reconnect, re-resolve their target and so spread over replicas added since they connected;
 - every unary answer names the replica that served it: trailing metadata ``slimyolo-server``
   = ``hostname:port`` (how ``slimyolo bench`` counts calls per replica behind one target);
-- SIGTERM (and SIGINT) → graceful drain: health turns NOT_SERVING, new calls are refused, calls
-  in flight (and running jobs) get the grace period to finish, then the process exits.
+- SIGTERM (and SIGINT) → graceful drain: health turns NOT_SERVING (clients that watch it stop
+  sending here), calls are still served for the drain delay (while Kubernetes endpoints forget the
+  pod), then new calls are refused (GOAWAY: clients retry them elsewhere), calls in flight get the
+  grace period to finish, running jobs are handed over to another replica at their next checkpoint
+  (:meth:`slimyolo.rpc.jobs.JobManager.shutdown`), and the process exits.
 
 Configuration comes from environment variables, and command-line flags override them
 (:func:`add_arguments`, :meth:`ServerConfig.from_env`)::
@@ -38,8 +41,18 @@ Configuration comes from environment variables, and command-line flags override 
     SLIMYOLO_GRPC_WORKERS            64        threads serving calls (each stream holds one)
     SLIMYOLO_JOB_WORKERS             1         jobs running at once (more wait, QUEUED)
     SLIMYOLO_SHUTDOWN_GRACE_SECONDS  20        drain time after SIGTERM
+    SLIMYOLO_DRAIN_DELAY_SECONDS     0         NOT_SERVING but still serving for this long before GOAWAY
     SLIMYOLO_GRPC_MAX_CONNECTION_AGE_SECONDS        0   close connections older (GOAWAY; 0: never)
     SLIMYOLO_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS  30  time left to the calls on a closed connection
+    SLIMYOLO_TLS_CERT / SLIMYOLO_TLS_KEY  (none)  the server's certificate and key, PEM: TLS on the gRPC port
+    SLIMYOLO_TLS_CLIENT_CA           (none)    CA of the clients' certificates: mutual TLS (needs the above)
+    SLIMYOLO_AUTH_TOKENS             (none)    tokens file: every call needs a token or a mapped client
+                                               certificate, and a role (slimyolo.security; needs TLS)
+    SLIMYOLO_HEALTH_PORT             -1        a plaintext port serving grpc.health.v1 alone, for the
+                                               kubelet's probes (-1: none; 0: any free port)
+
+Without tokens and client certificates a server is open to whoever reaches its port (local use, a
+private compose network) and says so in one warning line at start. See :mod:`slimyolo.rpc.auth`.
 """
 
 from __future__ import annotations
@@ -64,7 +77,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from slimyolo.envconfig import EnvConfig
 from slimyolo.errors import Cancelled, SlimYoloError
 from slimyolo.rpc import MAX_MESSAGE_BYTES
+from slimyolo.rpc.auth import AuthInterceptor, CertificateFiles
 from slimyolo.rpc.status import status_of
+from slimyolo.security import TokensFile
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +94,21 @@ _ENV = {
     "workers": "SLIMYOLO_GRPC_WORKERS",
     "job_workers": "SLIMYOLO_JOB_WORKERS",
     "grace_seconds": "SLIMYOLO_SHUTDOWN_GRACE_SECONDS",
+    "drain_delay": "SLIMYOLO_DRAIN_DELAY_SECONDS",
     "max_connection_age": "SLIMYOLO_GRPC_MAX_CONNECTION_AGE_SECONDS",
     "max_connection_age_grace": "SLIMYOLO_GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS",
+    "tls_cert": "SLIMYOLO_TLS_CERT",
+    "tls_key": "SLIMYOLO_TLS_KEY",
+    "tls_client_ca": "SLIMYOLO_TLS_CLIENT_CA",
+    "auth_tokens": "SLIMYOLO_AUTH_TOKENS",
+    "health_port": "SLIMYOLO_HEALTH_PORT",
 }
 _FLAGS = {"bind": "--bind", "port": "--port", "metrics_port": "--metrics-port",
           "max_message_bytes": "--max-message-bytes", "workers": "--workers", "job_workers": "--job-workers",
-          "grace_seconds": "--grace-seconds", "max_connection_age": "--max-connection-age",
-          "max_connection_age_grace": "--max-connection-age-grace"}
+          "grace_seconds": "--grace-seconds", "drain_delay": "--drain-delay",
+          "max_connection_age": "--max-connection-age",
+          "max_connection_age_grace": "--max-connection-age-grace", "tls_cert": "--tls-cert", "tls_key": "--tls-key",
+          "tls_client_ca": "--tls-client-ca", "auth_tokens": "--tokens", "health_port": "--health-port"}
 
 
 @dataclass(frozen=True)
@@ -98,8 +121,17 @@ class ServerConfig(EnvConfig):
     workers: int = 64
     job_workers: int = 1
     grace_seconds: float = 20.0
+    # 0: outside Kubernetes nothing needs time to forget a replica (SlimYOLO's clients watch its health
+    # and leave at NOT_SERVING, every gRPC client re-picks at GOAWAY, and a call refused in between is
+    # retried); a pause would only slow every stop. The manifests set 5: endpoints and kube-proxy lag.
+    drain_delay: float = 0.0
     max_connection_age: float = 0.0
     max_connection_age_grace: float = 30.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    auth_tokens: str = ""
+    health_port: int = -1
 
     VARIABLES: ClassVar[Mapping[str, str]] = _ENV
 
@@ -112,10 +144,21 @@ class ServerConfig(EnvConfig):
                 raise SlimYoloError(f"{where(name)}: {getattr(self, name)} is not a port number")
         if self.port and self.port == self.metrics_port:
             raise SlimYoloError(f"{where('metrics_port')}: the metrics port must differ from the gRPC port")
+        if not -1 <= self.health_port <= 65535:
+            raise SlimYoloError(f"{where('health_port')}: {self.health_port} is not a port number (-1: none)")
+        if self.health_port > 0 and self.health_port in (self.port, self.metrics_port):
+            raise SlimYoloError(f"{where('health_port')}: the health port must differ from the gRPC and metrics ports")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SlimYoloError(f"{where('tls_cert')} and {where('tls_key')}: give both the certificate and its key")
+        for name in ("tls_client_ca", "auth_tokens"):
+            if getattr(self, name) and not self.tls_cert:
+                raise SlimYoloError(f"{where(name)} needs TLS ({where('tls_cert')}, {where('tls_key')}): "
+                                    + ("client certificates are checked in the TLS handshake" if name == "tls_client_ca"
+                                       else "tokens must not travel in the clear"))
         for name in ("max_message_bytes", "workers", "job_workers"):
             if getattr(self, name) < 1:
                 raise SlimYoloError(f"{where(name)}: must be at least 1, got {getattr(self, name)}")
-        for name in ("grace_seconds", "max_connection_age", "max_connection_age_grace"):
+        for name in ("grace_seconds", "drain_delay", "max_connection_age", "max_connection_age_grace"):
             if getattr(self, name) < 0:
                 raise SlimYoloError(f"{where(name)}: must not be negative")
 
@@ -125,12 +168,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     helps = {"bind": "address to listen on", "port": "gRPC port", "metrics_port": "Prometheus /metrics port",
              "max_message_bytes": "largest gRPC message", "workers": "threads serving calls",
              "job_workers": "jobs running at once", "grace_seconds": "drain time after SIGTERM",
+             "drain_delay": "seconds between NOT_SERVING and refusing new calls after SIGTERM, while Kubernetes "
+                            "endpoints and load balancers forget the replica",
              "max_connection_age": "seconds after which a client connection is closed, so that clients "
                                    "re-resolve and spread over new replicas (0: never)",
-             "max_connection_age_grace": "seconds the calls of a closed connection get to finish"}
+             "max_connection_age_grace": "seconds the calls of a closed connection get to finish",
+             "tls_cert": "PEM file of the server's certificate (with --tls-key: TLS; re-read when it changes)",
+             "tls_key": "PEM file of the certificate's private key",
+             "tls_client_ca": "PEM file of the CA that signs client certificates: mutual TLS, a client without "
+                              "one is refused at the handshake",
+             "auth_tokens": "tokens file: lines 'ROLE NAME SHA256-HEX' or 'ROLE NAME cert:IDENTITY' (roles infer, "
+                            "operate, admin); every call then needs a token or a mapped client certificate",
+             "health_port": "plaintext port serving grpc.health.v1 alone, for Kubernetes probes (-1: none; 0: any "
+                            "free port)"}
     for f in fields(ServerConfig):
+        default = "none" if f.default == "" else f.default
         parser.add_argument(_FLAGS[f.name], dest=f.name, type=type(f.default), default=None,
-                            help=f"{helps[f.name]} (env {_ENV[f.name]}, default {f.default})")
+                            help=f"{helps[f.name]} (env {_ENV[f.name]}, default {default})")
 
 
 # -- metrics and status codes: the interceptor ---------------------------------------------------
@@ -369,11 +423,13 @@ class Server:
             options += [("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
                         ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace * 1000))]
         self._interceptor = _StatusInterceptor(_GrpcMetrics(self.registry))
+        self._certificates, interceptors = self._security(config)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(config.workers, thread_name_prefix=f"{name}-rpc"),
-                                interceptors=[self._interceptor], options=options)
+                                interceptors=[self._interceptor, *interceptors], options=options)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        self.port = self.metrics_port = 0
+        self._health_server: grpc.Server | None = None
+        self.port = self.metrics_port = self.health_port = 0
         self._serving: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._shutdown_hooks: list[Callable[[float], None]] = []
@@ -381,6 +437,13 @@ class Server:
         self._started = False
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+
+    @staticmethod
+    def _security(config: ServerConfig) -> tuple[CertificateFiles | None, list[grpc.ServerInterceptor]]:
+        """(the TLS files or None, the interceptors checking callers): read now, so a bad file fails the start."""
+        certificates = CertificateFiles(config.tls_cert, config.tls_key, config.tls_client_ca) \
+            if config.tls_cert else None
+        return certificates, [AuthInterceptor(TokensFile(config.auth_tokens))] if config.auth_tokens else []
 
     def add_service(self, name: str, add_to_server: Callable[[Any, grpc.Server], None], servicer: Any) -> None:
         """Register a servicer (``add_XServicer_to_server``) under its full name, NOT_SERVING for now."""
@@ -434,9 +497,12 @@ class Server:
         reflection.enable_server_reflection(names, self.grpc)
         address = f"{self.config.bind}:{self.config.port}"
         try:
-            self.port = self.grpc.add_insecure_port(address)
+            self.port = self.grpc.add_insecure_port(address) if self._certificates is None else \
+                self.grpc.add_secure_port(address, self._certificates.credentials())
         except RuntimeError as exc:
             raise SlimYoloError(f"--port / SLIMYOLO_GRPC_PORT: cannot listen on {address} ({exc})") from None
+        if self.config.health_port >= 0:
+            self._start_health_port()
         try:
             self._http, _ = start_http_server(self.config.metrics_port, addr=self.config.bind, registry=self.registry)
         except OSError as exc:
@@ -449,11 +515,32 @@ class Server:
             self._publish_health()
         self.grpc.start()
         self._started = True
-        log.info("%s serving gRPC on %s:%d, metrics on %s:%d", self.name, self.config.bind, self.port,
-                 self.config.bind, self.metrics_port)
+        # Scripts read the ports from this line's start (tests, benchmarks): keep "serving gRPC on H:P, metrics on H:P".
+        log.info("%s serving gRPC on %s:%d, metrics on %s:%d; %s%s", self.name, self.config.bind, self.port,
+                 self.config.bind, self.metrics_port,
+                 "plaintext" if self._certificates is None else "mutual TLS" if self._certificates.mutual else "TLS",
+                 f", health alone on {self.config.bind}:{self.health_port} (plaintext)" if self._health_server else "")
+        if not self.config.auth_tokens and not (self._certificates is not None and self._certificates.mutual):
+            log.warning("%s is open: %s; whoever reaches port %d may call every method", self.name,
+                        "no TLS and no tokens (--tls-cert, --tokens)" if self._certificates is None else
+                        "TLS without tokens or client certificates (--tokens, --tls-client-ca)", self.port)
 
-    def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new calls, give calls and jobs ``grace`` seconds, then stop.
+    def _start_health_port(self) -> None:
+        """Serve the same health statuses, and nothing else, in plaintext: the kubelet's gRPC probes present no
+        certificate and no token. They read only SERVING or not; every other call there is UNIMPLEMENTED."""
+        address = f"{self.config.bind}:{self.config.health_port}"
+        self._health_server = grpc.server(futures.ThreadPoolExecutor(4, thread_name_prefix=f"{self.name}-health"),
+                                          options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        try:
+            self.health_port = self._health_server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise SlimYoloError(f"--health-port / SLIMYOLO_HEALTH_PORT: cannot listen on {address} ({exc})") from None
+        self._health_server.start()
+
+    def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
+        """Drain: NOT_SERVING, go on serving for ``drain_delay`` seconds, refuse new calls, give calls and jobs
+        ``grace`` seconds, then stop (both default to the config's).
 
         Safe to call more than once and from any thread; later calls wait for the first.
         """
@@ -462,13 +549,17 @@ class Server:
             return
         self._stopping.set()
         grace = self.config.grace_seconds if grace is None else grace
-        deadline = time.monotonic() + grace
-        log.info("%s draining (grace %.1fs)", self.name, grace)
+        drain_delay = self.config.drain_delay if drain_delay is None else drain_delay
+        log.info("%s draining (delay %.1fs, grace %.1fs)", self.name, drain_delay, grace)
         self.health.enter_graceful_shutdown()
+        time.sleep(drain_delay)  # NOT_SERVING, still serving: load balancers and endpoints catch up
+        deadline = time.monotonic() + grace
         done = self.grpc.stop(grace)
         for hook in self._shutdown_hooks:
             hook(deadline)
         done.wait()
+        if self._health_server is not None:  # the probes saw NOT_SERVING throughout the drain
+            self._health_server.stop(0).wait()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

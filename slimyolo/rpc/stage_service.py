@@ -22,12 +22,13 @@ import grpc
 from google.protobuf.message import Message
 
 from slimyolo.progress import Event, Progress
+from slimyolo.rpc.auth import caller
 from slimyolo.rpc.gen.v1 import common_pb2
 from slimyolo.rpc.job_service import job_to_proto
 from slimyolo.rpc.jobs import JobFn, JobManager
 from slimyolo.rpc.server import Server
 from slimyolo.rpc.stages import spec_from_request, start_messages
-from slimyolo.stages.kinds import KINDS, StageKind, kinds_of, parse_spec, run_stage
+from slimyolo.stages.kinds import StageKind, kinds_of, parse_spec, run_stage
 from slimyolo.stages.runners import StageResult
 from slimyolo.stages.specs import Spec
 from slimyolo.stages.workspace import remove_stale_work_dirs
@@ -69,10 +70,13 @@ class StageServicer:
                  observe: Progress | None = None) -> None:
         self.store, self.jobs, self.run, self.observe = store, jobs, run, observe
 
-    def submit(self, spec: Spec) -> common_pb2.Job:
-        """Queue the stage ``spec`` describes, its spec kept in the job's record; the job as a protobuf Job."""
-        job = self.jobs.submit(KINDS[spec.kind].job_kind, stage_job(self.store, spec, self.run, self.observe),
-                               spec={"kind": spec.kind, **spec.to_dict()})
+    def submit(self, spec: Spec, started_by: str | None = None, request_id: str = "") -> common_pb2.Job:
+        """Queue the stage ``spec`` describes, its spec kept in the job's record (with ``started_by``, the caller's
+        name); the job as a protobuf Job. A ``request_id`` used before returns the job it started
+        (:meth:`JobManager.submit`)."""
+        job = self.jobs.submit(spec.kind, stage_job(self.store, spec, self.run, self.observe),
+                               spec={"kind": spec.kind, **spec.to_dict()}, started_by=started_by,
+                               request_id=request_id)
         return job_to_proto(job)
 
     def handler(self, kind: StageKind) -> Callable[[Message, grpc.ServicerContext], Message]:
@@ -80,7 +84,9 @@ class StageServicer:
         _, response = start_messages(kind)
 
         def start(request: Message, context: grpc.ServicerContext) -> Message:
-            return response(job=self.submit(spec_from_request(kind.name, request)))
+            identity = caller(context)
+            return response(job=self.submit(spec_from_request(kind.name, request),
+                                            identity.name if identity is not None else None, request.request_id))
 
         return start
 

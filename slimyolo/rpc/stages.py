@@ -20,6 +20,8 @@ nothing without them. The servers' side is :mod:`slimyolo.rpc.stage_service`.
 from __future__ import annotations
 
 import importlib
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,11 @@ from slimyolo.stages.specs import Spec
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
+
+    from slimyolo.security import ClientSecurity
+
+
+START_ATTEMPTS = 6  # Start... calls a RemoteRunner makes while a service is UNAVAILABLE (about 15 s in all)
 
 
 def start_messages(kind: StageKind) -> tuple[type[Message], type[Message]]:
@@ -65,6 +72,33 @@ def spec_from_request(kind: str, request: Message) -> Spec:
     return parse_spec(kind, struct_to_dict(request.spec))
 
 
+def start_job(channel: Any, kind: StageKind, request: Message) -> Any:
+    """Make ``kind``'s Start... call with ``request`` on ``channel`` and return the Job it started.
+
+    The call is repeated while the service is UNAVAILABLE (a replica restarting, a connection cut
+    before the answer came), :data:`START_ATTEMPTS` times in all with a growing pause; with the
+    request's ``request_id`` set, a repeated call returns the job the first one started, never a
+    second one. Other failures raise the SlimYOLO error they stand for.
+    """
+    import grpc
+
+    from slimyolo.rpc.client import remote_error
+
+    _, response = start_messages(kind)
+    start = channel.unary_unary(f"/{kind.grpc_service}/{kind.start}", _registered_method=True,
+                                request_serializer=type(request).SerializeToString,
+                                response_deserializer=response.FromString)
+    attempts = 0
+    while True:
+        try:
+            return start(request, timeout=60).job
+        except grpc.RpcError as exc:
+            attempts += 1
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempts == START_ATTEMPTS:
+                raise remote_error(exc) from exc
+            time.sleep(0.5 * 2 ** (attempts - 1))
+
+
 class RemoteRunner:
     """Stages as jobs of the services at ``addresses`` (by service name: trainer, pruner, converter, inference).
 
@@ -72,41 +106,39 @@ class RemoteRunner:
     which must be the store the caller means (the pipeline's uploads, the keys of a YAML spec).
     """
 
-    def __init__(self, addresses: Mapping[str, str], ready_timeout: float = 120.0) -> None:
-        self.addresses, self.ready_timeout = dict(addresses), ready_timeout
+    def __init__(self, addresses: Mapping[str, str], ready_timeout: float = 120.0,
+                 security: ClientSecurity | None = None) -> None:
+        """``security``: TLS and token for every service (default: from the environment, as
+        :func:`~slimyolo.rpc.client.connect` reads them)."""
+        self.addresses, self.ready_timeout, self.security = dict(addresses), ready_timeout, security
         self._channels: dict[str, Any] = {}
 
     def channel(self, service: str) -> Any:
         from slimyolo.rpc.client import connect, wait_ready
+        from slimyolo.rpc.server import LIVENESS
 
         if service not in self._channels:
             if service not in self.addresses:
                 raise SlimYoloError(f"--remote: no address for the {service} service: set {address_variable(service)} "
                                     f"or remote.{service} in the config")
-            channel = connect(self.addresses[service])
             # The inference service is ready only while it serves a model; the pipeline brings it one (LoadModel).
-            wait_ready(channel, "liveness" if service == "inference" else "", self.ready_timeout)
+            health = LIVENESS if service == "inference" else ""
+            channel = connect(self.addresses[service], health_service=health, security=self.security)
+            wait_ready(channel, health, self.ready_timeout)
             self._channels[service] = channel
         return self._channels[service]
 
     def run(self, spec: Spec, progress: Progress) -> StageResult:
-        import grpc
-
-        from slimyolo.rpc.client import follow_job, remote_error
+        """Start the stage's job (:func:`start_job`, with a fresh request id) and follow it to its result."""
+        from slimyolo.rpc.client import follow_job
         from slimyolo.rpc.gen.v1 import jobs_pb2, jobs_pb2_grpc
         from slimyolo.rpc.messages import artifact_from_proto, struct_to_dict
 
         kind = KINDS[spec.kind]
         channel = self.channel(kind.service)
         request = spec_to_request(spec)  # store keys travel as keys: the service resolves them in the shared store
-        _, response = start_messages(kind)
-        start = channel.unary_unary(f"/{kind.grpc_service}/{kind.start}", _registered_method=True,
-                                    request_serializer=type(request).SerializeToString,
-                                    response_deserializer=response.FromString)
-        try:
-            job = start(request, timeout=60).job
-        except grpc.RpcError as exc:
-            raise remote_error(exc) from exc
+        request.request_id = uuid.uuid4().hex
+        job = start_job(channel, kind, request)
 
         def on_event(event: Any) -> None:
             if event.HasField("progress"):  # the same typed event as the runner reported in the service
@@ -136,7 +168,7 @@ def served_detection(runner: RemoteRunner) -> Callable[[str, str, Path], dict]:
 
         runner.channel("inference")  # the service is live
         # LoadModel and Detect on one replica: the replica that loaded the version is the one that serves it
-        with connect(runner.addresses["inference"], lb_policy="pick_first") as channel:
+        with connect(runner.addresses["inference"], lb_policy="pick_first", security=runner.security) as channel:
             stub = inference_pb2_grpc.InferenceStub(channel)
             try:
                 stub.LoadModel(inference_pb2.LoadModelRequest(name=name, version=version), timeout=300)
@@ -154,9 +186,9 @@ def served_detection(runner: RemoteRunner) -> Callable[[str, str, Path], dict]:
     return detect
 
 
-def run_remote(address: str, spec: Spec, progress: Progress) -> StageResult:
+def run_remote(address: str, spec: Spec, progress: Progress, security: ClientSecurity | None = None) -> StageResult:
     """Run ``spec`` as a job of the stage's service at ``address`` (``slimyolo stage KIND --spec --remote``)."""
-    runner = RemoteRunner({KINDS[spec.kind].service: address})
+    runner = RemoteRunner({KINDS[spec.kind].service: address}, security=security)
     try:
         return runner.run(spec, progress)
     finally:

@@ -19,11 +19,11 @@ LOSSES = ("box", "obj", "cls", "distill", "loss")
 
 
 class TrainMetrics:
-    """Gauges of the latest training progress, by training stage (train, sparsity, finetune)."""
+    """Gauges of the latest training progress, by training phase (train, sparsity, finetune)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         def gauge(name: str, doc: str, *labels: str) -> Gauge:
-            return Gauge(f"slimyolo_train_{name}", doc, ["stage", *labels], registry=registry)
+            return Gauge(f"slimyolo_train_{name}", doc, ["phase", *labels], registry=registry)
 
         self.epoch = gauge("epoch", "Last completed epoch of the latest training job.")
         self.epochs = gauge("epochs", "Epochs the latest training job runs.")
@@ -34,30 +34,30 @@ class TrainMetrics:
         self.images = gauge("images_per_second", "Training throughput of the current epoch (all processes).")
         self.lr = gauge("learning_rate", "Learning rate of the latest step.")
         self.gamma = gauge("gamma_below_001_ratio", "Fraction of prunable BatchNorm |γ| below 0.01 (sparsity).")
-        self.epochs_done = Counter("slimyolo_train_epochs_completed_total", "Training epochs completed.", ["stage"],
+        self.epochs_done = Counter("slimyolo_train_epochs_completed_total", "Training epochs completed.", ["phase"],
                                    registry=registry)
 
     def observe(self, event: Event) -> None:
         """Update the gauges from one progress event of the trainer (others are ignored)."""
         if isinstance(event, TrainStep):
-            stage = event.stage
+            phase = event.phase
             for component, value in event.losses.items():
-                self.loss.labels(stage, component).set(value)
-            self.images.labels(stage).set(event.images_per_s)
-            self.lr.labels(stage).set(event.lr)
-            self.epochs.labels(stage).set(event.epochs)
+                self.loss.labels(phase, component).set(value)
+            self.images.labels(phase).set(event.images_per_s)
+            self.lr.labels(phase).set(event.lr)
+            self.epochs.labels(phase).set(event.epochs)
         elif isinstance(event, TrainEpoch):
-            stage = event.stage
-            self.epoch.labels(stage).set(event.epoch)
-            self.epochs_done.labels(stage).inc()
+            phase = event.phase
+            self.epoch.labels(phase).set(event.epoch)
+            self.epochs_done.labels(phase).inc()
             for component in LOSSES:
-                self.loss.labels(stage, component).set(getattr(event, component))
-            self.images.labels(stage).set(event.images_per_s)
-            self.gamma.labels(stage).set(event.gamma_below_001)
+                self.loss.labels(phase, component).set(getattr(event, component))
+            self.images.labels(phase).set(event.images_per_s)
+            self.gamma.labels(phase).set(event.gamma_below_001)
             if event.evaluated:
-                self.map50.labels(stage).set(event.map50)
-                self.precision.labels(stage).set(event.precision)
-                self.recall.labels(stage).set(event.recall)
+                self.map50.labels(phase).set(event.map50)
+                self.precision.labels(phase).set(event.precision)
+                self.recall.labels(phase).set(event.recall)
 
 
 def build(server: Server, args: argparse.Namespace) -> None:

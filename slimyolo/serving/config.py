@@ -17,6 +17,17 @@ every service), each setting has an environment variable (what deployments set) 
                                                                    (12 bytes per pixel; more requests wait)
     SLIMYOLO_INFERENCE_MAX_QUEUE       --max-queue         32      Detect/ModelInfer calls that may wait for
                                                                    inference; beyond: RESOURCE_EXHAUSTED
+    SLIMYOLO_INFERENCE_MAX_BATCH       --max-batch         1       frames of concurrent calls run as one
+                                                                   inference (1: each call alone)
+    SLIMYOLO_INFERENCE_MAX_QUEUE_DELAY_US --max-queue-delay-us 0   microseconds a call waits for others to
+                                                                   batch with while a request is free
+    SLIMYOLO_MODEL_CONTROL             --model-control     none    LoadModel/UnloadModel: refused (none) or
+                                                                   served (explicit)
+
+Model control is off by default, as in Triton (``--model-control-mode``): the repository's models
+load at start and follow its new versions either way; only the calls that change what is served
+(LoadModel, UnloadModel) need ``explicit``, which the pipeline's Detect check and the sweep's FPS
+meter (``--measure-on``) rely on.
 
 ``SLIMYOLO_MAX_IMAGE_PIXELS`` also becomes OpenCV's own decode limit ``OPENCV_IO_MAX_IMAGE_PIXELS``
 (unless that is set): OpenCV reads it once, as it loads (:mod:`slimyolo.serving`), so the flag
@@ -54,6 +65,9 @@ _ENV = {
     "max_image_pixels": "SLIMYOLO_MAX_IMAGE_PIXELS",
     "max_decode_bytes": "SLIMYOLO_MAX_DECODE_BYTES",
     "max_queue": "SLIMYOLO_INFERENCE_MAX_QUEUE",
+    "max_batch": "SLIMYOLO_INFERENCE_MAX_BATCH",
+    "max_queue_delay_us": "SLIMYOLO_INFERENCE_MAX_QUEUE_DELAY_US",
+    "model_control": "SLIMYOLO_MODEL_CONTROL",
 }
 _HELP = {
     "model_repository": "s3://bucket/prefix, a local folder (/abs, ./rel, file:///abs, or a path through a hidden "
@@ -70,6 +84,13 @@ _HELP = {
     "max_decode_bytes": "memory that images being decoded may take at once (12 bytes per pixel; more wait)",
     "max_queue": "Detect and ModelInfer calls that may wait for an inference request at once; a call beyond "
                  "them is answered RESOURCE_EXHAUSTED at once (keep --workers above it)",
+    "max_batch": "Detect and ModelInfer calls of one model that wait together run as one inference of up to this "
+                 "many frames (dynamic batching, slimyolo.serving.batching; 1: each call alone; an IR with a fixed "
+                 "batch size is never batched)",
+    "max_queue_delay_us": "microseconds the first call of a batch waits for others while an inference request is "
+                          "free (0: batch only the calls already waiting)",
+    "model_control": f"{' or '.join(vocab.MODEL_CONTROL)}: whether LoadModel and UnloadModel calls are served "
+                     "(none: refused, FAILED_PRECONDITION; the repository's models load either way)",
 }
 
 
@@ -90,6 +111,9 @@ class ServingConfig(EnvConfig):
     max_decode_bytes: int = 1024 ** 3
     # 32 concurrent clients, each with one call outstanding, never fill it (see slimyolo.serving.dataplane).
     max_queue: int = 32
+    max_batch: int = 1
+    max_queue_delay_us: int = 0
+    model_control: str = "none"
 
     @property
     def mosaic_k(self) -> int:
@@ -119,7 +143,10 @@ class ServingConfig(EnvConfig):
             raise SlimYoloError(f"{where('mosaic')}: {exc}") from None
         if self.batch_window_ms < 0:
             raise SlimYoloError(f"{where('batch_window_ms')}: must not be negative")
-        for name in ("max_image_bytes", "max_image_pixels", "max_decode_bytes", "max_queue"):
+        vocab.choose(self.model_control, vocab.MODEL_CONTROL, where("model_control"))
+        if self.max_queue_delay_us < 0:
+            raise SlimYoloError(f"{where('max_queue_delay_us')}: must not be negative")
+        for name in ("max_image_bytes", "max_image_pixels", "max_decode_bytes", "max_queue", "max_batch"):
             if getattr(self, name) < 1:
                 raise SlimYoloError(f"{where(name)}: must be at least 1, got {getattr(self, name)}")
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from slimyolo import __version__
-from slimyolo.errors import Cancelled, ResourceExhausted, SlimYoloError
+from slimyolo.errors import Cancelled, FailedPrecondition, ResourceExhausted, SlimYoloError, UnavailableError
 from slimyolo.infer.bench import bench_compiled
 from slimyolo.infer.engine import Detections, Engine
 from slimyolo.serving.config import ServingConfig
@@ -55,10 +55,10 @@ from slimyolo.serving.metrics import InferenceMetrics, model_label
 from slimyolo.serving.model import ServedModel
 from slimyolo.serving.repository import Repository, open_repository
 from slimyolo.serving.streams import PendingFrame, pipelined
+from slimyolo.vocab import MAX_BENCHMARK_SECONDS
 
 SERVER_NAME = "slimyolo"
 PLATFORM = "openvino"
-MAX_BENCHMARK_SECONDS = 60.0  # a benchmark holds a worker thread and the CPU: bounded, whoever asks
 
 
 @dataclass(frozen=True)
@@ -170,11 +170,13 @@ class DataPlane:
 
     def __init__(self, manager: ModelManager, metrics: InferenceMetrics, limits: ImageLimits,
                  code_of: Callable[[BaseException], str], max_in_flight: int = 8,
-                 max_queue: int = ServingConfig.max_queue) -> None:
+                 max_queue: int = ServingConfig.max_queue, model_control: str = ServingConfig.model_control) -> None:
         self.manager, self.metrics, self.limits, self.code_of = manager, metrics, limits, code_of
+        self.model_control = model_control
         self.max_in_flight, self.max_queue = max_in_flight, max_queue
         self._queued = 0
         self._admission = threading.Lock()
+        self._draining = threading.Event()  # set by close(): streams end, asking their clients to reconnect
         self._benchmarking = threading.Lock()  # one benchmark at a time (see the module docstring)
 
     @classmethod
@@ -195,7 +197,7 @@ class DataPlane:
         limits = ImageLimits(config.max_image_bytes, config.max_image_pixels, config.max_decode_bytes)
         # A stream call keeps up to two full mosaics in flight: enough to fill every mosaic with its own frames.
         return cls(manager, metrics, limits, code_of, max_in_flight=2 * config.mosaic_k ** 2,
-                   max_queue=config.max_queue)
+                   max_queue=config.max_queue, model_control=config.model_control)
 
     def start(self, on_ready: Callable[[bool], None] | None = None) -> None:
         """Scan the repository and load its models in the background; ``on_ready(ready)`` on each change
@@ -203,6 +205,10 @@ class DataPlane:
         self.manager.start(on_ready)
 
     def close(self) -> None:
+        """Stop (the server drains): every stream ends at its next frame with UNAVAILABLE, after the answers to
+        the frames before it, so that its client reconnects to another replica and sends that frame again;
+        then the repository polling stops and the models are released."""
+        self._draining.set()
         self.manager.close()
 
     # -- bookkeeping ------------------------------------------------------------------------------
@@ -280,7 +286,7 @@ class DataPlane:
             arrays = decode_inputs(sig.inputs, inputs, raw_contents)
             chosen = select_outputs(sig.outputs, outputs)
             tensor = arrays[sig.inputs[0].name]  # a SlimYOLO IR has one input (the engine checks)
-            future = model.engine.submit(tensor)  # returns once a free inference request took it
+            future = model.submit(tensor)  # returns once a free inference request (or the batcher) took it
             running()
             heads = future.result()
             self.metrics.count_frames(name, int(tensor.shape[0]))
@@ -301,7 +307,7 @@ class DataPlane:
             options = self._options(model, thresholds, "options")
             bgr = decode_image(image, self.limits, "image")
             tensor, lb = model.engine.prepare(bgr)
-            future = model.engine.submit(tensor)
+            future = model.submit(tensor)
             running()
             raws = future.result()
             detections = detections_from_heads(raws, model.meta.heads, lb, options)
@@ -314,7 +320,8 @@ class DataPlane:
         The model named on the call's first frame serves every frame that names none. Each frame
         takes its own lease, so a long stream moves to a new version as soon as it is swapped in.
         A frame that cannot be used (no model, an undecodable image) ends the call with the
-        error, naming its stream and frame, after the results of the frames before it. The caller
+        error, naming its stream and frame, after the results of the frames before it; so does
+        the first frame after :meth:`close` (UNAVAILABLE: the client sends it again elsewhere). The caller
         counts the call once it knows its outcome (:meth:`count_stream`).
         """
         first: list[StreamRequest] = []
@@ -328,6 +335,9 @@ class DataPlane:
             where = f"frame (stream {request.stream_id!r}, frame_id {request.frame_id})"
             if not name:
                 raise SlimYoloError(f"{where}: model_name is required on the first message of a stream")
+            if self._draining.is_set():
+                raise UnavailableError(f"{where}: this replica is shutting down; send this frame and the ones after "
+                                       "it again on another replica")
             lease = self.manager.acquire(name, version)
             try:
                 model: ServedModel = lease.model  # type: ignore[assignment]
@@ -350,10 +360,20 @@ class DataPlane:
 
     # -- the model repository ---------------------------------------------------------------------
 
+    def _model_control(self, call: str) -> None:
+        """FailedPrecondition unless model control is explicit: who may change what is served is a deployment's
+        decision, not a caller's."""
+        if self.model_control != "explicit":
+            raise FailedPrecondition(f"{call}: model control is off on this server (--model-control "
+                                     f"{self.model_control}); start it with --model-control explicit "
+                                     "(SLIMYOLO_MODEL_CONTROL=explicit) to load and unload models by call")
+
     def load_model(self, name: str, version: str = "") -> ModelInfo:
+        self._model_control("LoadModel")
         return self.manager.load(name, version)
 
     def unload_model(self, name: str, version: str = "") -> list[ModelInfo]:
+        self._model_control("UnloadModel")
         return self.manager.unload(name, version)
 
     def list_models(self, include_repository: bool = False) -> list[ModelInfo]:

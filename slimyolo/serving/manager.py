@@ -196,6 +196,8 @@ class ModelManager:
         """A lease on the served version of ``name`` (``version``: only if it is that one)."""
         with self._lock:
             slot = self._slots.get(name)
+            if slot is None and self._stop.is_set():  # closed: the server drains, another replica answers
+                raise UnavailableError(f"model {name!r}: this replica is shutting down; send the call again")
             if slot is None:
                 state = "is loading" if name in self._loading else (
                     "is in the repository but not loaded (LoadModel loads it)" if name in self._available

@@ -1,6 +1,8 @@
 """One loaded model version: its OpenVINO engines, tensor signature and stream multiplexer.
 
-The native-size engine answers Detect and ModelInfer calls; an IR whose input is letterboxed on
+The native-size engine answers Detect and ModelInfer calls, through a dynamic batcher
+(:mod:`slimyolo.serving.batching`) when ``max_batch`` is above 1 and the IR's batch size is not
+fixed; an IR whose input is letterboxed on
 the host (the default ``convert`` output) is also compiled at k× its size for the k×k mosaics of
 video streams (k = 2 … the configured mosaic), which the multiplexer shares between streams.
 An IR that letterboxes inside (``convert --ppp resize``) cannot be tiled: its stream frames run
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from slimyolo.infer.engine import Engine
 from slimyolo.infer.meta import ModelMeta
 from slimyolo.infer.mosaic import MosaicDetector
+from slimyolo.serving.batching import DynamicBatcher
 from slimyolo.serving.config import ServingConfig
 from slimyolo.serving.images import DetectOptions
 from slimyolo.serving.kserve import Signature, signature
@@ -37,6 +41,9 @@ class ServedModel:
         self.meta: ModelMeta = self.engine.meta
         self.signature: Signature = signature(self.engine.compiled, self.meta.outputs)
         self.defaults = DetectOptions(self.engine.conf_thres, self.engine.iou_thres, self.engine.max_det)
+        batchable = config.max_batch > 1 and self.signature.inputs[0].shape[0] == -1
+        self.batcher = DynamicBatcher(self.engine, config.max_batch, config.max_queue_delay_us / 1e6,
+                                      f"{name}-{version}") if batchable else None
         spec = self.meta.input
         tileable = not spec.resize_inside and spec.layout == "NCHW"
         mosaics = {k: MosaicDetector(Engine(path / "model.xml", input_size=(k * spec.height, k * spec.width),
@@ -45,9 +52,15 @@ class ServedModel:
         self.mux = StreamMultiplexer(self.engine, mosaics, config.batch_window, name=f"{name}-{version}")
         self.closed = False
 
+    def submit(self, tensor: Any) -> Future:
+        """Where Detect and ModelInfer start an inference: the batcher, or the engine (the same contract)."""
+        return (self.batcher or self.engine).submit(tensor)
+
     def close(self) -> None:
         """Finish queued frames and wait for running requests; the engines go with the last reference."""
         self.mux.close()
+        if self.batcher is not None:
+            self.batcher.close()
         self.engine.wait()
         for mosaic in self.mux.mosaics.values():
             mosaic.engine.wait()

@@ -23,6 +23,7 @@ from pathlib import Path
 from slimyolo.fsutil import read_yaml
 from slimyolo.helptext import plain_text
 from slimyolo.params import fields_help
+from slimyolo.security import add_client_arguments, client_security
 from slimyolo.stages.kinds import KINDS, parse_spec, run_stage
 
 
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--remote", metavar="HOST:PORT", help=f"submit the spec to the running {entry.service} "
                        "service, which must use the same store, and follow its job; the result is the same JSON "
                        "as in process")
+        add_client_arguments(q.add_argument_group("with --remote: TLS and token"))
         q.set_defaults(func=_stage)
 
 
@@ -64,7 +66,7 @@ def _stage(args: argparse.Namespace) -> int:
         if args.remote:
             from slimyolo.rpc.stages import run_remote
 
-            result = run_remote(args.remote, spec, console)
+            result = run_remote(args.remote, spec, console, client_security(args, os.environ))
         else:
             from slimyolo.store import open_store
 

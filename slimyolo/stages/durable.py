@@ -106,13 +106,29 @@ def same_spec(doc: Mapping[str, Any], spec: Spec) -> bool:
     return isinstance(stored, Mapping) and _without_defaults(type(spec), stored) == canonical(spec)
 
 
+def json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A stage's metrics as plain JSON values (NumPy/torch scalars and arrays become numbers and lists, paths
+    strings), so that neither ``stage.json`` nor a job's record fails after the work is done."""
+
+    def default(value: Any) -> Any:
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        if isinstance(value, Path):
+            return str(value)
+        raise TypeError(f"metric value {value!r} ({type(value).__name__}) is not JSON-serialisable")
+
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"a stage's metrics are a dict, got {type(metrics).__name__}")
+    return json.loads(json.dumps(dict(metrics), default=default))
+
+
 def write_stage_file(folder: Path, spec: Spec, metrics: Mapping[str, Any] | None = None,
                      **extra: Any) -> None:
     """Write ``stage.json`` into a folder about to be published as the stage's tree (or a checkpoint)."""
     doc = {"kind": spec.kind, "schema": type(spec).schema, "digest": spec_digest(spec), "spec": spec.to_dict(),
            **extra}
     if metrics is not None:
-        doc["metrics"] = dict(metrics)
+        doc["metrics"] = json_safe(metrics)
     (folder / STAGE_FILE).write_text(json.dumps(doc, indent=1) + "\n")  # key order kept: a replay prints the same JSON
 
 

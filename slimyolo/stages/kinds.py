@@ -5,14 +5,14 @@ entry of :data:`KINDS`: the spec class that reads and checks its YAML, gRPC and 
 (:mod:`slimyolo.stages.specs`), the runner that does the work (:mod:`slimyolo.stages.runners`),
 the service that runs it (``trainer``, ``pruner``, ``converter``: the name of ``slimyolo serve
 SERVICE``, of its image and of its address variable), that service's gRPC service and its
-Start... method for the kind, and the kind of the job it starts (``common.proto``'s ``Job.kind``).
+Start... method for the kind. The job it starts is of the same kind (``common.proto``'s ``Job.kind``).
 Everything else reads this table: :func:`parse_spec` and :func:`run_stage` here, ``slimyolo stage``
 (:mod:`slimyolo.stages.cli`), the pipeline's list of services, and on the wire side the one
 servicer of every stage service and the client (:mod:`slimyolo.rpc.stages`). Adding a stage kind
 is one entry here plus its spec and its runner.
 
-The names on the wire are the protos' and stay as they are: clients call them. The ``eval``
-kind's job is named ``evaluate``, as ``StartEvaluation`` is. Plain strings: nothing here imports
+The gRPC names are the protos' and stay as they are: clients call them. A job's kind is its stage
+kind (an ``eval`` job was an ``evaluate`` job in earlier versions). Plain strings: nothing here imports
 gRPC.
 """
 
@@ -41,16 +41,14 @@ class StageKind:
     service: str  # the service that runs it: trainer, pruner, converter
     grpc_service: str  # that service's full gRPC name: slimyolo.v1.Trainer, ...
     start: str  # the method of that gRPC service that starts it as a job: StartTraining, ...
-    job_kind: str  # the kind of that job (common.proto's Job.kind)
 
 
 KINDS: dict[str, StageKind] = {k.name: k for k in (
-    StageKind("train", TrainSpec, run_train, "trainer", "slimyolo.v1.Trainer", "StartTraining", "train"),
-    StageKind("eval", EvalSpec, run_eval, "trainer", "slimyolo.v1.Trainer", "StartEvaluation", "evaluate"),
-    StageKind("prune", PruneSpec, run_prune, "pruner", "slimyolo.v1.Pruner", "StartPrune", "prune"),
-    StageKind("sweep", SweepSpec, run_sweep, "pruner", "slimyolo.v1.Pruner", "StartSweep", "sweep"),
-    StageKind("convert", ConvertSpec, run_convert, "converter", "slimyolo.v1.Converter", "StartConversion",
-              "convert"),
+    StageKind("train", TrainSpec, run_train, "trainer", "slimyolo.v1.Trainer", "StartTraining"),
+    StageKind("eval", EvalSpec, run_eval, "trainer", "slimyolo.v1.Trainer", "StartEvaluation"),
+    StageKind("prune", PruneSpec, run_prune, "pruner", "slimyolo.v1.Pruner", "StartPrune"),
+    StageKind("sweep", SweepSpec, run_sweep, "pruner", "slimyolo.v1.Pruner", "StartSweep"),
+    StageKind("convert", ConvertSpec, run_convert, "converter", "slimyolo.v1.Converter", "StartConversion"),
 )}
 
 STAGE_SERVICES: tuple[str, ...] = tuple(dict.fromkeys(k.service for k in KINDS.values()))

@@ -200,6 +200,7 @@ class ConvertSpec(SpecBase, ConvertOptions):
     kind: ClassVar[str] = "convert"
 
     def _validate(self, f: Fields) -> None:
+        super()._validate(f)
         if not self.name:
             raise SlimYoloError(f"{f.source}: 'name' (the model's name in the repository) is required")
         out_key(self.name, f.where("name"))
@@ -209,8 +210,6 @@ class ConvertSpec(SpecBase, ConvertOptions):
             raise SlimYoloError(f"{f.where('version')} must be a positive integer, got {self.version!r}")
         if self.precision == "int8" and self.calib_data is None:
             raise SlimYoloError(f"{f.source}: INT8 quantization needs 'calib_data' (a data set to calibrate on)")
-        if self.accuracy_control and self.precision != "int8":
-            raise SlimYoloError(f"{f.source}: 'accuracy_control' applies to precision int8")
         if self.evaluate and (self.calib_data is None or self.ppp is not None):
             raise SlimYoloError(f"{f.source}: 'evaluate' needs 'calib_data' (labelled images) and an IR with the "
                                 "plain f32 input (no 'ppp')")

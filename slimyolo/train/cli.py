@@ -79,7 +79,7 @@ class TrainConsole:
 
         if isinstance(event, TrainStep) and not self.quiet:
             if self.bar is None:
-                self.bar = tqdm(total=event.steps, desc=f"{event.stage} {event.epoch}/{event.epochs}",
+                self.bar = tqdm(total=event.steps, desc=f"{event.phase} {event.epoch}/{event.epochs}",
                                 file=sys.stderr, leave=False, dynamic_ncols=True)
             self.bar.set_postfix_str(" ".join(f"{k} {v:.4f}" for k, v in event.losses.items() if v)
                                      + f" lr {event.lr:.2e} {event.images_per_s:.1f} img/s", refresh=False)
@@ -90,7 +90,7 @@ class TrainConsole:
                 self.bar = None
             metrics = ("" if not event.evaluated else
                        f"P {event.precision:.3f} R {event.recall:.3f} mAP@0.5 {event.map50:.3f} F1 {event.f1:.3f}  ")
-            line = (f"{event.stage} epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f} "
+            line = (f"{event.phase} epoch {event.epoch}/{event.epochs}  loss {event.loss:.4f} "
                     f"(box {event.box:.4f} obj {event.obj:.4f} cls {event.cls:.4f}"
                     + (f" distill {event.distill:.4f}" if event.distill else "") + f")  {metrics}"
                     f"|γ|<0.01 {100 * event.gamma_below_001:.1f}%  {event.images_per_s:.1f} img/s  "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,21 +27,10 @@ import torch.nn.functional as F
 from slimyolo.darknet.graph import Head
 from slimyolo.darknet.model import Darknet
 from slimyolo.errors import SlimYoloError
+from slimyolo.train.options import IOU_LOSSES, LossGains
 
-IOU_LOSSES = ("ciou", "diou", "giou", "iou")
 STRIDE_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4, 64: 0.1}  # yolov5's per-level objectness weights
 WH_LOGIT_MAX = 4.0  # exp(4) ≈ 55× the anchor: keeps an untrained head from overflowing
-
-
-@dataclass
-class LossGains:
-    """Loss gains before the automatic scaling (see the module docstring)."""
-
-    box: float = 0.05
-    obj: float = 1.0
-    cls: float = 0.5
-    iou_t: float | None = None  # None: the cfg's iou_thresh, else 0.2
-    iou_loss: str | None = None  # None: the cfg's iou_loss (mse/absent → giou)
 
 
 def bbox_iou(b1: torch.Tensor, b2: torch.Tensor, kind: str, eps: float = 1e-7) -> torch.Tensor:

@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "step")
 SPARSITY_SCHEDULES = ("constant", "step", "cosine")  # how the sparsity rate changes (slimyolo.train.sparsity)
 DEVICES = ("auto", "cpu", "cuda")
+IOU_LOSSES = ("ciou", "diou", "giou", "iou")  # the box losses slimyolo.train.loss implements
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,21 @@ class EvalOptions(Declared):
     conf_thres: float = param("float", 0.001, low=0, high=1, help="score threshold of the detections scored")
     iou_thres: float = param("float", 0.6, low=0, high=1, help="NMS IoU threshold of the evaluation")
     max_images: int | None = param("int", None, low=1, help="evaluate at most this many images; unset: all")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossGains(Declared):
+    """The loss gains before the automatic scaling (:mod:`slimyolo.train.loss`): a training config's ``loss``
+    section."""
+
+    box: float = param("float", 0.05, low=0, help="box loss gain")
+    obj: float = param("float", 1.0, low=0, help="objectness loss gain")
+    cls: float = param("float", 0.5, low=0, help="class loss gain")
+    iou_t: float | None = param("float", None, low=0, high=1, low_open=True, help="anchor-target IoU threshold of "
+                                "the assignment; unset: the cfg's iou_thresh, else 0.2")
+    iou_loss: str | None = param("choice", None, options=(*IOU_LOSSES, "mse"), help="box loss; unset: the cfg's "
+                                 "iou_loss (mse, darknet's default, is not implemented and means giou, as in "
+                                 "ultralytics)")
 
 
 @dataclass

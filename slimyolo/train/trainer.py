@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.csv"
 CURVE_FILE = "results.png"  # the training curve (slimyolo.train.curves)
-STAGE_TITLES = {"train": "base training", "sparsity": "sparsity training", "finetune": "fine-tuning"}
-RESULTS_COLUMNS = ("epoch", "stage", "lr", "box", "obj", "cls", "distill", "loss", "precision", "recall", "map50",
+PHASE_TITLES = {"train": "base training", "sparsity": "sparsity training", "finetune": "fine-tuning"}
+RESULTS_COLUMNS = ("epoch", "phase", "lr", "box", "obj", "cls", "distill", "loss", "precision", "recall", "map50",
                    "f1", "gamma_below_0.01", "s", "images_per_s", "time_s")
 
 
@@ -207,7 +207,7 @@ def _epoch_event(row: dict[str, Any], epochs: int, result: EvalResult | None, ba
         evaluation = {"precision": result.precision, "recall": result.recall, "map50": result.map50, "f1": result.f1,
                       "per_class": tuple(ClassMetrics(c["class"], c["name"], c["targets"], c["precision"],
                                                       c["recall"], c["ap50"], c["f1"]) for c in result.per_class)}
-    return TrainEpoch(stage=row["stage"], epoch=row["epoch"], epochs=epochs, lr=row["lr"], box=row["box"],
+    return TrainEpoch(phase=row["phase"], epoch=row["epoch"], epochs=epochs, lr=row["lr"], box=row["box"],
                       obj=row["obj"], cls=row["cls"], distill=row["distill"], loss=row["loss"],
                       gamma_below_001=row["gamma_below_0.01"], s=row["s"], images_per_s=row["images_per_s"],
                       time_s=row["time_s"], bad_images=bad_images, bad_label_lines=bad_label_lines, **evaluation)
@@ -387,14 +387,14 @@ def _initial_weights(config: TrainConfig, model: Darknet, run_dir: Path, resume:
                      main: bool) -> dict[str, Any] | None:
     """Initialise the heads' biases and load ``weights`` into a new model; the record of what they loaded (for
     config.yaml), or a resumed run's record."""
-    if not config.weights or config.stage == "train":
+    if not config.weights or config.phase == "train":
         init_head_biases(model)  # also for the heads that a partial file or another cfg's weights leave out
     if config.weights and not resume:
-        # Base training takes what a partial file or another cfg's weights cover; the later stages continue a
+        # Base training takes what a partial file or another cfg's weights cover; the later phases continue a
         # trained model and take only the full weights of its cfg.
         report = load_pretrained(model, config.weights, config.weights_cfg, refuse_incomplete=None
-                                 if config.stage == "train" else CONTINUES_A_TRAINED_MODEL)
-        if main and config.stage == "train":  # the later stages load all of their cfg's weights or nothing
+                                 if config.phase == "train" else CONTINUES_A_TRAINED_MODEL)
+        if main and config.phase == "train":  # the later phases load all of their cfg's weights or nothing
             log.info("%s", report.line())
         return report.as_dict()
     if resume:
@@ -443,7 +443,7 @@ def _train_one_epoch(run: _Run, epoch: int, progress: Progress | None, bad_image
             _save(run.last_path, run.final_model, run.model, run.optimizer, run.ema, epoch, run.best_fitness,
                   run.rows, config, step=step + 1, sums=totals.sums, seen=totals.seen)
         if ddp.main:
-            _emit(progress, TrainStep(config.stage, epoch + 1, config.epochs, step + 1, run.steps,
+            _emit(progress, TrainStep(config.phase, epoch + 1, config.epochs, step + 1, run.steps,
                                       {k: v / (step + 1) for k, v in totals.sums.items()}, totals.lr,
                                       round(images_per_s, 2)))
     return totals
@@ -496,7 +496,7 @@ def _end_epoch(run: _Run, epoch: int, totals: _EpochTotals, images_per_s: float,
         result = evaluate(run.final_model, spec, config.img_size, config.batch_size, config.conf_thres,
                           config.iou_thres, max_images=config.max_eval_images)
     gammas = layer_gammas(run.model, run.gamma_layers)
-    row = {"epoch": epoch + 1, "stage": config.stage, "lr": totals.lr,
+    row = {"epoch": epoch + 1, "phase": config.phase, "lr": totals.lr,
            **{k: v / run.steps for k, v in totals.sums.items()},
            "precision": result.precision if result else "", "recall": result.recall if result else "",
            "map50": result.map50 if result else "", "f1": result.f1 if result else "",
@@ -527,7 +527,7 @@ def _finish(run: _Run) -> Path | None:
         if run.sparsity:
             plot_gammas(layer_gammas(run.model, run.gamma_layers), run.run_dir / "gamma_end.png",
                         "after sparsity training")
-        plot_results(run.run_dir / RESULTS_FILE, run.run_dir / CURVE_FILE, STAGE_TITLES[run.config.stage])
+        plot_results(run.run_dir / RESULTS_FILE, run.run_dir / CURVE_FILE, PHASE_TITLES[run.config.phase])
         if run.config.save_weights:
             weights_path = run.run_dir / "best.weights"
             load_model(checkpoint_cfg(run.best_path), run.best_path).save_darknet_weights(weights_path)
@@ -613,7 +613,9 @@ def _restore(path: Path, model: Darknet, optimizer: torch.optim.Optimizer, ema: 
     epoch, step = int(ckpt["epoch"]), int(ckpt.get("step", 0))
     if epoch >= config.epochs:
         raise SlimYoloError(f"{path}: the run already finished its {config.epochs} epochs")
-    return _Start(epoch, step, float(ckpt["best_fitness"]), list(ckpt["results"]),
+    # results.csv's rows; the "phase" column was "stage" in a checkpoint written before it was named so
+    rows = [{("phase" if k == "stage" else k): v for k, v in row.items()} for row in ckpt["results"]]
+    return _Start(epoch, step, float(ckpt["best_fitness"]), rows,
                   dict(ckpt.get("epoch_sums", {})), int(ckpt.get("epoch_seen", 0)))
 
 

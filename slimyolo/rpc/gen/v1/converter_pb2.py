@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from slimyolo.rpc.gen.v1 import common_pb2 as slimyolo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bslimyolo/v1/converter.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"E\n\x16StartConversionRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"8\n\x17StartConversionResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2i\n\tConverter\x12\\\n\x0fStartConversion\x12#.slimyolo.v1.StartConversionRequest\x1a$.slimyolo.v1.StartConversionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bslimyolo/v1/converter.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"Y\n\x16StartConversionRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x0f \x01(\tJ\x04\x08\x01\x10\x0e\"8\n\x17StartConversionResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2i\n\tConverter\x12\\\n\x0fStartConversion\x12#.slimyolo.v1.StartConversionRequest\x1a$.slimyolo.v1.StartConversionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slimyolo.rpc.gen.v1.convert
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTCONVERSIONREQUEST']._serialized_start=100
-  _globals['_STARTCONVERSIONREQUEST']._serialized_end=169
-  _globals['_STARTCONVERSIONRESPONSE']._serialized_start=171
-  _globals['_STARTCONVERSIONRESPONSE']._serialized_end=227
-  _globals['_CONVERTER']._serialized_start=229
-  _globals['_CONVERTER']._serialized_end=334
+  _globals['_STARTCONVERSIONREQUEST']._serialized_end=189
+  _globals['_STARTCONVERSIONRESPONSE']._serialized_start=191
+  _globals['_STARTCONVERSIONRESPONSE']._serialized_end=247
+  _globals['_CONVERTER']._serialized_start=249
+  _globals['_CONVERTER']._serialized_end=354
 # @@protoc_insertion_point(module_scope)

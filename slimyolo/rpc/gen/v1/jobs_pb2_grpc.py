@@ -70,7 +70,9 @@ class JobsServicer:
 
     def WatchJob(self, request, context):
         """Every event of the job from `from_seq` on (those already past are replayed first), then
-        new ones as they happen; the stream ends after the event that makes the job final.
+        new ones as they happen; the stream ends after the event that makes the job final. A job
+        handed over to another replica (its server drains) ends the stream with UNAVAILABLE after
+        the `handed_over` event: watch again from the next seq, on any replica.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

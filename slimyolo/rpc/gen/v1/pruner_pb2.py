@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from slimyolo.rpc.gen.v1 import common_pb2 as slimyolo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slimyolo/v1/pruner.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"@\n\x11StartPruneRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"3\n\x12StartPruneResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job\"@\n\x11StartSweepRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"3\n\x12StartSweepResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2\xa6\x01\n\x06Pruner\x12M\n\nStartPrune\x12\x1e.slimyolo.v1.StartPruneRequest\x1a\x1f.slimyolo.v1.StartPruneResponse\x12M\n\nStartSweep\x12\x1e.slimyolo.v1.StartSweepRequest\x1a\x1f.slimyolo.v1.StartSweepResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18slimyolo/v1/pruner.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"T\n\x11StartPruneRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x0f \x01(\tJ\x04\x08\x01\x10\x0e\"3\n\x12StartPruneResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job\"T\n\x11StartSweepRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x0f \x01(\tJ\x04\x08\x01\x10\x0e\"3\n\x12StartSweepResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2\xa6\x01\n\x06Pruner\x12M\n\nStartPrune\x12\x1e.slimyolo.v1.StartPruneRequest\x1a\x1f.slimyolo.v1.StartPruneResponse\x12M\n\nStartSweep\x12\x1e.slimyolo.v1.StartSweepRequest\x1a\x1f.slimyolo.v1.StartSweepResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slimyolo.rpc.gen.v1.pruner_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTPRUNEREQUEST']._serialized_start=97
-  _globals['_STARTPRUNEREQUEST']._serialized_end=161
-  _globals['_STARTPRUNERESPONSE']._serialized_start=163
-  _globals['_STARTPRUNERESPONSE']._serialized_end=214
-  _globals['_STARTSWEEPREQUEST']._serialized_start=216
-  _globals['_STARTSWEEPREQUEST']._serialized_end=280
-  _globals['_STARTSWEEPRESPONSE']._serialized_start=282
-  _globals['_STARTSWEEPRESPONSE']._serialized_end=333
-  _globals['_PRUNER']._serialized_start=336
-  _globals['_PRUNER']._serialized_end=502
+  _globals['_STARTPRUNEREQUEST']._serialized_end=181
+  _globals['_STARTPRUNERESPONSE']._serialized_start=183
+  _globals['_STARTPRUNERESPONSE']._serialized_end=234
+  _globals['_STARTSWEEPREQUEST']._serialized_start=236
+  _globals['_STARTSWEEPREQUEST']._serialized_end=320
+  _globals['_STARTSWEEPRESPONSE']._serialized_start=322
+  _globals['_STARTSWEEPRESPONSE']._serialized_end=373
+  _globals['_PRUNER']._serialized_start=376
+  _globals['_PRUNER']._serialized_end=542
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from slimyolo.rpc.gen.v1 import common_pb2 as slimyolo_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slimyolo/v1/trainer.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"C\n\x14StartTrainingRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"6\n\x15StartTrainingResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job\"E\n\x16StartEvaluationRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.StructJ\x04\x08\x01\x10\x0e\"8\n\x17StartEvaluationResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2\xbf\x01\n\x07Trainer\x12V\n\rStartTraining\x12!.slimyolo.v1.StartTrainingRequest\x1a\".slimyolo.v1.StartTrainingResponse\x12\\\n\x0fStartEvaluation\x12#.slimyolo.v1.StartEvaluationRequest\x1a$.slimyolo.v1.StartEvaluationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slimyolo/v1/trainer.proto\x12\x0bslimyolo.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18slimyolo/v1/common.proto\"W\n\x14StartTrainingRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x0f \x01(\tJ\x04\x08\x01\x10\x0e\"6\n\x15StartTrainingResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job\"Y\n\x16StartEvaluationRequest\x12%\n\x04spec\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x0f \x01(\tJ\x04\x08\x01\x10\x0e\"8\n\x17StartEvaluationResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.slimyolo.v1.Job2\xbf\x01\n\x07Trainer\x12V\n\rStartTraining\x12!.slimyolo.v1.StartTrainingRequest\x1a\".slimyolo.v1.StartTrainingResponse\x12\\\n\x0fStartEvaluation\x12#.slimyolo.v1.StartEvaluationRequest\x1a$.slimyolo.v1.StartEvaluationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slimyolo.rpc.gen.v1.trainer
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STARTTRAININGREQUEST']._serialized_start=98
-  _globals['_STARTTRAININGREQUEST']._serialized_end=165
-  _globals['_STARTTRAININGRESPONSE']._serialized_start=167
-  _globals['_STARTTRAININGRESPONSE']._serialized_end=221
-  _globals['_STARTEVALUATIONREQUEST']._serialized_start=223
-  _globals['_STARTEVALUATIONREQUEST']._serialized_end=292
-  _globals['_STARTEVALUATIONRESPONSE']._serialized_start=294
-  _globals['_STARTEVALUATIONRESPONSE']._serialized_end=350
-  _globals['_TRAINER']._serialized_start=353
-  _globals['_TRAINER']._serialized_end=544
+  _globals['_STARTTRAININGREQUEST']._serialized_end=185
+  _globals['_STARTTRAININGRESPONSE']._serialized_start=187
+  _globals['_STARTTRAININGRESPONSE']._serialized_end=241
+  _globals['_STARTEVALUATIONREQUEST']._serialized_start=243
+  _globals['_STARTEVALUATIONREQUEST']._serialized_end=332
+  _globals['_STARTEVALUATIONRESPONSE']._serialized_start=334
+  _globals['_STARTEVALUATIONRESPONSE']._serialized_end=390
+  _globals['_TRAINER']._serialized_start=393
+  _globals['_TRAINER']._serialized_end=584
 # @@protoc_insertion_point(module_scope)

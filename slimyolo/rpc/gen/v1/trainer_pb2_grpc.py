@@ -60,7 +60,7 @@ class TrainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StartEvaluation(self, request, context):
-        """Starts an evaluation job (kind "evaluate"); the result's metrics hold P, R and mAP@0.5.
+        """Starts an evaluation job (kind "eval"); the result's metrics hold P, R and mAP@0.5.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
