@@ -61,6 +61,19 @@ def test_nms_hand_cases():
     assert box_iou(boxes[:1], boxes[1:2])[0, 0] == pytest.approx(81 / 119)
 
 
+def test_nms_drops_boxes_of_infinite_size_and_keeps_the_others_as_without_them():
+    """A barely trained head can overflow exp() into an infinite box: without the check one infinity turned the
+    class offset into NaN for every box (and a RuntimeWarning in the evaluation)."""
+    boxes = np.array([[0, 0, 10, 10], [-np.inf, 0, np.inf, 5], [1, 1, 11, 11], [20, 20, 30, 30],
+                      [np.nan, 0, 1, 1]], np.float32)
+    scores = np.array([0.9, 0.99, 0.8, 0.7, 0.95], np.float32)
+    classes = np.array([0, 0, 1, 0, 1])
+    with np.errstate(invalid="raise"):
+        assert nms(boxes, scores, 0.5, classes=classes).tolist() == [0, 2, 3]
+        assert nms(boxes, scores, 0.5).tolist() == [0, 3]
+        assert nms(boxes[1:2], scores[1:2], 0.5).tolist() == []
+
+
 def test_postprocess_is_per_class_and_scores_are_obj_times_cls():
     # Two overlapping boxes of different classes survive; same class would be merged.
     pred = np.array([[[50, 50, 20, 20, 0.9, 0.8, 0.1],

@@ -101,6 +101,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_thres: float, max_det: int = 
     n = len(scores)
     if not n or max_det < 1:
         return np.zeros(0, np.int64)
+    finite = np.isfinite(boxes).all(axis=1)
+    if not finite.all():  # a box of infinite size (an exp() overflow of a barely trained head) is no detection,
+        idx = np.flatnonzero(finite)  # and one infinity would turn the class offset below into NaN for every box
+        return idx[nms(boxes[idx], scores[idx], iou_thres, max_det, None if classes is None else classes[idx])]
     order = np.argsort(-scores, kind="stable")
     rects = boxes[order].astype(np.float64)
     rects[:, 2:] -= rects[:, :2]  # x, y, w, h as OpenCV's Rect2d
