@@ -49,6 +49,24 @@ def test_a_batch_answers_each_caller_its_own_rows(engine):
             np.testing.assert_allclose(g, o, rtol=1e-5, atol=1e-5)
 
 
+def test_a_call_leaves_the_queue_when_its_batch_runs_not_when_it_is_handed_to_the_batcher(engine):
+    """``started`` marks the end of the wait that --max-queue bounds: a call waiting for others to batch with is
+    still queued (the service refuses beyond max_queue), and leaves the queue once its batch runs."""
+    started: list[int] = []
+    batcher = DynamicBatcher(engine, max_batch=4, max_delay=1.0)
+    try:
+        futures = [batcher.submit(f, lambda i=i: started.append(i)) for i, f in enumerate(_frames(engine, 2))]
+        assert started == []  # both wait out the delay for two more frames
+        for future in futures:
+            future.result(timeout=60)
+        assert started == [0, 1]
+        big = np.concatenate(_frames(engine, 4))
+        batcher.submit(big, lambda: started.append(9)).result(timeout=60)  # runs alone, started at once
+        assert started == [0, 1, 9]
+    finally:
+        batcher.close()
+
+
 def test_frames_that_do_not_fit_run_apart_and_an_error_reaches_only_its_caller(engine):
     h, w = engine.input_size
     good = _frames(engine, 2, seed=1)

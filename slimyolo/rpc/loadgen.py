@@ -263,10 +263,10 @@ def _run_processes(spec: LoadSpec, security: ClientSecurity | None) -> dict[str,
         pipes.append(parent)
         procs.append(proc)
     answers = []
-    patience = STARTUP_S + spec.warmup + spec.seconds + spec.timeout + 30  # a call started last may take timeout
+    deadline = start_at + spec.seconds + spec.timeout + 30  # the last call may take its whole timeout
     for pipe, proc in zip(pipes, procs, strict=True):
         try:
-            if not pipe.poll(max(1.0, start_at - time.time() + patience - spec.warmup - STARTUP_S)):
+            if not pipe.poll(max(1.0, deadline - time.time())):
                 proc.kill()
                 raise EOFError
             answers.append(pipe.recv())

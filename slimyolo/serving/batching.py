@@ -23,6 +23,7 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ class _Waiting:
 
     tensor: np.ndarray
     arrived: float
+    started: Callable[[], None] | None  # called once its batch runs on an inference request
     future: Future = field(default_factory=Future)
 
     @property
@@ -67,11 +69,16 @@ class DynamicBatcher:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, tensor: np.ndarray) -> Future:
-        """Queue ``tensor`` (N, ...) for the next batch; a tensor of ``max_batch`` frames or more runs alone."""
+    def submit(self, tensor: np.ndarray, started: Callable[[], None] | None = None) -> Future:
+        """Queue ``tensor`` (N, ...) for the next batch; a tensor of ``max_batch`` frames or more runs alone.
+        ``started`` is called once the tensor's batch runs on an inference request (until then the call waits in
+        the service's queue, which ``--max-queue`` bounds)."""
         if tensor.shape[0] >= self.max_batch:
-            return self.engine.submit(tensor)
-        waiting = _Waiting(tensor, time.monotonic())
+            future = self.engine.submit(tensor)
+            if started is not None:
+                started()
+            return future
+        waiting = _Waiting(tensor, time.monotonic(), started)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -102,6 +109,9 @@ class DynamicBatcher:
                 for waiting in batch:
                     waiting.future.set_exception(exc)
                 continue
+            for waiting in batch:
+                if waiting.started is not None:
+                    waiting.started()
             future.add_done_callback(lambda done, batch=batch: self._resolve(done, batch))
 
     def _next_batch(self) -> list[_Waiting] | None:

@@ -286,8 +286,7 @@ class DataPlane:
             arrays = decode_inputs(sig.inputs, inputs, raw_contents)
             chosen = select_outputs(sig.outputs, outputs)
             tensor = arrays[sig.inputs[0].name]  # a SlimYOLO IR has one input (the engine checks)
-            future = model.submit(tensor)  # returns once a free inference request (or the batcher) took it
-            running()
+            future = model.submit(tensor, running)  # the call leaves the queue once it runs
             heads = future.result()
             self.metrics.count_frames(name, int(tensor.shape[0]))
             return InferResult(name, model.version, request_id,
@@ -307,8 +306,7 @@ class DataPlane:
             options = self._options(model, thresholds, "options")
             bgr = decode_image(image, self.limits, "image")
             tensor, lb = model.engine.prepare(bgr)
-            future = model.submit(tensor)
-            running()
+            future = model.submit(tensor, running)
             raws = future.result()
             detections = detections_from_heads(raws, model.meta.heads, lb, options)
             self.metrics.count_frames(name)

@@ -52,9 +52,14 @@ class ServedModel:
         self.mux = StreamMultiplexer(self.engine, mosaics, config.batch_window, name=f"{name}-{version}")
         self.closed = False
 
-    def submit(self, tensor: Any) -> Future:
-        """Where Detect and ModelInfer start an inference: the batcher, or the engine (the same contract)."""
-        return (self.batcher or self.engine).submit(tensor)
+    def submit(self, tensor: Any, started: Callable[[], None]) -> Future:
+        """Where Detect and ModelInfer start an inference: the batcher, or the engine (which returns once a free
+        inference request took the tensor); ``started()`` is called once it runs."""
+        if self.batcher is not None:
+            return self.batcher.submit(tensor, started)
+        future = self.engine.submit(tensor)
+        started()
+        return future
 
     def close(self) -> None:
         """Finish queued frames and wait for running requests; the engines go with the last reference."""
