@@ -91,6 +91,11 @@ def test_a_killed_trainer_service_runs_its_job_again_under_the_same_id(stage_env
         assert [e.epoch for e in events[:recovered] if isinstance(e, TrainEpoch)][:2] == [1, 2]
         assert [e.epoch for e in events[recovered:] if isinstance(e, TrainEpoch)] == list(range(epoch + 1, EPOCHS + 1))
         assert history[-1].state == common_pb2.JOB_STATE_SUCCEEDED
+        # The journal's writer thread writes a final record at once, but after the final event reached the watchers
+        # (a job never waits for the store): give it the moment it takes.
+        settle = time.monotonic() + 10
+        while journal.load(job_id)["state"] != "SUCCEEDED" and time.monotonic() < settle:
+            time.sleep(0.1)
         assert journal.load(job_id)["state"] == "SUCCEEDED"
     finally:
         proc.send_signal(signal.SIGTERM)  # the service drains within its 5 s grace
