@@ -38,6 +38,14 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def announce_machine() -> dict[str, Any]:
+    """:func:`machine`, printed first as one line: every figure that follows is read beside the CPU and the load."""
+    info = machine()
+    print(f"{info['cpu']} ({info['cores']} cores; {', '.join(info['isa'])}), load {info['load_average']}",
+          flush=True)
+    return info
+
+
 def process_cpu(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far, all its threads (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -6,8 +6,9 @@ server (``grpc.aio``); ``slimyolo bench --remote`` loads it with ``--clients`` c
 spread over ``--processes`` client processes. The server's own CPU seconds (``/proc/PID/stat``, over
 the measured seconds alone) per answered call are what any Python servicer pays before its own
 work: the part of the inference service's overhead (benchmarks/serving_profile.py) that no change
-inside the servicer can remove. Alternating runs, each mode ``--repeats`` times; nothing else may
-run meanwhile.
+inside the servicer can remove; and one client's latency per call (p50, p99: the round trip of a
+160 px FP32 tensor, 300 KB, and its answer), the floor under the service's latency. Alternating
+runs, each mode ``--repeats`` times; nothing else may run meanwhile.
 
     .venv/bin/python benchmarks/grpc_floor.py [--seconds 5] [--clients 8] [--processes 2] [--repeats 2]
 """
@@ -27,7 +28,7 @@ from concurrent import futures
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, process_cpu, save
+from common import announce_machine, process_cpu, save
 
 BIN = Path(sys.executable).parent
 MODES = ("sync", "aio")
@@ -87,7 +88,8 @@ def free_port() -> int:
 
 
 def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
-    """One run of ``mode``: the load's FPS, the server's and the clients' CPU ms per answered call."""
+    """One run of ``mode``: the load's FPS, the server's and the clients' CPU ms per answered call; then one
+    client's latency."""
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", mode, str(port)])
     try:
@@ -107,12 +109,19 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, float]:
         if out.returncode:
             raise RuntimeError(f"the load failed: {out.stderr[-500:]}")
         result = json.loads(out.stdout)
+        alone = subprocess.run([str(BIN / "slimyolo"), "bench", "--remote", f"127.0.0.1:{port}", "--model", "floor",
+                                "--concurrency", "1", "--seconds", str(args.seconds), "--warmup", "0.5", "--json"],
+                               capture_output=True, text=True)
+        if alone.returncode:
+            raise RuntimeError(f"the one-client load failed: {alone.stderr[-500:]}")
+        latency = json.loads(alone.stdout)["latency_ms"]
     finally:
         server.terminate()
         server.wait(30)
     calls = result["ok"] * (1 + 0.5 / args.seconds)  # the calls of the warm-up half-second too, at the same rate
     return {"fps": result["fps"], "server_cpu_ms_per_call": round(1000 * cpu / calls, 3),
-            "client_cpu_ms_per_call": result["client_cpu_ms_per_call"]}
+            "client_cpu_ms_per_call": result["client_cpu_ms_per_call"], "one_client_p50_ms": latency["p50"],
+            "one_client_p99_ms": latency["p99"]}
 
 
 def main() -> int:
@@ -125,9 +134,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    info = machine()
-    print(f"{info['cpu']} ({info['cores']} cores; {', '.join(info['isa'])}), load {info['load_average']}",
-          flush=True)
+    info = announce_machine()
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     for _ in range(args.repeats):
         for mode in MODES:  # alternating, so that a change in the machine's load falls on both
@@ -139,7 +146,8 @@ def main() -> int:
                                "seconds": args.seconds, "runs": runs, "median": summary})
     for mode, figures in summary.items():
         print(f"{mode}: {figures['fps']:.0f} calls/s, server {figures['server_cpu_ms_per_call']:.3f} ms CPU a call, "
-              f"clients {figures['client_cpu_ms_per_call']:.3f} ms")
+              f"clients {figures['client_cpu_ms_per_call']:.3f} ms; one client's call p50 "
+              f"{figures['one_client_p50_ms']:.2f} ms, p99 {figures['one_client_p99_ms']:.2f} ms")
     print(f"wrote {path}")
     return 0
 

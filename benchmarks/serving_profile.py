@@ -3,15 +3,19 @@
 For each of three IRs shaped like the ones ``make demo`` ships (yolov4-tiny, 2 classes, 160×160:
 the baseline at full width and a pruned-size model at half width, both FP32, and that pruned model
 INT8; random weights with a detector's objectness prior: speed does not depend on the weights'
-values), measured in one run:
+values), or ``make demo``'s own three models (``--repository .slimyolo/store/models``: demo-baseline,
+demo and demo-int8; trained weights, so Detect answers with the boxes of a trained detector),
+measured in one run:
 
-- ``benchmark_app -hint throughput -infer_precision f32``: FPS, and its CPU per inference (the
-  process's user + system CPU seconds over the inferences it ran);
-- the inference service (``slimyolo serve inference``, its own process, throughput hint, f32), each
-  call alone and with dynamic batching (``--max-batch``, default 8), under ``--clients`` closed-loop
-  clients of ``ModelInfer`` (the raw tensor) and of ``Detect`` (bench's 640×480 JPEG): FPS, and the
-  server's CPU per request (its own CPU seconds, read from ``/proc/PID/stat``, over the calls it
-  answered);
+- ``benchmark_app -infer_precision f32``: with the throughput hint at batch 1 and at ``--client-batch``
+  images an inference (FPS, and its CPU per image: the process's user + system CPU seconds over the
+  images it ran), and with the latency hint (its 99th-percentile latency);
+- the inference service (``slimyolo serve inference``, its own process, f32): with the throughput
+  hint, under ``--clients`` closed-loop clients of ``ModelInfer`` (the raw tensor, one image a call
+  and ``--client-batch`` images a call) and of ``Detect`` (bench's 640×480 JPEG), each call alone
+  and with dynamic batching (``--max-batch``, default 8), and one client's ``ModelInfer``; with the
+  latency hint, one client's ``ModelInfer`` and ``Detect``: FPS, latency, and the server's CPU per
+  call and per image (its own CPU seconds, read from ``/proc/PID/stat``, over the calls it answered);
 - meanwhile ``py-spy`` samples the thread holding the server's GIL (``--gil --nonblocking``: the
   Python work, on CPU), and each
   sample is put in one part of the request's road (:data:`PARTS`) by the innermost frame that names
@@ -20,13 +24,14 @@ values), measured in one run:
   inference calls (OpenVINO's Python API: submitting, waiting is not CPU), image decoding,
   letterbox, head decoding and NMS, the rest.
 
-So ``server CPU per request − benchmark_app CPU per inference`` is the service's overhead; the GIL
+So ``server CPU per image − benchmark_app's CPU per image`` (at the same batch) is the service's overhead; the GIL
 samples (one stands for 1/RATE s) give the part of it spent in Python and where that goes, the rest
 is native: gRPC's core threads, copies, OpenVINO's hand-offs. The clients run in this process, on
 the same cores, as a sidecar would; nothing else may run meanwhile (ratios of a loaded machine are
 false).
 
-    .venv/bin/python benchmarks/serving_profile.py [--seconds 10] [--clients 8] [--max-batch 8] [--work DIR]
+    .venv/bin/python benchmarks/serving_profile.py [--seconds 10] [--clients 8] [--max-batch 8] [--client-batch 8]
+                                                   [--repository .slimyolo/store/models] [--work DIR]
 
 Needs ``py-spy`` (the ``dev`` extra) and permission to trace the server (root, or
 ``kernel.yama.ptrace_scope`` 0): the server is this script's child.
@@ -35,9 +40,9 @@ Needs ``py-spy`` (the ``dev`` extra) and permission to trace the server (root, o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -49,10 +54,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, process_cpu, save
-from serving import make_ir, services
+from common import announce_machine, machine, markdown_table, process_cpu, save
+from serving import benchmark_app, make_ir, services
 
 from slimyolo.convert import ConvertOptions, convert
+from slimyolo.infer.engine import resolve_ir
 from slimyolo.rpc.loadgen import LoadSpec, run_load
 
 BIN = Path(sys.executable).parent
@@ -91,19 +97,6 @@ def children(name: str) -> list[int]:
     return found
 
 
-def benchmark_app(xml: Path, seconds: float) -> dict[str, Any]:
-    """benchmark_app's FPS and its CPU seconds per inference (throughput hint, f32, batch 1)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([str(BIN / "benchmark_app"), "-m", str(xml), "-d", "CPU", "-hint", "throughput",
-                          "-infer_precision", "f32", "-shape", f"[1,3,{SIZE},{SIZE}]", "-t", str(int(seconds))],
-                         capture_output=True, text=True, check=True).stdout
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    count = int(re.search(r"Count:\s+(\d+) iterations", out).group(1))
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"fps": float(re.search(r"Throughput:\s+([\d.]+) FPS", out).group(1)), "inferences": count,
-            "cpu_ms_per_inference": round(1000 * cpu / count, 3)}
-
-
 def classify(stack: str) -> str:
     """The part of the road a py-spy raw stack (``frame;frame;...``, outermost first) belongs to."""
     for frame in reversed(stack.split(";")):
@@ -126,18 +119,20 @@ def frames_and_inferences(metrics_url: str, model: str) -> tuple[float, float]:
 
 
 def profiled_load(target: str, pid: int, metrics_url: str, model: str, api: str, clients: int, seconds: float,
-                  work: Path) -> dict[str, Any]:
-    """``clients`` closed-loop clients of ``api`` for ``seconds`` while py-spy samples the server: FPS, the
-    server's CPU per answered call, frames per inference, and the Python samples by part of the road."""
-    run_load(LoadSpec(target, model, api, concurrency=clients, seconds=2.0, warmup=1.0))  # connections, caches
-    raw = work / f"{model}-{api}.txt"
+                  work: Path, batch: int = 1) -> dict[str, Any]:
+    """``clients`` closed-loop clients of ``api`` (``batch`` images a ModelInfer call) for ``seconds`` while py-spy
+    samples the server: FPS (images), latency, the server's CPU per answered call and per image, frames per
+    inference, and the Python samples by part of the road."""
+    spec = LoadSpec(target, model, api, concurrency=clients, seconds=seconds, warmup=0.0, batch=batch)
+    run_load(dataclasses.replace(spec, seconds=2.0, warmup=1.0))  # connections, caches
+    raw = work / f"{model}-{api}-{batch}.txt"
     spy = subprocess.Popen([str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", str(RATE), "--gil",
                             "--nonblocking",
                             "--format", "raw", "--output", str(raw), "--duration", str(int(seconds) + 1)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)  # py-spy attached
     cpu0, (frames0, inferences0) = process_cpu(pid), frames_and_inferences(metrics_url, model)
-    result = run_load(LoadSpec(target, model, api, concurrency=clients, seconds=seconds, warmup=0.0))
+    result = run_load(spec)
     cpu = process_cpu(pid) - cpu0
     frames, inferences = (b - a for a, b in zip((frames0, inferences0), frames_and_inferences(metrics_url, model),
                                                  strict=True))
@@ -152,10 +147,12 @@ def profiled_load(target: str, pid: int, metrics_url: str, model: str, api: str,
     total = sum(samples.values())
     answered = result["ok"]
     per_request = 1000 * cpu / answered
-    print(f"{work.name} {model} {api}: {result['fps']} FPS, server {per_request:.3f} ms CPU per request, "
+    print(f"{work.name} {model} {api} x{batch}: {result['fps']} FPS, server {per_request:.3f} ms CPU per request, "
           f"{total} Python samples", flush=True)
-    return {"fps": result["fps"], "answered": answered, "errors": result["errors"],
-            "server_cpu_ms_per_request": round(per_request, 3), "python_samples": total,
+    return {"fps": result["fps"], "batch": batch, "answered": answered, "errors": result["errors"],
+            "latency_ms": result["latency_ms"], "client_cpu_ms_per_call": result["client_cpu_ms_per_call"],
+            "server_cpu_ms_per_request": round(per_request, 3),
+            "server_cpu_ms_per_image": round(per_request / batch, 3), "python_samples": total,
             "python_ms_per_request": round(1000 * total / RATE / answered, 3),
             "frames_per_inference": round(frames / max(inferences, 1), 2),
             "python_share": {part: round(n / total, 4) for part, n in samples.most_common()} if total else {}}
@@ -185,6 +182,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--max-batch", type=int, default=8, help="the batched service's --max-batch (default 8)")
+    parser.add_argument("--client-batch", type=int, default=8,
+                        help="images in each ModelInfer call of the batched-call rows (default 8)")
+    parser.add_argument("--repository", type=Path,
+                        help="measure the models make demo shipped instead: demo-baseline, demo and demo-int8 of "
+                             "this model repository (e.g. .slimyolo/store/models), each at its newest version")
     parser.add_argument("--work", type=Path, help="keep the models and py-spy's samples here (default: a "
                                                   "temporary folder)")
     args = parser.parse_args()
@@ -192,44 +194,66 @@ def main() -> int:
         raise SystemExit("py-spy is not installed in this environment: pip install py-spy (the dev extra)")
     work = args.work or Path(tempfile.mkdtemp(prefix="slimyolo-profile-"))
     work.mkdir(parents=True, exist_ok=True)
-    info = machine()
-    print(f"{info['cpu']} ({info['cores']} cores; {', '.join(info['isa'])}), load {info['load_average']}",
-          flush=True)
-    models = make_models(work)
-    rows: dict[str, Any] = {}
+    info = announce_machine()
+    if args.repository:  # table label → the name the service serves it under
+        served = {"baseline": "demo-baseline", "pruned": "demo", "pruned-int8": "demo-int8"}
+        models = {label: resolve_ir(args.repository / name) for label, name in served.items()}
+        repository = args.repository
+    else:
+        models, repository = make_models(work), work / "models"
+        served = {label: label for label in models}
+    cb = args.client_batch
+    apps: dict[str, dict[str, Any]] = {}
     for name, xml in models.items():
-        rows[name] = {"benchmark_app": benchmark_app(xml, args.seconds)}
-        print(f"{name}: benchmark_app {rows[name]['benchmark_app']}", flush=True)
-    modes = {"alone": {}, f"batch {args.max_batch}": {"SLIMYOLO_INFERENCE_MAX_BATCH": str(args.max_batch)}}
-    for mode, env in modes.items():
+        apps[name] = {"throughput": benchmark_app(xml, SIZE, "throughput", args.seconds),
+                      f"throughput x{cb}": benchmark_app(xml, SIZE, "throughput", args.seconds, batch=cb),
+                      "latency": benchmark_app(xml, SIZE, "latency", args.seconds, percentile=99)}
+        print(f"{name}: benchmark_app {apps[name]}", flush=True)
+    # (service mode, server environment, hint) → the calls measured: (api, images a call, clients)
+    modes = {"alone": ({}, "throughput", [("infer", 1, args.clients), ("infer", cb, args.clients),
+                                         ("detect", 1, args.clients), ("infer", 1, 1)]),
+             f"max-batch {args.max_batch}": ({"SLIMYOLO_INFERENCE_MAX_BATCH": str(args.max_batch)}, "throughput",
+                                             [("infer", 1, args.clients), ("detect", 1, args.clients)]),
+             "latency hint": ({}, "latency", [("infer", 1, 1), ("detect", 1, 1)])}
+    runs: dict[str, dict[str, Any]] = {name: {} for name in models}
+    for mode, (env, hint, calls) in modes.items():
         logs = work / mode.replace(" ", "-")
         logs.mkdir(exist_ok=True)
-        with services(work / "models", 1, logs, env=env) as target:
+        with services(repository, 1, logs, env=env, hint=hint) as target:
             (pid,) = children("serve inference")
             port = re.search(r"metrics on [\d.]+:(\d+)", (logs / "serve-0.log").read_text()).group(1)
             metrics_url = f"http://127.0.0.1:{port}/metrics"
             for name in models:
-                for api in ("infer", "detect"):
-                    rows[name][f"{api} {mode}"] = profiled_load(target, pid, metrics_url, name, api, args.clients,
-                                                                args.seconds, logs)
-    runs = [f"{api} {mode}" for mode in modes for api in ("infer", "detect")]
-    for row in rows.values():
-        bench = row["benchmark_app"]
-        for run in runs:
-            row[run]["fps_ratio"] = round(row[run]["fps"] / bench["fps"], 3)
-            row[run]["overhead_cpu_ms"] = round(row[run]["server_cpu_ms_per_request"]
-                                                - bench["cpu_ms_per_inference"], 3)
-    result = {"machine": info, "seconds": args.seconds, "clients": args.clients, "size": SIZE, "models": rows}
-    table = [[name, run, row["benchmark_app"]["fps"], row["benchmark_app"]["cpu_ms_per_inference"],
-              row[run]["fps"], row[run]["fps_ratio"], row[run]["frames_per_inference"],
-              row[run]["server_cpu_ms_per_request"], row[run]["python_ms_per_request"],
-              ", ".join(f"{part} {100 * share:.0f} %" for part, share in row[run]["python_share"].items()
-                        if share >= 0.03)]
-             for name, row in rows.items() for run in runs]
+                for api, batch, clients in calls:
+                    key = f"{api} x{batch}, {clients} client{'s' if clients > 1 else ''}, {mode}"
+                    runs[name][key] = profiled_load(target, pid, metrics_url, served[name], api, clients,
+                                                    args.seconds, logs, batch)
+    for name, measured in runs.items():
+        base = apps[name]["throughput"]
+        for run in measured.values():
+            same = apps[name][f"throughput x{cb}"] if run["batch"] == cb and cb > 1 else base
+            run["fps_ratio"] = round(run["fps"] / base["fps"], 3)
+            run["fps_ratio_same_batch"] = round(run["fps"] / same["fps"], 3)
+            run["overhead_cpu_ms_per_image"] = round(run["server_cpu_ms_per_image"] - same["cpu_ms_per_image"], 3)
+            run["p99_ratio_latency_hint"] = round(run["latency_ms"]["p99"] / apps[name]["latency"]["latency_ms"]["p99"],
+                                                  3)
+    result = {"machine": info, "machine_after": machine()["load_average"], "seconds": args.seconds,
+              "models": {label: str(xml) for label, xml in models.items()},
+              "clients": args.clients, "client_batch": cb, "size": SIZE, "benchmark_app": apps, "service": runs}
     path = save("serving_profile", result)
-    print(markdown_table(["model", "API, service", "benchmark_app FPS", "its CPU ms/inference", "service FPS",
-                          "ratio", "frames/inference", "server CPU ms/request", "of which Python (GIL held)",
-                          "that Python by part (≥ 3 %)"], table))
+    print(markdown_table(["model", "benchmark_app", "FPS", "CPU ms/image", "p99 ms"],
+                         [[name, what, r["fps"], r["cpu_ms_per_image"], r["latency_ms"].get("p99", "")]
+                          for name, app in apps.items() for what, r in app.items()]))
+    print()
+    print(markdown_table(["model", "calls", "service FPS", "÷ benchmark_app (batch 1)", "÷ same batch",
+                          "p50 ms", "p99 ms", "p99 ÷ latency-hint p99", "frames/inference", "server CPU ms/image",
+                          "overhead ms/image", "Python ms/call", "that Python by part (≥ 3 %)"],
+                         [[name, key, r["fps"], r["fps_ratio"], r["fps_ratio_same_batch"], r["latency_ms"]["p50"],
+                           r["latency_ms"]["p99"], r["p99_ratio_latency_hint"], r["frames_per_inference"],
+                           r["server_cpu_ms_per_image"], r["overhead_cpu_ms_per_image"], r["python_ms_per_request"],
+                           ", ".join(f"{part} {100 * share:.0f} %" for part, share in r["python_share"].items()
+                                     if share >= 0.03)]
+                          for name, measured in runs.items() for key, r in measured.items()]))
     print(f"wrote {path}")
     return 0
 

@@ -3,6 +3,8 @@ independent darknet reader on the cfg and .weights SlimYOLO writes."""
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 from slimyolo.darknet import load_model, make_cfg
 from slimyolo.darknet.init import init_random_weights
+from slimyolo.darknet.model import Darknet, seeded_model
 from slimyolo.darknet.zoo import ZOO
 from slimyolo.errors import SlimYoloError
 
@@ -93,3 +96,26 @@ def test_every_activation_a_layer_may_name_has_one_pytorch_function():
     from slimyolo.darknet.model import ACTIVATION_FUNCTIONS
 
     assert set(ACTIVATION_FUNCTIONS) == set(ACTIVATIONS)
+
+
+def test_a_seed_gives_the_same_weights_while_other_threads_build_models():
+    """torch's global generator is the process's: :func:`seeded_model` seeds and draws under the lock every
+    Darknet builds its layers under, so a model built in another thread meanwhile (the pipeline trains its
+    reference beside the other stages) takes none of the seed's numbers."""
+    cfg = make_cfg("yolov4-tiny", 1, 64)
+    alone = seeded_model(cfg, None, 7).state_dict()
+    done = threading.Event()
+
+    def build() -> None:
+        while not done.is_set():
+            Darknet(cfg)
+
+    other = threading.Thread(target=build)
+    other.start()
+    try:
+        for _ in range(5):
+            beside = seeded_model(cfg, None, 7).state_dict()
+            assert all(torch.equal(beside[k], alone[k]) for k in alone)
+    finally:
+        done.set()
+        other.join()

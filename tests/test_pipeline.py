@@ -1,4 +1,5 @@
-"""``slimyolo pipeline run``: the config's checks, the prune point, and a tiny run in process.
+"""``slimyolo pipeline run``: the config's checks, the prune point, a tiny run in process, and the reference
+trained beside the other stages (when, with which results, and how it stops).
 
 The same pipeline through the services (``--remote``, an S3 store) is tests/test_services_e2e.py.
 """
@@ -6,15 +7,20 @@ The same pipeline through the services (``--remote``, an S3 store) is tests/test
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from conftest import MINI_CFG
 
-from slimyolo.errors import SlimYoloError
-from slimyolo.pipeline import PipelineConfig, prune_point, remote_addresses
-from slimyolo.stages.specs import SweepSpec
+from slimyolo.errors import Cancelled, SlimYoloError
+from slimyolo.pipeline import LocalRunner, PipelineConfig, prune_point, remote_addresses, run_pipeline
+from slimyolo.pipeline.run import concurrent_reference
+from slimyolo.progress import Progress, TrainStep
+from slimyolo.stages.runners import StageResult
+from slimyolo.stages.specs import ConvertSpec, Spec, SweepSpec, TrainSpec
 from slimyolo.store import LocalStore
 
 BASE = {"name": "tiny", "model": "yolov4-tiny", "img_size": 96, "data": {"synth": {"train": 8, "val": 4}}}
@@ -39,6 +45,7 @@ BASE = {"name": "tiny", "model": "yolov4-tiny", "img_size": 96, "data": {"synth"
     ({"reference": {"weights": "x"}}, "'reference.weights' is set by the pipeline"),
     ({"reference": {"epochs": 0}}, "reference: 'epochs' must be at least 1"),
     ({"reference": 3}, "'reference': expected training settings"),
+    ({"reference": {"concurrent": "yes"}}, "'reference.concurrent' must be auto, true or false"),
 ])
 def test_config_errors_name_the_setting_before_anything_runs(changes, message):
     with pytest.raises(SlimYoloError, match=message):
@@ -98,24 +105,30 @@ def test_remote_addresses_come_from_the_environment_then_the_config():
         "trainer": "a:1", "pruner": "c:3", "converter": "d:4"}
 
 
+def tiny_config(tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    """The config of a pipeline run in seconds (MINI_CFG on 32 images), in ``tmp_path`` (work folder too)."""
+    (tmp_path / "mini.cfg").write_text(MINI_CFG)
+    return {"name": "tiny", "model": str(tmp_path / "mini.cfg"), "img_size": 96, "out": str(tmp_path / "ignored"),
+            "data": {"synth": {"classes": 2, "train": 32, "val": 12, "size": 96, "seed": 2}},
+            "training": {"batch_size": 8, "optimizer": "adam", "lr0": 0.005, "threads": 1,
+                         "augment": {"mosaic": 0.0}},
+            "base": {"epochs": 2}, "sparsity": {"epochs": 1, "s": 0.01}, "finetune": {"epochs": 1, "distill": False},
+            "sweep": {"percents": [0.5, 0.5, 0.1]}, "prune": {"global_percent": 0.5},
+            "convert": {"via": "torch", "calib_images": 8, "parity_images": 1, "bench_seconds": 0.2},
+            "reference": {"epochs": 1, "concurrent": True}, **changes}
+
+
 def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypatch, run_cli):
     monkeypatch.setenv("SLIMYOLO_STORE", str(tmp_path / "store"))
     monkeypatch.setenv("SLIMYOLO_WORK_DIR", str(tmp_path / "work"))
-    (tmp_path / "mini.cfg").write_text(MINI_CFG)
-    config = {"name": "tiny", "model": str(tmp_path / "mini.cfg"), "img_size": 96, "out": str(tmp_path / "ignored"),
-              "data": {"synth": {"classes": 2, "train": 32, "val": 12, "size": 96, "seed": 2}},
-              "training": {"batch_size": 8, "optimizer": "adam", "lr0": 0.005, "threads": 1,
-                           "augment": {"mosaic": 0.0}},
-              "base": {"epochs": 2}, "sparsity": {"epochs": 1, "s": 0.01}, "finetune": {"epochs": 1, "distill": False},
-              "sweep": {"percents": [0.5, 0.5, 0.1]}, "prune": {"global_percent": 0.5},
-              "convert": {"via": "torch", "calib_images": 8, "parity_images": 1, "bench_seconds": 0.2},
-              "reference": {"epochs": 1}}
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
     code, out, err = run_cli("pipeline", "run", tmp_path / "tiny.yaml", "--out", tmp_path / "runs", "--name", "t1")
     assert code == 0, err
     assert "run t1: after an interruption, continue it with --resume t1" in err
-    assert "== [1/15] data set ==" in err and "== [6/15] fine-tuning ==" in err and "train epoch 2/2" in err
-    assert "== [7/15] the reference: the baseline trained 1 more epochs" in err
+    assert "== [1/15] data set ==" in err and "== [7/15] fine-tuning ==" in err and "train epoch 2/2" in err
+    # the reference trains beside sparsity training → fine-tuning: its header at once, its lines prefixed
+    assert "== [3/15] the reference: the baseline trained 1 more epochs" in err and ", in the background ==" in err
+    assert "\nreference: train epoch 1/1 " in err and "\n-- the reference: " in err
     (run_dir,) = (tmp_path / "runs").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     rows = {r["model"]: r for r in results["rows"]}
@@ -134,7 +147,8 @@ def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypa
     assert stages_of(run_dir)["reference"]["spec"]["weights"] == stages_of(run_dir)["base"]["artifacts"]["weights"]
     assert results["served"] is None  # serving is the remote run's last step
     assert "| fine-tuned |" in out and (run_dir / "results.md").read_text().count("|") > 40
-    assert yaml.safe_load((run_dir / "pipeline.yaml").read_text())["prune"] == {"global_percent": 0.5}
+    written = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
+    assert written["prune"] == {"global_percent": 0.5} and written["reference"] == {"epochs": 1, "concurrent": True}
     store = LocalStore(tmp_path / "store")
     assert store.list_trees("models") == ["models/tiny-baseline/1", "models/tiny-int8/1", "models/tiny/1"]
     stages = json.loads((run_dir / "stages.json").read_text())
@@ -156,6 +170,118 @@ def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypa
 
 def stages_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "stages.json").read_text())
+
+
+class _Until:
+    """A LocalRunner that stops the pipeline at the first stage of ``kind`` (raising ``error``), after
+    ``wait`` is set when one is given, and keeps what each training stage raised."""
+
+    def __init__(self, store: LocalStore, kind: type[Spec], error: BaseException,
+                 wait: threading.Event | None = None) -> None:
+        self.local, self.kind, self.error, self.wait = LocalRunner(store), kind, error, wait
+        self.raised: dict[str, BaseException] = {}
+
+    def run(self, spec: Spec, progress: Progress) -> StageResult:
+        if isinstance(spec, self.kind):
+            if self.wait is not None:
+                assert self.wait.wait(60)
+            raise self.error
+        try:
+            return self.local.run(spec, progress)
+        except BaseException as exc:
+            self.raised[spec.out.rsplit("/", 1)[-1] if isinstance(spec, TrainSpec) else spec.kind] = exc
+            raise
+
+
+def test_the_reference_trained_beside_the_other_stages_is_bit_identical_to_the_sequential_one(tmp_path,
+                                                                                              monkeypatch):
+    """Two trainings, a sweep and pruning in one process at once: the same weights and metrics as one by one.
+    The reference trains 3 epochs, so it overlaps sparsity training, the sweep, pruning and fine-tuning."""
+    monkeypatch.setenv("SLIMYOLO_WORK_DIR", str(tmp_path / "work"))
+    store = LocalStore(tmp_path / "store")
+    stop = SlimYoloError("the test stops before the conversions")
+    stages = {}
+    for concurrent in (False, True):
+        name = f"concurrent-{concurrent}"
+        config = PipelineConfig.from_dict(tiny_config(tmp_path, out=str(tmp_path / "runs"),
+                                                      reference={"epochs": 3, "concurrent": concurrent}))
+        with pytest.raises(SlimYoloError, match="the test stops before the conversions"):
+            run_pipeline(config, _Until(store, ConvertSpec, stop), store, say=lambda line: None, name=name)
+        stages[concurrent] = stages_of(tmp_path / "runs" / name)
+    timing = {"images_per_s", "elapsed_s", "out"}
+    for step in ("base", "sparse", "prune", "finetune", "reference"):
+        alone, beside = stages[False][step], stages[True][step]
+        assert beside["artifacts"]["weights"]["sha256"] == alone["artifacts"]["weights"]["sha256"], step
+        assert {k: v for k, v in beside["metrics"].items() if k not in timing} == \
+            {k: v for k, v in alone["metrics"].items() if k not in timing}, step
+    assert stages[True]["reference"]["metrics"]["epochs"] == 3
+
+
+def test_a_failure_beside_the_reference_stops_it_before_the_error_surfaces(tmp_path, monkeypatch):
+    """The sweep fails while the reference trains beside it: the reference stops at its next step (Cancelled)
+    and its thread has ended when run_pipeline raises the sweep's error."""
+    monkeypatch.setenv("SLIMYOLO_WORK_DIR", str(tmp_path / "work"))
+    store = LocalStore(tmp_path / "store")
+    training = threading.Event()  # the reference is under way
+
+    def reference_progress(event: object) -> None:
+        if isinstance(event, TrainStep):
+            training.set()
+
+    runner = _Until(store, SweepSpec, SlimYoloError("the sweep broke"), wait=training)
+    config = PipelineConfig.from_dict(tiny_config(tmp_path, reference={"epochs": 50, "concurrent": True}))
+    with pytest.raises(SlimYoloError, match="the sweep broke"):
+        run_pipeline(config, runner, store, say=lambda line: None, background_progress=reference_progress, name="f")
+    assert isinstance(runner.raised["reference"], Cancelled)
+    assert not [t for t in threading.enumerate() if t.name == "slimyolo-reference"]
+    assert "reference" not in stages_of(tmp_path / "ignored" / "f")
+
+
+def test_a_failing_reference_is_named_when_the_other_stages_are_done(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMYOLO_WORK_DIR", str(tmp_path / "work"))
+    store = LocalStore(tmp_path / "store")
+    config = PipelineConfig.from_dict(tiny_config(tmp_path, reference={"epochs": 1, "lr0": 1e30, "concurrent": True}))
+    with pytest.raises(SlimYoloError, match=r"^the reference stage \(in the background\): training diverged"):
+        run_pipeline(config, _Until(store, ConvertSpec, AssertionError("not reached")), store,
+                     say=lambda line: None, name="r")
+    assert {"sparse", "sweep", "prune", "finetune"} <= set(stages_of(tmp_path / "ignored" / "r"))
+
+
+class _Remote:
+    """A runner that is not LocalRunner: the stages run as jobs of services, which schedule them."""
+
+    def run(self, spec: Spec, progress: Progress) -> StageResult:
+        raise AssertionError("not run")
+
+
+@pytest.mark.parametrize(("changes", "cpus", "beside"), [
+    ({}, 2, True),  # training.threads 1: two trainings fit two CPUs
+    ({}, 1, False),
+    ({"training": {"threads": 2}}, 3, False),
+    ({"training": {"threads": 2}}, 4, True),
+    ({"training": {}}, 64, False),  # torch's default threads: both would take every core
+    ({"training": {"threads": 0}}, 64, False),
+    ({"reference": {"threads": 2}}, 64, False),  # torch's thread count is one for the process
+    ({"reference": {"threads": 1}}, 2, True),
+    ({"finetune": {"epochs": 1, "threads": 2}}, 64, False),
+    ({"sweep": {"objective": "fps"}}, 64, False),  # the sweep times FPS here: nothing may run beside it
+    ({"sweep": {"objective": "fps", "measure_on": "inference:8001"}}, 64, True),
+    ({"sweep": {"latency_runs": 3}}, 64, False),
+    ({"reference": {"concurrent": False}}, 64, False),
+    ({"reference": {"concurrent": True, "threads": 4}}, 1, True),
+    ({"reference": False}, 64, False),
+])
+def test_the_reference_trains_beside_the_other_stages_when_that_pays(tmp_path, changes, cpus, beside):
+    config = PipelineConfig.from_dict({**tiny_config(tmp_path), "reference": {}, **changes})
+    assert concurrent_reference(config, LocalRunner(LocalStore(tmp_path)), cpus) is beside
+    assert "concurrent" not in config.train_options("reference")  # a pipeline setting, not the trainer's
+
+
+@pytest.mark.parametrize(("reference", "beside"), [({}, True), ({"concurrent": False}, False)])
+def test_a_remote_reference_trains_beside_the_other_stages_unless_the_config_says_not(reference, beside):
+    """The trainer service schedules its own jobs: whatever their threads and this machine's CPUs."""
+    config = PipelineConfig.from_dict({**BASE, "reference": reference})
+    assert concurrent_reference(config, _Remote(), cpus=1) is beside
 
 
 def test_a_data_set_of_ones_own_travels_as_its_folder(tmp_path):

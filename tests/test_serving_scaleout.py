@@ -321,3 +321,31 @@ def test_bench_spreads_its_clients_over_processes_and_reports_its_own_cpu(replic
     code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--seconds", "1",
                              "--warmup", "0")
     assert code == 0 and "  client: 1 process, " in out and " ms a call answered)" in out, err
+
+
+def _frames(server) -> float:
+    return _metrics(server).get(("slimyolo_inference_frames_total", frozenset({("model", "mini")})), 0.0)
+
+
+def test_bench_sends_a_batch_of_images_a_call_and_counts_images(replicas, run_cli):
+    """--batch 4: each ModelInfer carries 4 images (the model's dynamic batch); FPS counts images, the replicas
+    count 4 frames a call, and a batch the call cannot carry is refused before any load."""
+    before = sum(_frames(s) for s in replicas)
+    code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--concurrency", "2",
+                             "--batch", "4", "--seconds", "1", "--warmup", "0", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["batch"] == 4 and result["errors"] == {} and result["ok"] > 0, result
+    assert result["fps"] == pytest.approx(4 * result["calls_per_s"], abs=0.02)
+    assert result["fps"] == pytest.approx(4 * result["ok"] / result["elapsed_s"], rel=1e-3)
+    assert sum(_frames(s) for s in replicas) - before == 4 * result["requests"]  # every call ran 4 images
+    code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--batch", "4",
+                             "--seconds", "1", "--warmup", "0")
+    assert code == 0 and "FPS, 4 images a call: " in out, err
+    for args, message in ((("--api", "detect", "--batch", "2"), "--batch: must be at least 1, and 1 with --api "
+                                                                 "detect (a Detect call carries one image), got 2"),
+                          (("--batch", "0"), "--batch: must be at least 1")):
+        code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--seconds", "1", *args)
+        assert code == 2 and message in err, err
+    code, out, err = run_cli("bench", "--model", "mini.xml", "--batch", "2")
+    assert code == 2 and "--batch: the images a ModelInfer call carries, with --remote TARGET" in err, err

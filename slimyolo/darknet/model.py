@@ -8,6 +8,7 @@ conversion parity checks compare exactly what every runtime computes.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,12 @@ from slimyolo.errors import SlimYoloError
 
 BN_EPS = 1e-5  # darknet's epsilon; every runtime (Keras, OpenVINO) must use the same
 BN_MOMENTUM = 0.03
+
+# torch's layers draw their default initial weights from its global generator, which every thread of the
+# process shares. Every Darknet builds its layers under this lock, and :func:`seeded_model` seeds and builds
+# under it, so a seed gives the same weights while other threads build models too (the pipeline trains its
+# reference in a thread beside the other stages).
+_BUILDING = threading.RLock()
 
 # PyTorch's function of each of the activations a layer may name (graph.ACTIVATIONS).
 ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -94,14 +101,15 @@ class Darknet(nn.Module):
         self.cfg = cfg
         self.graph: Graph = build_graph(cfg)
         modules: list[nn.Module] = []
-        for i, spec in enumerate(self.graph.specs):
-            in_c, in_h, in_w = self.graph.in_shape(i)
-            if isinstance(spec, Conv):
-                modules.append(ConvBlock(in_c, spec))
-            elif isinstance(spec, MaxPool):
-                modules.append(MaxPoolBlock(spec, (in_h, in_w)))
-            else:
-                modules.append(nn.Identity())  # wiring only: handled in forward
+        with _BUILDING:  # the layers draw from torch's global generator (see _BUILDING)
+            for i, spec in enumerate(self.graph.specs):
+                in_c, in_h, in_w = self.graph.in_shape(i)
+                if isinstance(spec, Conv):
+                    modules.append(ConvBlock(in_c, spec))
+                elif isinstance(spec, MaxPool):
+                    modules.append(MaxPoolBlock(spec, (in_h, in_w)))
+                else:
+                    modules.append(nn.Identity())  # wiring only: handled in forward
         self.module_list = nn.ModuleList(modules)
         # Outputs that shortcuts and routes read from further back are kept during forward.
         keep: set[int] = set()
@@ -165,6 +173,14 @@ class Darknet(nn.Module):
 
     def save_darknet_weights(self, path: str | Path) -> None:
         save_darknet_weights(self, path)
+
+
+def seeded_model(cfg: Cfg, img_size: int | tuple[int, int] | None, seed: int) -> Darknet:
+    """The model of ``cfg`` with torch's default initial weights as ``seed`` gives them: torch's global
+    generator seeded and drawn from under ``_BUILDING``, so no other thread takes numbers in between."""
+    with _BUILDING:
+        torch.manual_seed(seed)
+        return Darknet(cfg, img_size)
 
 
 def load_model(cfg: Cfg | str | Path | None, weights: str | Path | None = None,

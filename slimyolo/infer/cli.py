@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--rate", type=float, default=0.0, help="calls per second, sent whatever the answers (open loop)")
     remote.add_argument("--api", choices=["infer", "detect"], default="infer",
                         help="KServe ModelInfer with a raw tensor, or Detect with a JPEG frame (default infer)")
+    remote.add_argument("--batch", type=int, default=1,
+                        help="with --api infer: images in each ModelInfer call, as its tensor's batch dimension "
+                             "(default 1; FPS counts images); a model with a dynamic batch runs them as one "
+                             "inference, which can be cheaper per image than single calls")
     remote.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring (default 2)")
     remote.add_argument("--processes", type=int, default=1,
                         help="client processes the clients (or the rate) are spread over, so that the load generator "
@@ -117,7 +121,7 @@ def _bench_remote(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise SlimYoloError(f"--image {args.image}: {exc.strerror}") from None
     spec = LoadSpec(args.remote, args.model, args.api, args.concurrency, args.rate, args.seconds, args.warmup,
-                    image=image, processes=args.processes)
+                    image=image, processes=args.processes, batch=args.batch)
 
     def show(r: dict) -> None:
         print(f"\r{r['elapsed_s']:6.1f} s  {r['ok']} ok  {sum(r['errors'].values())} errors  {r['fps']:.1f} FPS  "
@@ -130,8 +134,11 @@ def _bench_remote(args: argparse.Namespace) -> int:
         return 0
     load = f"rate {result['rate']:g}/s" if "rate" in result else f"{result['concurrency']} clients"
     lat = result["latency_ms"]
+    per_call = f", {result['batch']} images a call: {result['calls_per_s']:.1f} calls/s" if result["batch"] > 1 \
+        else ""
     print(f"{result['api']} {result['model']} on {result['target']} ({load}, {result['elapsed_s']:.1f} s): "
-          f"{result['fps']:.1f} FPS, p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  p99 {lat['p99']:.2f} ms")
+          f"{result['fps']:.1f} FPS{per_call}, p50 {lat['p50']:.2f} ms  p90 {lat['p90']:.2f} ms  "
+          f"p99 {lat['p99']:.2f} ms")
     print(f"  errors: {', '.join(f'{k} {v}' for k, v in result['errors'].items()) or 'none'}")
     print(f"  client: {result['processes']} process{'es' if result['processes'] > 1 else ''}, "
           f"{result['client_cpu_s']:.1f} CPU s ({result['client_cpu_ms_per_call']:.2f} ms a call answered)")
@@ -141,8 +148,8 @@ def _bench_remote(args: argparse.Namespace) -> int:
 
 
 # The bench settings of a client-side or local measurement, which --server-side (the service's own) does not take.
-_CLIENT_SIDE = ("concurrency", "rate", "api", "warmup", "processes", "image", "compare", "cfg", "weights", "onnx",
-                "device", "precision", "hint")
+_CLIENT_SIDE = ("concurrency", "rate", "api", "warmup", "processes", "batch", "image", "compare", "cfg", "weights",
+                "onnx", "device", "precision", "hint")
 
 
 def _bench_server_side(args: argparse.Namespace) -> int:
@@ -194,6 +201,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise SlimYoloError("--mosaic: times the service's mosaic engine, with --remote TARGET --server-side")
     if args.remote:
         return _bench_remote(args)
+    if args.batch != 1:
+        raise SlimYoloError("--batch: the images a ModelInfer call carries, with --remote TARGET (a local bench "
+                            "times one frame at a time, as a camera sends them)")
     image = None
     if args.image:
         image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)

@@ -134,12 +134,11 @@ class Engine:
         self._idle_requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(self.num_requests):
             self._idle_requests.put(self.compiled.create_infer_request())
-        self._running: collections.deque[tuple[Any, Future]] = collections.deque()
+        # (request, its future, its input array: shared with the request, so kept alive while it runs)
+        self._running: collections.deque[tuple[Any, Future, np.ndarray]] = collections.deque()
         self._unresolved = 0  # submitted, future not yet resolved
         self._running_lock = threading.Condition()
         self._collector: threading.Thread | None = None
-        self._sync_request = self.compiled.create_infer_request()
-        self._sync_lock = threading.Lock()
 
     # -- shapes ---------------------------------------------------------------------------
     def _check_and_reshape(self, ov_model: Any, input_size: tuple[int, int] | None) -> tuple[int, int]:
@@ -189,27 +188,54 @@ class Engine:
         return Detections.from_array(det)
 
     # -- inference ----------------------------------------------------------------------------
-    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
-        """Synchronous inference on one prepared tensor → raw heads in metadata order."""
-        with self._sync_lock:
-            self._sync_request.infer({0: tensor})
-            return [self._sync_request.get_output_tensor(i).data.copy() for i in self._out_index]
+    def infer(self, tensor: np.ndarray, started: Callable[[], None] | None = None) -> list[np.ndarray]:
+        """Inference on one prepared tensor in the calling thread → raw heads in metadata order.
+
+        Safe from many threads at once: each takes a free request of the pool (waiting while all
+        ``num_requests`` run; ``started()`` is called once it has one) and waits for its own result
+        with the GIL released. A server thread that waits for its call's answer anyway pays no hand-off
+        this way: through :meth:`submit`'s collector thread, which resolves requests in submission order
+        and moves each result across two threads, 8 callers got 7-26 % fewer inferences a second and
+        spent 3-5 % more CPU on each (``make demo``'s three models, 2 cores; ``benchmarks/engine_calls.py``,
+        BENCHMARKS.md section 9).
+        """
+        request = self._idle_requests.get()
+        with self._running_lock:
+            self._unresolved += 1
+        try:
+            if started is not None:
+                started()
+            # The request reads a writable array in place (Detect's letterboxed frame); a read-only one (ModelInfer's
+            # view of the request's bytes) OpenVINO copies once, as it would without sharing. submit() shares its
+            # inputs too: a request given a shared input once cannot copy a larger batch into it later. Outputs are
+            # not shared: OpenVINO 2026.4 fails, or crashes, when a request that handed out shared outputs is then
+            # run at another batch size.
+            request.infer({0: tensor}, share_inputs=True)
+            if self._on_infer is not None:
+                self._on_infer(request.latency / 1000.0)
+            return [request.get_output_tensor(i).data.copy() for i in self._out_index]
+        finally:
+            self._idle_requests.put(request)
+            with self._running_lock:
+                self._unresolved -= 1
+                self._running_lock.notify_all()
 
     def submit(self, tensor: np.ndarray) -> Future:
         """Start asynchronous inference; the future resolves to the raw heads.
 
         Blocks while all ``num_requests`` requests run. The future is resolved, and its done
-        callbacks run, on the engine's collector thread.
+        callbacks run, on the engine's collector thread. The request reads ``tensor`` in place:
+        the caller must not change it before the future resolves.
         """
         request = self._idle_requests.get()
         future: Future = Future()
         try:
-            request.start_async({0: tensor})
+            request.start_async({0: tensor}, share_inputs=True)  # as infer() does; the array is kept until done
         except BaseException:
             self._idle_requests.put(request)
             raise
         with self._running_lock:
-            self._running.append((request, future))
+            self._running.append((request, future, tensor))
             self._unresolved += 1
             self._running_lock.notify_all()
             if self._collector is None:
@@ -227,7 +253,7 @@ class Engine:
                 if not self._running and not self._running_lock.wait_for(lambda: self._running, COLLECTOR_LINGER):
                     self._collector = None
                     return
-                request, future = self._running.popleft()
+                request, future, _tensor = self._running.popleft()  # the input stays alive until it ran
             try:
                 request.wait()
                 if self._on_infer is not None:
@@ -260,6 +286,7 @@ class Engine:
             yield self.postprocess(future.result(), old_lb)
 
     def wait(self) -> None:
-        """Return once every request submitted so far has finished and its future is resolved."""
+        """Return once every request submitted so far has finished and its future is resolved, and every
+        :meth:`infer` under way has returned."""
         with self._running_lock:
             self._running_lock.wait_for(lambda: self._unresolved == 0)

@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from slimyolo.stages.console import StageConsole
     from slimyolo.store import open_store
+    from slimyolo.train.cli import console_line
 
     config = PipelineConfig.from_yaml(args.config)
     if args.out:
@@ -60,9 +61,11 @@ def _run(args: argparse.Namespace) -> int:
     store = open_store()
 
     def say(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
+        console_line(line, sys.stderr)
 
     console = StageConsole()
+    # the reference trained beside the other stages: its lines prefixed, no bars (one bar at a time fits a line)
+    background = StageConsole(bars=False, prefix="reference: ")
     runner: LocalRunner | RemoteRunner
     if args.remote:  # the one place the pipeline reaches the transport
         from slimyolo.rpc.stages import RemoteRunner, served_detection
@@ -74,10 +77,11 @@ def _run(args: argparse.Namespace) -> int:
         runner, detect = LocalRunner(store), None
         say(f"in process; store {store.uri}")
     try:
-        result = run_pipeline(config, runner, store, say=say, progress=console, detect=detect,
-                              name=args.resume or args.name)
+        result = run_pipeline(config, runner, store, say=say, progress=console, background_progress=background,
+                              detect=detect, name=args.resume or args.name)
     finally:
         console.close()
+        background.close()
         if args.remote:
             runner.close()
     print("\n" + "\n".join(result.story))

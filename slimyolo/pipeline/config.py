@@ -15,6 +15,7 @@ The config (``configs/demo.yaml`` is the example)::
     sweep: {percents: [0.5, 0.95, 0.05], max_map_drop: 0.05}
     prune: {}                        # empty: the sweep's best point; else the point (method, global_percent, ...)
     finetune: {epochs: 10, distill: true}
+    reference: {concurrent: auto}    # base's settings for sparsity's + fine-tuning's epochs; false: left out
     convert: {via: tf, calib_images: 100, bench_seconds: 5}
     eval: {batch_size: 16}
     remote: {trainer: 127.0.0.1:50051, pruner: 127.0.0.1:50052, converter: 127.0.0.1:50053,
@@ -79,6 +80,10 @@ class PipelineConfig:
     # The fair reference: the baseline trained on for as many epochs as sparsity training and
     # fine-tuning took together (its own settings on top of base's); None: not trained.
     reference: Mapping[str, Any] | None = field(default_factory=dict)
+    # ``reference.concurrent``: whether the reference trains beside sparsity training → fine-tuning
+    # ("auto": when that pays, :func:`slimyolo.pipeline.run.concurrent_reference`). A pipeline setting,
+    # kept out of ``reference`` so that it never reaches the trainer.
+    reference_concurrent: bool | str = "auto"
     weights: str | None = None  # pretrained weights of base training (its cfg's, a partial file, another cfg's)
     weights_cfg: str | None = None  # the cfg of ``weights`` when they are another cfg's darknet .weights
 
@@ -122,6 +127,13 @@ class PipelineConfig:
         elif not isinstance(reference, Mapping):
             raise SlimYoloError(f"{f.where('reference')}: expected training settings (a mapping, {{}} for the "
                                 f"defaults) or false to leave the reference out, got {reference!r}")
+        reference_concurrent = "auto"
+        if reference is not None:
+            reference = dict(reference)
+            reference_concurrent = reference.pop("concurrent", "auto")
+            if not (isinstance(reference_concurrent, bool) or reference_concurrent == "auto"):
+                raise SlimYoloError(f"{source}: 'reference.concurrent' must be auto, true or false, got "
+                                    f"{reference_concurrent!r}")
         out = Path(f.text("out") or "runs")
         weights, weights_cfg = f.text("weights"), f.text("weights_cfg")
         f.done()
@@ -140,7 +152,7 @@ class PipelineConfig:
         config = cls(name, dict(data), model, img_size, out, sections["training"], sections["base"],
                      sections["sparsity"], finetune, distill, sections["sweep"], sections["prune"], sections["convert"],
                      sections["eval"], {k: str(v) for k, v in sections["remote"].items()},
-                     None if reference is None else dict(reference), weights, weights_cfg)
+                     reference, reference_concurrent, weights, weights_cfg)
         config._check(source)
         return config
 

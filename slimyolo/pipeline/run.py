@@ -7,14 +7,18 @@ and saved as ``results.json`` and ``results.md`` in the run folder ``<out>/<name
 ``<out>/<--name>/``, a run that continues when started again).
 
 Every step is a stage (:mod:`slimyolo.stages`) run by a :class:`~slimyolo.pipeline.runners.StageRunner`
-and exchanging artifacts through the store.
+and exchanging artifacts through the store. The reference (the baseline trained on) depends only on
+base training: where that pays (:func:`concurrent_reference`) it trains in a thread beside sparsity
+training → the sweep → pruning → fine-tuning, with the same results as after them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,13 +27,13 @@ from typing import Any
 
 import yaml
 
-from slimyolo.errors import SlimYoloError
+from slimyolo.errors import Cancelled, SlimYoloError
 from slimyolo.params import DataRef, FileRef, import_ref
 from slimyolo.pipeline import report
 from slimyolo.pipeline.config import PipelineConfig
 from slimyolo.pipeline.report import ROWS, story
-from slimyolo.pipeline.runners import Progress, StageRunner
-from slimyolo.progress import sweep_row_method
+from slimyolo.pipeline.runners import LocalRunner, Progress, StageRunner
+from slimyolo.progress import Event, sweep_row_method
 from slimyolo.prune.options import KeepOptions
 from slimyolo.stages.archive import pack
 from slimyolo.stages.runners import StageResult
@@ -120,9 +124,14 @@ class PipelineResult:
 
 
 def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, say: Callable[[str], None] = print,
-                 progress: Progress | None = None, detect: Callable[[str, str, Path], dict] | None = None,
-                 name: str | None = None) -> PipelineResult:
+                 progress: Progress | None = None, background_progress: Progress | None = None,
+                 detect: Callable[[str, str, Path], dict] | None = None, name: str | None = None) -> PipelineResult:
     """Run every stage through ``runner`` (see the module docstring); ``say`` prints the headers.
+
+    ``progress`` receives the stages' events; ``background_progress`` those of the reference when it
+    trains beside the other stages (:func:`concurrent_reference`), from its thread, so that a console
+    can tell its lines apart (default: none shown but its header and time). ``say`` is called from
+    that thread too.
 
     ``detect(model name, version, image)``, when given, asks the served fine-tuned model for
     the objects in a validation image at the end (the remote run's inference service).
@@ -134,7 +143,7 @@ def run_pipeline(config: PipelineConfig, runner: StageRunner, store: Store, *, s
     from slimyolo.data.dataset import read_data_file
 
     started = time.monotonic()
-    run = _Run.start(config, runner, store, say, progress, name)
+    run = _Run.start(config, runner, store, say, progress, background_progress, name)
     data, data_file, cfg = _inputs(run)
     trained, swept = _models(run, data, cfg)
     irs = _conversions(run, data, trained)
@@ -159,14 +168,17 @@ class _Run:
     store: Store
     say: Callable[[str], None]
     events: Progress  # where every stage's progress events go
+    background_events: Progress  # ... but those of the reference trained beside the other stages
+    reference_beside: bool  # it is (concurrent_reference)
     prefix: str  # the store prefix of the run's stages: runs/<name>
     run_dir: Path
     steps: list[str]  # every step's title key, in order, for the [i/n] headers
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # each stage's spec, seconds, metrics, artifacts
+    lock: threading.Lock = field(default_factory=threading.Lock)  # stages and stages.json, written from two threads
 
     @classmethod
     def start(cls, config: PipelineConfig, runner: StageRunner, store: Store, say: Callable[[str], None],
-              progress: Progress | None, name: str | None) -> _Run:
+              progress: Progress | None, background_progress: Progress | None, name: str | None) -> _Run:
         """The run folder (created, or found: the run continues) with the resolved config in ``pipeline.yaml``."""
         run_id = name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         prefix = validate_key(f"runs/{run_id}", "--name")
@@ -179,10 +191,14 @@ class _Run:
             f"--resume {run_id}")
         (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(_plain_config(config), sort_keys=False))
         with_reference = config.reference is not None
-        steps = ["data", "base", "sparse", "sweep", "prune", "finetune", *(["reference"] if with_reference else []),
-                 "convert baseline", "convert fine-tuned", "convert int8", "eval baseline",
-                 *(["eval reference"] if with_reference else []), "eval sparse", "eval pruned", "eval fine-tuned"]
-        return cls(config, runner, store, say, progress or (lambda event: None), prefix, run_dir, steps)
+        beside = concurrent_reference(config, runner)
+        reference = ["reference"] if with_reference else []
+        steps = ["data", "base", *(reference if beside else []), "sparse", "sweep", "prune", "finetune",
+                 *([] if beside else reference), "convert baseline", "convert fine-tuned", "convert int8",
+                 "eval baseline", *(["eval reference"] if with_reference else []), "eval sparse", "eval pruned",
+                 "eval fine-tuned"]
+        return cls(config, runner, store, say, progress or _nothing, background_progress or _nothing, beside, prefix,
+                   run_dir, steps)
 
     def header(self, step: str, title: str) -> None:
         self.say(f"\n== [{self.steps.index(step) + 1}/{len(self.steps)}] {title} ==")
@@ -190,19 +206,112 @@ class _Run:
     def stage(self, step: str, title: str, spec: Spec) -> StageResult:
         """Run one stage and record it in ``stages.json``."""
         self.header(step, title)
+        return self.run_stage(step, title, spec, self.events)
+
+    def run_stage(self, step: str, title: str, spec: Spec, events: Progress) -> StageResult:
+        """Run one stage whose header is printed, record it in ``stages.json`` and print its time (in the
+        reference's thread too, hence the lock: the other thread may be recording its own stage)."""
         t0 = time.monotonic()
-        result = self.runner.run(spec, self.events)
+        result = self.runner.run(spec, events)
         seconds = time.monotonic() - t0
-        self.stages[step] = {"spec": spec.to_dict(), "seconds": round(seconds, 1), "metrics": result.metrics,
-                             "artifacts": {k: dataclasses.asdict(v) for k, v in result.artifacts.items()}}
-        (self.run_dir / "stages.json").write_text(json.dumps(self.stages, indent=1, default=str) + "\n")
+        with self.lock:
+            self.stages[step] = {"spec": spec.to_dict(), "seconds": round(seconds, 1), "metrics": result.metrics,
+                                 "artifacts": {k: dataclasses.asdict(v) for k, v in result.artifacts.items()}}
+            (self.run_dir / "stages.json").write_text(json.dumps(self.stages, indent=1, default=str) + "\n")
         self.say(f"-- {title}: {seconds:.0f} s")
         return result
 
-    def train(self, step: str, title: str, data: DataRef, **refs: Any) -> StageResult:
-        """A training stage: the config's settings of ``step`` (``sparse``: its sparsity section)."""
+    def train_spec(self, step: str, data: DataRef, **refs: Any) -> TrainSpec:
+        """A training stage's spec: the config's settings of ``step`` (``sparse``: its sparsity section)."""
         options = self.config.train_options({"sparse": "sparsity"}.get(step, step))
-        return self.stage(step, title, TrainSpec(data=data, out=f"{self.prefix}/{step}", options=options, **refs))
+        return TrainSpec(data=data, out=f"{self.prefix}/{step}", options=options, **refs)
+
+    def train(self, step: str, title: str, data: DataRef, **refs: Any) -> StageResult:
+        """A training stage, run now."""
+        return self.stage(step, title, self.train_spec(step, data, **refs))
+
+
+def _nothing(event: Event) -> None:
+    """The progress callback that shows nothing."""
+
+
+def concurrent_reference(config: PipelineConfig, runner: StageRunner, cpus: int | None = None) -> bool:
+    """Whether the reference trains in a thread beside sparsity training → fine-tuning (``reference.concurrent``).
+
+    It depends on base training alone, so it can, and then costs no time of its own. ``true`` and
+    ``false`` decide; ``auto`` does so where that pays and gives the sequential run's results: through
+    a remote runner (the trainer service schedules its own jobs), or in this process when the trainings
+    that overlap (sparsity, fine-tuning, the reference) all run on the same fixed number ``t`` of torch
+    threads and 2·t ≤ the CPUs this process may use (``cpus``, default its affinity). Each then has
+    cores of its own, where two trainings of torch's default threads would only contend, and torch's
+    thread count, which is process-wide, is one value for both. Not while the sweep times speed on
+    this machine (objective ``fps`` or ``accuracy``, ``latency_runs``): a training beside it would
+    slow what it measures, and so change the point it picks.
+    """
+    from slimyolo.prune.options import SweepOptions
+
+    if config.reference is None:
+        return False
+    if config.reference_concurrent != "auto":
+        return bool(config.reference_concurrent)
+    if not isinstance(runner, LocalRunner):
+        return True
+    sweep = {"objective": SweepOptions.objective, "measure_on": SweepOptions.measure_on,
+             "latency_runs": SweepOptions.latency_runs, **config.sweep}
+    if (sweep["objective"] != "bflops" and sweep["measure_on"] is None) or sweep["latency_runs"]:
+        return False
+    threads = {config.train_options(stage).get("threads") for stage in ("sparsity", "finetune", "reference")}
+    fixed = threads.pop() if len(threads) == 1 else None  # None or 0: torch's default, every core
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    return bool(fixed) and 2 * fixed <= cpus
+
+
+class _Background:
+    """A stage run in a thread of its own (the reference beside sparsity training → fine-tuning).
+
+    Its header is printed at once, its events go to the run's ``background_events``, its time is
+    printed when it ends. :meth:`stop` ends it at its next progress event (its callback raises
+    :class:`~slimyolo.errors.Cancelled`, which stops any stage) and waits for it: the stages beside it
+    failed, and their error must not leave it training. :meth:`result` waits for it and returns its
+    result or raises its error, which names it.
+    """
+
+    def __init__(self, run: _Run, step: str, title: str, spec: Spec) -> None:
+        run.header(step, f"{title}, in the background")
+        self.step, self._events = step, run.background_events
+        self._stopping = threading.Event()
+        self._result: StageResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, args=(run, title, spec), name=f"slimyolo-{step}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _work(self, run: _Run, title: str, spec: Spec) -> None:
+        try:
+            self._result = run.run_stage(self.step, title, spec, self._progress)
+        except BaseException as exc:  # raised in the pipeline's thread, by result()
+            self._error = exc
+
+    def _progress(self, event: Event) -> None:
+        if self._stopping.is_set():
+            raise Cancelled(f"the {self.step} stage: stopped, as the stages beside it failed")
+        self._events(event)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+
+    def result(self) -> StageResult:
+        self._thread.join()
+        exc = self._error
+        if exc is None:
+            assert self._result is not None
+            return self._result
+        if isinstance(exc, SlimYoloError) and exc.args and isinstance(exc.args[0], str):  # what the CLI prints
+            exc.args = (f"the {self.step} stage (in the background): {exc.args[0]}", *exc.args[1:])
+        else:
+            exc.add_note(f"raised by the {self.step} stage, in the background")
+        raise exc
 
 
 def _inputs(run: _Run) -> tuple[DataRef, Path, FileRef]:
@@ -222,29 +331,40 @@ def _inputs(run: _Run) -> tuple[DataRef, Path, FileRef]:
 
 
 def _models(run: _Run, data: DataRef, cfg: FileRef) -> tuple[dict[str, StageResult], StageResult]:
-    """Base training, sparsity training, the sweep, pruning, fine-tuning (and the reference): the trained
-    models by table row, and the sweep's result."""
+    """Base training, sparsity training, the sweep, pruning, fine-tuning (and the reference, after them or in a
+    thread beside them, :func:`concurrent_reference`): the trained models by table row, and the sweep's result."""
     config, store = run.config, run.store
     pretrained = {k: store.put_file(Path(v)) for k, v in (("weights", config.weights),
                                                           ("weights_cfg", config.weights_cfg)) if v}
     base = run.train("base", "base training" + (f" (from {Path(config.weights).name})" if config.weights else ""),
                      data, cfg=cfg, **pretrained)
-    sparse = run.train("sparse", "sparsity training", data, cfg=base.artifacts["cfg"],
-                       weights=base.artifacts["weights"])
-    model = {"cfg": sparse.artifacts["cfg"], "weights": sparse.artifacts["weights"]}
-    sweep = SweepSpec.from_dict({**model, "data": data, "out": f"{run.prefix}/sweep", **config.sweep})
-    swept = run.stage("sweep", "pruning sweep (no fine-tuning)", sweep)
-    pruned = run.stage("prune", "pruning", PruneSpec.from_dict({**model, "out": f"{run.prefix}/prune",
-                                                                **prune_point(config, sweep, swept.metrics)}))
-    teacher = {"teacher_cfg": model["cfg"], "teacher_weights": model["weights"]} if config.distill else {}
-    tuned = run.train("finetune", "fine-tuning" + (" (distilled from the sparse model)" if config.distill else ""),
-                      data, cfg=pruned.artifacts["cfg"], weights=pruned.artifacts["weights"], **teacher)
+    reference = run.train_spec("reference", data, cfg=base.artifacts["cfg"], weights=base.artifacts["weights"]) \
+        if config.reference is not None else None
+    reference_title = (f"the reference: the baseline trained {config.epochs('reference')} more epochs (the budget "
+                       "of sparsity training and fine-tuning)")
+    beside = _Background(run, "reference", reference_title, reference) \
+        if reference is not None and run.reference_beside else None
+    try:
+        sparse = run.train("sparse", "sparsity training", data, cfg=base.artifacts["cfg"],
+                           weights=base.artifacts["weights"])
+        model = {"cfg": sparse.artifacts["cfg"], "weights": sparse.artifacts["weights"]}
+        sweep = SweepSpec.from_dict({**model, "data": data, "out": f"{run.prefix}/sweep", **config.sweep})
+        swept = run.stage("sweep", "pruning sweep (no fine-tuning)", sweep)
+        pruned = run.stage("prune", "pruning", PruneSpec.from_dict({**model, "out": f"{run.prefix}/prune",
+                                                                    **prune_point(config, sweep, swept.metrics)}))
+        teacher = {"teacher_cfg": model["cfg"], "teacher_weights": model["weights"]} if config.distill else {}
+        distilled = " (distilled from the sparse model)" if config.distill else ""
+        tuned = run.train("finetune", f"fine-tuning{distilled}", data, cfg=pruned.artifacts["cfg"],
+                          weights=pruned.artifacts["weights"], **teacher)
+    except BaseException:
+        if beside is not None:
+            beside.stop()
+        raise
     trained = {"baseline": base, "sparse": sparse, "pruned": pruned, "fine-tuned": tuned}
-    if config.reference is not None:
-        trained["reference"] = run.train("reference", f"the reference: the baseline trained "
-                                         f"{config.epochs('reference')} more epochs (the budget of sparsity training "
-                                         "and fine-tuning)", data, cfg=base.artifacts["cfg"],
-                                         weights=base.artifacts["weights"])
+    if beside is not None:  # joined here: the conversions time FPS, with nothing running beside them
+        trained["reference"] = beside.result()
+    elif reference is not None:
+        trained["reference"] = run.stage("reference", reference_title, reference)
     return trained, swept
 
 
@@ -314,4 +434,7 @@ def _plain_config(config: PipelineConfig) -> dict[str, Any]:
     doc = dataclasses.asdict(config)
     doc["out"] = str(config.out)
     doc["finetune"] = {**doc["finetune"], "distill": doc.pop("distill")}
+    concurrent = doc.pop("reference_concurrent")
+    if doc["reference"] is not None:
+        doc["reference"] = {**doc["reference"], "concurrent": concurrent}
     return doc

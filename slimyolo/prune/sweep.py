@@ -228,7 +228,8 @@ def measure_latency(model: Darknet, runs: int = 3) -> float:
     fastest run is the best estimate of what the model itself costs.
     """
     h, w = model.input_size
-    x = torch.rand(1, model.graph.input_shape[0], h, w)
+    # its own generator: torch's global one may be seeding a model's weights in another thread
+    x = torch.rand(1, model.graph.input_shape[0], h, w, generator=torch.Generator().manual_seed(0))
     times = []
     with torch.no_grad():
         model(x)

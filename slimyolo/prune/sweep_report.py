@@ -154,14 +154,14 @@ def to_csv(result: SweepResult) -> str:
 def plot(result: SweepResult, path: Path) -> None:
     """mAP@0.5 and params against pruning strength, one panel per method, and mAP@0.5 against
     measured FPS with the Pareto front when FPS was measured (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot's: pyplot's figures are process-global state, and two stages plot at once
+    # when the pipeline trains its reference in a thread beside the others
+    from matplotlib.figure import Figure
 
     methods = [m for m in METHODS if any(r.method == m for r in result.rows)]
     panels = max(len(methods), 1) + bool(result.fps_note)
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), squeeze=False)
+    fig = Figure(figsize=(6 * panels, 4.2))
+    axes = fig.subplots(1, panels, squeeze=False)
     floor = result.baseline.map50 - result.max_map_drop
     for ax, method in zip(axes[0], methods, strict=False):
         _plot_method(ax, result, method, floor)
@@ -169,7 +169,6 @@ def plot(result: SweepResult, path: Path) -> None:
         _plot_fps(axes[0][-1], result, floor)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_method(ax: Any, result: SweepResult, method: str, floor: float) -> None:

@@ -3,13 +3,14 @@ Triton's perf_analyzer.
 
 It drives one target (``host:port``, ``dns:///name:port``, ``ipv4:a:p,b:p``: one channel,
 round-robin over every address, as every client of the project connects) with KServe v2
-``ModelInfer`` calls (a raw tensor of the model's input shape) or ``Detect`` calls (a JPEG
+``ModelInfer`` calls (a raw tensor of the model's input shape: ``batch`` images in one call where
+the model's batch dimension is dynamic, as perf_analyzer's ``-b``) or ``Detect`` calls (a JPEG
 frame), either closed-loop (``concurrency`` clients, each sending its next call when the last is
 answered) or open-loop (``rate`` calls a second, whatever the answers: latency is then measured
 from when a call was due, so a server that falls behind shows it). After a warm-up it reports
-throughput, latency percentiles, errors by status code and the calls each replica answered (the
-``slimyolo-server`` trailing metadata every answer carries), and calls ``progress`` about once a
-second while it runs.
+throughput (``fps``: images a second; ``calls_per_s``), latency percentiles, errors by status code
+and the calls each replica answered (the ``slimyolo-server`` trailing metadata every answer
+carries), and calls ``progress`` about once a second while it runs.
 
 A Python client costs CPU per call too, and on a small machine the load generator can be what it
 measures: ``processes`` spreads the clients (or the rate) over that many processes, each with its
@@ -65,6 +66,7 @@ class LoadSpec:
     timeout: float = 30.0  # deadline of each call
     processes: int = 1  # client processes the clients (or the rate) are spread over
     connect_timeout: float = 5.0  # seconds for a connection to the target to be ready before any call
+    batch: int = 1  # ModelInfer: images in each call's tensor (its batch dimension)
 
     def check(self) -> None:
         if self.api not in APIS:
@@ -75,6 +77,9 @@ class LoadSpec:
             raise SlimYoloError(f"--rate: must not be negative, got {self.rate:g}")
         if self.seconds <= 0:
             raise SlimYoloError(f"--seconds: must be positive, got {self.seconds:g}")
+        if self.batch < 1 or (self.api == "detect" and self.batch != 1):
+            raise SlimYoloError(f"--batch: must be at least 1, and 1 with --api detect (a Detect call carries one "
+                                f"image), got {self.batch}")
         if self.processes < 1 or (self.rate <= 0 and self.processes > self.concurrency):
             raise SlimYoloError(f"--processes: must be at least 1 and at most --concurrency ({self.concurrency}), "
                                 f"got {self.processes}")
@@ -128,7 +133,11 @@ def _request(channel: grpc.Channel, spec: LoadSpec) -> tuple[Callable[..., Any],
     except grpc.RpcError as exc:
         raise remote_error(exc) from exc
     (tensor,) = meta.inputs
-    shape = [1 if d < 0 else d for d in tensor.shape]  # a dynamic batch: one image a call
+    fixed = tensor.shape[0]
+    if fixed >= 0 and fixed != spec.batch:
+        raise SlimYoloError(f"--batch {spec.batch}: model {spec.model!r} takes batches of exactly {fixed} (its input "
+                            f"{tensor.name} is {list(tensor.shape)})")
+    shape = [spec.batch, *(1 if d < 0 else d for d in tensor.shape[1:])]
     rng = np.random.default_rng(0)
     if tensor.datatype == "UINT8":
         data = rng.integers(0, 256, shape, dtype=np.uint8).tobytes()
@@ -229,16 +238,16 @@ def run_load(spec: LoadSpec, progress: Callable[[dict[str, Any]], None] | None =
         while runner.is_alive():
             runner.join(1.0)
             if progress is not None and runner.is_alive():
-                progress(_summary(rec.snapshot(), time.perf_counter() - t0))
-        result = _summary(rec.snapshot(), time.perf_counter() - t0, time.process_time() - cpu0)
+                progress(_summary(rec.snapshot(), time.perf_counter() - t0, spec.batch))
+        result = _summary(rec.snapshot(), time.perf_counter() - t0, spec.batch, time.process_time() - cpu0)
         _check_burst(rec, spec, f"{result['elapsed_s']:.1f} s of load ({result['ok']} calls answered)")
     return _described(spec, result)
 
 
 def _described(spec: LoadSpec, result: dict[str, Any]) -> dict[str, Any]:
     mode = {"rate": spec.rate} if spec.rate > 0 else {"concurrency": spec.concurrency}
-    return {**{k: v for k, v in asdict(spec).items() if k in ("target", "model", "api", "seconds", "processes")},
-            **mode, **result}
+    described = ("target", "model", "api", "seconds", "processes", "batch")
+    return {**{k: v for k, v in asdict(spec).items() if k in described}, **mode, **result}
 
 
 STARTUP_S = 5.0  # for the client processes to start, import and connect before the common warm-up begins
@@ -280,7 +289,7 @@ def _run_processes(spec: LoadSpec, security: ClientSecurity | None) -> dict[str,
         raise failed
     outcomes = [_Outcome(*o) for answer in answers for o in answer["outcomes"]]
     elapsed = max(answer["elapsed"] for answer in answers)
-    return _described(spec, _summary(outcomes, elapsed, sum(answer["cpu"] for answer in answers)))
+    return _described(spec, _summary(outcomes, elapsed, spec.batch, sum(answer["cpu"] for answer in answers)))
 
 
 def _child_load(spec: LoadSpec, start_at: float, security: ClientSecurity | None, pipe: Any) -> None:
@@ -319,13 +328,15 @@ def _check_burst(rec: _Recorder, spec: LoadSpec, when: str) -> None:
                                "answering, so the load was stopped")
 
 
-def _summary(outcomes: list[_Outcome], elapsed: float, cpu: float | None = None) -> dict[str, Any]:
-    """The figures of a run; ``cpu``: the client side's own CPU seconds over it (None while it runs)."""
+def _summary(outcomes: list[_Outcome], elapsed: float, batch: int, cpu: float | None = None) -> dict[str, Any]:
+    """The figures of a run of ``batch`` images a call; ``cpu``: the client side's own CPU seconds over it (None
+    while it runs)."""
     ok = [o.latency for o in outcomes if o.code == "OK"]
     errors = collections.Counter(o.code for o in outcomes if o.code != "OK")
     servers = collections.Counter(o.server or "(unnamed)" for o in outcomes if o.code == "OK")
     return {"requests": len(outcomes), "ok": len(ok), "elapsed_s": round(elapsed, 3),
-            "fps": round(len(ok) / elapsed, 2) if elapsed > 0 else 0.0, "latency_ms": percentiles(ok),
+            "fps": round(batch * len(ok) / elapsed, 2) if elapsed > 0 else 0.0,
+            "calls_per_s": round(len(ok) / elapsed, 2) if elapsed > 0 else 0.0, "latency_ms": percentiles(ok),
             "errors": dict(sorted(errors.items())), "by_server": dict(sorted(servers.items())),
             **({} if cpu is None else {"client_cpu_s": round(cpu, 3),
                                        "client_cpu_ms_per_call": round(1000 * cpu / max(len(ok), 1), 3)})}

@@ -52,9 +52,11 @@ def _thresholds(options: inference_pb2.DetectionOptions) -> Thresholds:
 
 
 def _detections(detections, names: tuple[str, ...]) -> list[inference_pb2.Detection]:
-    return [inference_pb2.Detection(box=inference_pb2.Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]), score=float(s),
-                                    class_id=int(c), class_name=names[int(c)] if int(c) < len(names) else str(int(c)))
-            for b, s, c in zip(detections.boxes.tolist(), detections.scores, detections.classes, strict=True)]
+    # Python floats and ints up front: a NumPy scalar per field costs more than the message it goes into.
+    return [inference_pb2.Detection(box=inference_pb2.Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]), score=s,
+                                    class_id=c, class_name=names[c] if c < len(names) else str(c))
+            for b, s, c in zip(detections.boxes.tolist(), detections.scores.tolist(), detections.classes.tolist(),
+                               strict=True)]
 
 
 def _stream_requests(messages: Iterable[inference_pb2.DetectStreamRequest], first_model: list[str]

@@ -286,8 +286,7 @@ class DataPlane:
             arrays = decode_inputs(sig.inputs, inputs, raw_contents)
             chosen = select_outputs(sig.outputs, outputs)
             tensor = arrays[sig.inputs[0].name]  # a SlimYOLO IR has one input (the engine checks)
-            future = model.submit(tensor, running)  # the call leaves the queue once it runs
-            heads = future.result()
+            heads = model.infer(tensor, running)  # the call leaves the queue once it runs
             self.metrics.count_frames(name, int(tensor.shape[0]))
             return InferResult(name, model.version, request_id,
                                tuple(encode_output(sig.outputs[i].name, heads[i]) for i in chosen))
@@ -306,8 +305,7 @@ class DataPlane:
             options = self._options(model, thresholds, "options")
             bgr = decode_image(image, self.limits, "image")
             tensor, lb = model.engine.prepare(bgr)
-            future = model.submit(tensor, running)
-            raws = future.result()
+            raws = model.infer(tensor, running)
             detections = detections_from_heads(raws, model.meta.heads, lb, options)
             self.metrics.count_frames(name)
             return DetectResult(name, model.version, detections, model.meta.names, bgr.shape[1], bgr.shape[0])

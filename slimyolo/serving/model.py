@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +51,13 @@ class ServedModel:
         self.mux = StreamMultiplexer(self.engine, mosaics, config.batch_window, name=f"{name}-{version}")
         self.closed = False
 
-    def submit(self, tensor: Any, started: Callable[[], None]) -> Future:
-        """Where Detect and ModelInfer start an inference: the batcher, or the engine (which returns once a free
-        inference request took the tensor); ``started()`` is called once it runs."""
+    def infer(self, tensor: Any, started: Callable[[], None]) -> list[Any]:
+        """Where Detect and ModelInfer run an inference, in the calling thread: through the batcher, or on a free
+        request of the engine's pool (:meth:`Engine.infer`); ``started()`` is called once it runs. Returns the
+        raw heads."""
         if self.batcher is not None:
-            return self.batcher.submit(tensor, started)
-        future = self.engine.submit(tensor)
-        started()
-        return future
+            return self.batcher.submit(tensor, started).result()
+        return self.engine.infer(tensor, started)
 
     def close(self) -> None:
         """Finish queued frames and wait for running requests; the engines go with the last reference."""

@@ -14,14 +14,19 @@ from slimyolo.progress import Event, StageStep, SweepBest, SweepPoint, TrainEpoc
 
 
 class StageConsole:
-    """A progress callback printing one line per epoch, sweep row and conversion step to ``stream`` (stderr)."""
+    """A progress callback printing one line per epoch, sweep row and conversion step to ``stream`` (stderr).
 
-    def __init__(self, stream: TextIO | None = None, bars: bool | None = None) -> None:
+    ``prefix`` starts every line: the pipeline's stage in the background prints beside the foreground's
+    (and draws no bars, ``bars=False``).
+    """
+
+    def __init__(self, stream: TextIO | None = None, bars: bool | None = None, prefix: str = "") -> None:
         from slimyolo.train.cli import TrainConsole
 
         self.stream = stream = stream or sys.stderr
+        self.prefix = prefix
         # The trainer's renderer: a tqdm bar per epoch on a terminal, one line per finished epoch.
-        self._train = TrainConsole(quiet=not (stream.isatty() if bars is None else bars))
+        self._train = TrainConsole(quiet=not (stream.isatty() if bars is None else bars), prefix=prefix)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, TrainStep | TrainEpoch):
@@ -42,7 +47,9 @@ class StageConsole:
             self._print(f"{event.stage}: {event.step}" + (f" ({extra})" if extra else ""))
 
     def _print(self, line: str) -> None:
-        print(line, file=self.stream, flush=True)
+        from slimyolo.train.cli import console_line
+
+        console_line(self.prefix + line, self.stream)
 
     def close(self) -> None:
         self._train.close()

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from slimyolo.errors import SlimYoloError
 from slimyolo.params import add_arguments, declared_fields, flag_name, from_args
@@ -67,11 +67,24 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in declared_fields(TrainOptions) if getattr(args, f.name) is not None}
 
 
-class TrainConsole:
-    """Renders trainer progress events: a tqdm bar per epoch and one line per finished epoch."""
+def console_line(line: str, stream: TextIO | None = None) -> None:
+    """Print ``line`` on ``stream`` (stderr) whole, above any tqdm bar there: under tqdm's lock, so the lines
+    of two threads (the pipeline's background stage beside the others) and the bars never interleave."""
+    from tqdm import tqdm
 
-    def __init__(self, quiet: bool) -> None:
+    tqdm.write(line, file=stream or sys.stderr)
+    (stream or sys.stderr).flush()
+
+
+class TrainConsole:
+    """Renders trainer progress events: a tqdm bar per epoch and one line per finished epoch.
+
+    ``prefix`` starts every line, so that the lines of a training in the background are told apart.
+    """
+
+    def __init__(self, quiet: bool, prefix: str = "") -> None:
         self.quiet = quiet
+        self.prefix = prefix
         self.bar: Any = None
 
     def __call__(self, event: Event) -> None:
@@ -97,7 +110,7 @@ class TrainConsole:
                     f"{event.time_s:.0f} s")
             if event.bad_images or event.bad_label_lines:
                 line += f"  [{event.bad_images} unreadable images, {event.bad_label_lines} bad label lines]"
-            print(line, file=sys.stderr, flush=True)
+            console_line(self.prefix + line)
 
     def close(self) -> None:
         if self.bar is not None:

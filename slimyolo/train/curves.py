@@ -21,14 +21,14 @@ def read_results(path: str | Path) -> list[dict[str, str]]:
 
 def plot_results(csv_path: str | Path, png_path: str | Path, title: str = "") -> None:
     """Loss (left) and validation P, R, mAP@0.5 (right) against the epoch, written atomically to ``png_path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure of its own, not pyplot's: pyplot's figures are process-global state, and two stages plot at once
+    # when the pipeline trains its reference in a thread beside the others
+    from matplotlib.figure import Figure
 
     rows = read_results(csv_path)
     epochs = [int(r["epoch"]) for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    left, right = fig.subplots(1, 2)
     for key, color in (("loss", "black"), ("box", "tab:blue"), ("obj", "tab:orange"), ("cls", "tab:green")):
         left.plot(epochs, [float(r[key]) for r in rows], label=key, color=color, linewidth=1)
     left.set_xlabel("epoch")
@@ -52,4 +52,3 @@ def plot_results(csv_path: str | Path, png_path: str | Path, title: str = "") ->
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)

@@ -91,12 +91,12 @@ class Sparsity:
 
 def plot_gammas(gammas: np.ndarray, path: str | Path, title: str) -> None:
     """Histogram of |γ| as a PNG (written atomically)."""
-    import matplotlib
+    # a Figure of its own, not pyplot's: pyplot's figures are process-global state, and two stages plot at once
+    # when the pipeline trains its reference in a thread beside the others
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.subplots()
     top = max(float(gammas.max()) if gammas.size else 1.0, 1e-3)
     ax.hist(gammas, bins=100, range=(0, top), color="tab:blue")
     ax.axvline(SMALL_GAMMA, color="tab:red", linestyle="--", linewidth=1)
@@ -106,4 +106,3 @@ def plot_gammas(gammas: np.ndarray, path: str | Path, title: str) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)

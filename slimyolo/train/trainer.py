@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from slimyolo.darknet.cfg import Cfg, parse_cfg
-from slimyolo.darknet.model import Darknet, load_model
+from slimyolo.darknet.model import Darknet, load_model, seeded_model
 from slimyolo.darknet.weights import checkpoint_cfg, is_checkpoint, load_pretrained, read_checkpoint, save_checkpoint
 from slimyolo.darknet.zoo import ZOO, make_cfg
 from slimyolo.data.dataset import DataSpec, read_data_file
@@ -344,8 +344,7 @@ def _setup(config: TrainConfig, resume: bool) -> _Run:
     cfg = resolve_cfg(config, spec)
     img_size = config.img_size or cfg.width
     config = dataclasses.replace(config, img_size=img_size)  # config.yaml records the size trained at
-    torch.manual_seed(config.seed)
-    model = Darknet(cfg, img_size)
+    model = seeded_model(cfg, img_size, config.seed)
     _check_classes(model, spec, str(config.cfg or config.weights))
     pretrained = _initial_weights(config, model, run_dir, resume, ddp.main)
     teacher = None
@@ -410,9 +409,12 @@ def _training_data(config: TrainConfig, spec: DataSpec, ddp: _Dist,
     if dataset.labels_report.bad_lines and ddp.main:
         log.warning("%s: %s", spec.path, dataset.labels_report.summary())
     sampler = _SkippingSampler(dataset, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=config.seed)
+    # Its own generator: each epoch's iterator draws the loader processes' base seed from it, not from torch's
+    # global one, which a model built from a seed in another thread at that moment must have to itself.
     loader = DataLoader(dataset, batch_size=config.batch_size // ddp.world, sampler=sampler,
                         num_workers=config.workers, collate_fn=YoloDataset.collate,
-                        persistent_workers=False, pin_memory=device.type == "cuda")
+                        persistent_workers=False, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(config.seed))
     return dataset, sampler, loader
 
 
