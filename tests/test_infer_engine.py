@@ -102,6 +102,50 @@ def test_completions_run_on_a_python_thread_the_interpreter_joins(irs, images):
     assert len(engine.detect(images[0])) == len(engine.detect(images[0]))  # and starts again on demand
 
 
+def test_callers_infer_concurrently_on_the_request_pool_each_its_own_result(irs, images, monkeypatch):
+    """Engine.infer from many threads at once (the inference service's gRPC threads): each caller gets the heads of
+    its own frame, bit-equal to the frame inferred alone, ``started`` is called once per call, at most
+    ``num_requests`` run at a time, and wait() waits for them; mixed with submit() on the same requests."""
+    import openvino as ov
+
+    engine = Engine(irs[0], hint="throughput", precision="f32", num_requests=2)
+    tensors = [engine.prepare(im)[0] for im in images]
+    alone = [engine.infer(t) for t in tensors]
+    running, most, lock = [0], [0], threading.Lock()
+    infer = ov.InferRequest.infer
+
+    def counted(self, *args, **kwargs):  # counts the inferences in flight
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return infer(self, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(ov.InferRequest, "infer", counted)
+    results: dict[int, list] = {}
+    started: list[int] = []
+
+    def call(i: int) -> None:
+        results[i] = engine.infer(tensors[i % len(tensors)], lambda: started.append(i))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4 * len(tensors))]
+    futures = [engine.submit(t) for t in tensors]  # the collector's path shares the pool meanwhile
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.wait()
+    assert sorted(started) == list(range(len(threads)))
+    assert 1 <= most[0] <= engine.num_requests
+    for i, heads in results.items():
+        assert all(np.array_equal(h, a) for h, a in zip(heads, alone[i % len(tensors)], strict=True))
+    for future, own in zip(futures, alone, strict=True):
+        assert all(np.array_equal(h, a) for h, a in zip(future.result(), own, strict=True))
+
+
 def test_pipelined_stream_keeps_order_and_results(irs, images):
     engine = Engine(irs[0], hint="throughput", precision="f32", conf_thres=CONF, num_requests=3)
     one_by_one = [_as_array(engine.detect(im)) for im in images]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.request
 from pathlib import Path
 
@@ -411,3 +412,56 @@ def test_the_kubernetes_sweep_job_measures_on_the_inference_service():
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["stage", "sweep", "--spec", "/config/sweep.yaml"]
     assert {"configMapRef": {"name": "slimyolo-config"}} in container["envFrom"]  # the store the service reads
+
+
+def test_a_progress_callback_that_stops_a_remote_stage_cancels_its_job(swept_store, monkeypatch):
+    """Cancelled raised by the progress callback (the pipeline stopping its reference when the stages beside it
+    failed) cancels the job on the service, as Ctrl-C does, instead of leaving it to run on unwatched."""
+    import argparse
+    import threading
+
+    import slimyolo.services.pruner as pruner
+    from slimyolo.rpc.gen.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
+    from slimyolo.rpc.server import Server, ServerConfig
+    from slimyolo.rpc.stages import RemoteRunner
+    from slimyolo.store import MANIFEST
+
+    store, fakes = swept_store
+    release = threading.Event()
+    evaluate = fakes.evaluate
+
+    calls = []
+
+    def held(*args, **kwargs):  # after the first point (and its event), the job waits until the client cancelled it
+        calls.append(1)
+        if len(calls) > 1:
+            release.wait(60)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(fakes, "evaluate", held)
+    monkeypatch.setenv("SLIMYOLO_STORE", str(store.root))
+    server = Server("pruner", ServerConfig(bind="127.0.0.1", port=0, metrics_port=0))
+    pruner.build(server, argparse.Namespace(model_repository=None))
+    server.start()
+    remote = RemoteRunner({"pruner": f"127.0.0.1:{server.port}"})
+
+    def stop(event):
+        raise Cancelled("the stages beside it failed")
+
+    try:
+        with pytest.raises(Cancelled, match="the stages beside it failed"):
+            remote.run(SweepSpec.from_dict({**SPEC, "out": "runs/stopped", "min_fps": 150}), stop)
+        release.set()
+        jobs = jobs_pb2_grpc.JobsStub(remote.channel("pruner"))
+        (job,) = jobs.ListJobs(jobs_pb2.ListJobsRequest(), timeout=30).jobs
+        deadline = time.monotonic() + 60
+        while job.state not in (common_pb2.JOB_STATE_CANCELLED, common_pb2.JOB_STATE_SUCCEEDED,
+                                common_pb2.JOB_STATE_FAILED) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            job = jobs.GetJob(jobs_pb2.GetJobRequest(id=job.id), timeout=30).job
+        assert job.state == common_pb2.JOB_STATE_CANCELLED
+        assert not store.exists(f"runs/stopped/{MANIFEST}")  # nothing published
+    finally:
+        release.set()
+        remote.close()
+        server.stop(5)

@@ -80,14 +80,14 @@ def test_a_new_version_is_served_while_a_request_finishes_on_the_old_one(store, 
         with plane.manager.acquire("mini") as v1:
             pass
         entered, go_on = threading.Event(), threading.Event()
-        submit = v1.engine.submit
+        infer = v1.engine.infer
 
-        def held(tensor):  # holds a request inside version 1, as a slow inference would
+        def held(tensor, started=None):  # holds a request inside version 1, as a slow inference would
             entered.set()
             go_on.wait(120)
-            return submit(tensor)
+            return infer(tensor, started)
 
-        v1.engine.submit = held
+        v1.engine.infer = held
         in_flight = stub.Detect.future(M.DetectRequest(model_name="mini", image=M.Image(encoded=image),
                                                        options=M.DetectionOptions(conf_threshold=0.05)), timeout=120)
         assert entered.wait(60)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimyolo.errors import SlimYoloError
+from slimyolo.errors import Cancelled, SlimYoloError
 from slimyolo.progress import Progress, event_from_dict
 from slimyolo.stages.kinds import KINDS, StageKind, address_variable, parse_spec
 from slimyolo.stages.runners import StageResult
@@ -146,7 +146,8 @@ class RemoteRunner:
 
         try:
             final = follow_job(channel, job.id, on_event)
-        except KeyboardInterrupt:  # stop the remote job too, not just this client
+        except (KeyboardInterrupt, Cancelled):  # stop the remote job too, not just this client: Ctrl-C, or a
+            # progress callback that stops the stage (the pipeline's reference, when the stages beside it failed)
             jobs_pb2_grpc.JobsStub(channel).CancelJob(jobs_pb2.CancelJobRequest(id=job.id), timeout=10)
             raise
         artifacts = {role: artifact_from_proto(ref, role) for role, ref in final.result.artifacts.items()}
