@@ -113,11 +113,14 @@ def main() -> None:
     cfg_path = args.work / f"{args.model}-w{args.width}-2c.cfg"
     make_cfg(args.model, 2, args.img_size, width=args.width).write(cfg_path)
     console, store = StageConsole(), LocalStore(args.work / "store")
+    background = StageConsole(bars=False, prefix="reference: ")  # a reference trained beside the other stages
     try:
         result = run_pipeline(config(args, cfg_path), LocalRunner(store), store,
-                              say=lambda line: print(line, file=sys.stderr, flush=True), progress=console)
+                              say=lambda line: print(line, file=sys.stderr, flush=True), progress=console,
+                              background_progress=background)
     finally:
         console.close()
+        background.close()
     sweep = result.stages["sweep"]["metrics"]
     red = reductions(result)
     plot = Artifact(**result.stages["sweep"]["artifacts"]["plot"])
