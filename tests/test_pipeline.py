@@ -7,6 +7,7 @@ The same pipeline through the services (``--remote``, an S3 store) is tests/test
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,8 @@ def tiny_config(tmp_path: Path, **changes: Any) -> dict[str, Any]:
             "reference": {"epochs": 1, "concurrent": True}, **changes}
 
 
-def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypatch, run_cli):
+def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypatch, run_cli, caplog):
+    caplog.set_level(logging.INFO)
     monkeypatch.setenv("SLIMYOLO_STORE", str(tmp_path / "store"))
     monkeypatch.setenv("SLIMYOLO_WORK_DIR", str(tmp_path / "work"))
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
@@ -129,6 +131,10 @@ def test_a_tiny_pipeline_runs_in_process_and_writes_the_table(tmp_path, monkeypa
     # the reference trains beside sparsity training → fine-tuning: its header at once, its lines prefixed
     assert "== [3/15] the reference: the baseline trained 1 more epochs" in err and ", in the background ==" in err
     assert "\nreference: train epoch 1/1 " in err and "\n-- the reference: " in err
+    logged = [r.getMessage() for r in caplog.records if r.threadName == "slimyolo-reference"]
+    assert logged and all(m.startswith("reference: ") for m in logged), logged  # its log records too
+    assert not any(r.getMessage().startswith("reference: ") for r in caplog.records
+                   if r.threadName != "slimyolo-reference")
     (run_dir,) = (tmp_path / "runs").iterdir()
     results = json.loads((run_dir / "results.json").read_text())
     rows = {r["model"]: r for r in results["rows"]}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from slimyolo.cpuinfo import cpu_info, describe
 from slimyolo.errors import NotFoundError
 from slimyolo.pipeline.config import PipelineConfig, remote_addresses
-from slimyolo.pipeline.run import run_pipeline
+from slimyolo.pipeline.run import background_step, run_pipeline
 from slimyolo.pipeline.runners import LocalRunner
 from slimyolo.security import add_client_arguments, client_security
 
@@ -46,6 +47,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_run)
 
 
+class _BackgroundLogs(logging.Filter):
+    """Starts each log record of the pipeline's background stage with its step (``reference: ``), as its
+    progress lines are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        step = background_step(record.threadName or "")
+        if step is not None and not str(record.msg).startswith(f"{step}: "):
+            record.msg = f"{step}: {record.msg}"
+        return True
+
+
 def _run(args: argparse.Namespace) -> int:
     from slimyolo.stages.console import StageConsole
     from slimyolo.store import open_store
@@ -64,8 +76,12 @@ def _run(args: argparse.Namespace) -> int:
         console_line(line, sys.stderr)
 
     console = StageConsole()
-    # the reference trained beside the other stages: its lines prefixed, no bars (one bar at a time fits a line)
+    # the reference trained beside the other stages: its lines prefixed, no bars (one bar at a time fits a line),
+    # and so are the log records of its thread
     background = StageConsole(bars=False, prefix="reference: ")
+    logs = _BackgroundLogs()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(logs)
     runner: LocalRunner | RemoteRunner
     if args.remote:  # the one place the pipeline reaches the transport
         from slimyolo.rpc.stages import RemoteRunner, served_detection
@@ -82,6 +98,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         console.close()
         background.close()
+        for handler in logging.getLogger().handlers:
+            handler.removeFilter(logs)
         if args.remote:
             runner.close()
     print("\n" + "\n".join(result.story))

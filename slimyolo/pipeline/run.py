@@ -266,6 +266,16 @@ def concurrent_reference(config: PipelineConfig, runner: StageRunner, cpus: int 
     return bool(fixed) and 2 * fixed <= cpus
 
 
+BACKGROUND_THREAD_PREFIX = "slimyolo-"  # a stage run beside the others runs in the thread slimyolo-<step>
+
+
+def background_step(thread_name: str) -> str | None:
+    """The step that a thread of the pipeline's background stage runs (named by :class:`_Background`), or None for
+    any other thread: how a console tells that stage's log records apart."""
+    return thread_name.removeprefix(BACKGROUND_THREAD_PREFIX) if thread_name.startswith(BACKGROUND_THREAD_PREFIX) \
+        else None
+
+
 class _Background:
     """A stage run in a thread of its own (the reference beside sparsity training → fine-tuning).
 
@@ -282,8 +292,8 @@ class _Background:
         self._stopping = threading.Event()
         self._result: StageResult | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, args=(run, title, spec), name=f"slimyolo-{step}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._work, args=(run, title, spec),
+                                        name=f"{BACKGROUND_THREAD_PREFIX}{step}", daemon=True)
         self._thread.start()
 
     def _work(self, run: _Run, title: str, spec: Spec) -> None:
