@@ -144,6 +144,11 @@ def test_callers_infer_concurrently_on_the_request_pool_each_its_own_result(irs,
         assert all(np.array_equal(h, a) for h, a in zip(heads, alone[i % len(tensors)], strict=True))
     for future, own in zip(futures, alone, strict=True):
         assert all(np.array_equal(h, a) for h, a in zip(future.result(), own, strict=True))
+    # a strided array (not C-contiguous, as an NHWC IR's RGB view of a BGR frame) is read as its values
+    strided = np.asfortranarray(tensors[0])
+    assert not strided.flags["C_CONTIGUOUS"]
+    for heads in (engine.infer(strided), engine.submit(strided).result()):
+        assert all(np.array_equal(h, a) for h, a in zip(heads, alone[0], strict=True))
 
 
 def test_pipelined_stream_keeps_order_and_results(irs, images):

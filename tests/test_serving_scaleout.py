@@ -344,7 +344,9 @@ def test_bench_sends_a_batch_of_images_a_call_and_counts_images(replicas, run_cl
     assert code == 0 and "FPS, 4 images a call: " in out, err
     for args, message in ((("--api", "detect", "--batch", "2"), "--batch: must be at least 1, and 1 with --api "
                                                                  "detect (a Detect call carries one image), got 2"),
-                          (("--batch", "0"), "--batch: must be at least 1")):
+                          (("--batch", "0"), "--batch: must be at least 1"),
+                          (("--batch", "1000000"), "--batch 1000000: 1000000 images of FP32 [3, 96, 96] are "
+                                                   "105,469 MiB a call, above the 64 MiB a gRPC message may carry")):
         code, out, err = run_cli("bench", "--remote", _target(replicas), "--model", "mini", "--seconds", "1", *args)
         assert code == 2 and message in err, err
     code, out, err = run_cli("bench", "--model", "mini.xml", "--batch", "2")

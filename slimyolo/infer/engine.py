@@ -227,6 +227,9 @@ class Engine:
         callbacks run, on the engine's collector thread. The request reads ``tensor`` in place:
         the caller must not change it before the future resolves.
         """
+        # The array kept alive below must be the very buffer the request reads: OpenVINO shares a C-contiguous array
+        # and would share a contiguous copy of its own making of a strided one (an NHWC IR's RGB view of a frame).
+        tensor = np.ascontiguousarray(tensor)
         request = self._idle_requests.get()
         future: Future = Future()
         try:

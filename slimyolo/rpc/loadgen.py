@@ -26,6 +26,7 @@ HTTP/2); during the load, when :data:`UNAVAILABLE_BURST` calls in a row fail wit
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,7 @@ import numpy as np
 
 from slimyolo.errors import SlimYoloError, UnavailableError
 from slimyolo.infer.bench import percentiles
+from slimyolo.rpc import MAX_MESSAGE_BYTES
 from slimyolo.rpc.client import connect, remote_error
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2 as kserve_pb2
 from slimyolo.rpc.gen.kserve import grpc_predict_v2_pb2_grpc as kserve_pb2_grpc
@@ -138,13 +140,17 @@ def _request(channel: grpc.Channel, spec: LoadSpec) -> tuple[Callable[..., Any],
         raise SlimYoloError(f"--batch {spec.batch}: model {spec.model!r} takes batches of exactly {fixed} (its input "
                             f"{tensor.name} is {list(tensor.shape)})")
     shape = [spec.batch, *(1 if d < 0 else d for d in tensor.shape[1:])]
-    rng = np.random.default_rng(0)
-    if tensor.datatype == "UINT8":
-        data = rng.integers(0, 256, shape, dtype=np.uint8).tobytes()
-    elif tensor.datatype == "FP32":
-        data = rng.random(shape, dtype=np.float32).tobytes()
-    else:
+    itemsize = {"UINT8": 1, "FP32": 4}.get(tensor.datatype)
+    if itemsize is None:
         raise SlimYoloError(f"model {spec.model!r}: input datatype {tensor.datatype} is not FP32 or UINT8")
+    size = math.prod(shape) * itemsize
+    if size > MAX_MESSAGE_BYTES:  # refused before a byte is allocated: the channel would not send it anyway
+        raise SlimYoloError(f"--batch {spec.batch}: {spec.batch} images of {tensor.datatype} {shape[1:]} are "
+                            f"{size / 2**20:,.0f} MiB a call, above the {MAX_MESSAGE_BYTES // 2**20} MiB a gRPC "
+                            "message may carry; send fewer images a call")
+    rng = np.random.default_rng(0)
+    data = (rng.integers(0, 256, shape, dtype=np.uint8) if itemsize == 1
+            else rng.random(shape, dtype=np.float32)).tobytes()
     return stub.ModelInfer, kserve_pb2.ModelInferRequest(
         model_name=spec.model, model_version=spec.version, raw_input_contents=[data],
         inputs=[kserve_pb2.ModelInferRequest.InferInputTensor(name=tensor.name, datatype=tensor.datatype,
